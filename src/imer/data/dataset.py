@@ -1,0 +1,219 @@
+"""The in-memory dataset type shared by every loader.
+
+A :class:`MultimodalDataset` holds utterance-level features for any named set
+of two or more modalities, one label per utterance, the group (dialogue or
+video) each utterance belongs to with its position, optional speakers, and
+either a named split (train/valid/test) or a fold number per utterance.
+Loaders build it; everything downstream (missing protocols, batching,
+training) reads only this type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from imer.errors import DataError
+
+Task = Literal["classification", "regression"]
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class MultimodalDataset:
+    """Utterance-level multimodal features with labels, groups and splits.
+
+    Attributes:
+        name: dataset name (used in reports and run directories).
+        features: modality name -> float32 array ``[N, d_m]``; order of the
+            dict is the modality order used everywhere (masks, models).
+        labels: ``[N]`` int64 class indices or float32 scores.
+        task: ``"classification"`` or ``"regression"``.
+        utterance_ids: ``[N]`` unique utterance ids.
+        group_ids: ``[N]`` dialogue/video id of each utterance.
+        order: ``[N]`` position of the utterance inside its group.
+        split: ``[N]`` one of train/valid/test, or ``None`` when folds are used.
+        fold: ``[N]`` fold number (e.g. IEMOCAP session), or ``None``.
+        speakers: optional ``[N]`` speaker labels.
+        class_names: names of the classes (classification only).
+        available: ``[N, M]`` bool, modalities really present in the data
+            (all True for complete data); simulated missingness comes on top.
+    """
+
+    name: str
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    task: Task
+    utterance_ids: np.ndarray
+    group_ids: np.ndarray
+    order: np.ndarray
+    split: np.ndarray | None = None
+    fold: np.ndarray | None = None
+    speakers: np.ndarray | None = None
+    class_names: list[str] | None = None
+    available: np.ndarray | None = None
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.features = {m: np.ascontiguousarray(x, dtype=np.float32) for m, x in self.features.items()}
+        self.utterance_ids = np.asarray(self.utterance_ids).astype(str)
+        self.group_ids = np.asarray(self.group_ids).astype(str)
+        self.order = np.asarray(self.order, dtype=np.int64)
+        if self.task == "classification":
+            self.labels = np.asarray(self.labels, dtype=np.int64)
+        else:
+            self.labels = np.asarray(self.labels, dtype=np.float32)
+        if self.split is not None:
+            self.split = np.asarray(self.split).astype(str)
+        if self.fold is not None:
+            self.fold = np.asarray(self.fold, dtype=np.int64)
+        if self.speakers is not None:
+            self.speakers = np.asarray(self.speakers).astype(str)
+        if self.available is None:
+            self.available = np.ones((len(self), len(self.features)), dtype=bool)
+        else:
+            self.available = np.asarray(self.available, dtype=bool)
+        self.validate()
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.features)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: int(x.shape[1]) for m, x in self.features.items()}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, or 1 for regression (the output size)."""
+        return len(self.class_names or []) if self.task == "classification" else 1
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted(int(f) for f in np.unique(self.fold)) if self.fold is not None else []
+
+    def validate(self) -> None:
+        """Check shapes, values and consistency; raise :class:`DataError` naming the problem."""
+        where = f"dataset '{self.name}'" + (f" ({self.source})" if self.source else "")
+        n = len(self)
+        if len(self.features) < 2:
+            raise DataError(f"{where}: needs at least 2 modalities, got {self.modalities}")
+        if self.task not in ("classification", "regression"):
+            raise DataError(f"{where}: task must be 'classification' or 'regression', got {self.task!r}")
+        if n == 0:
+            raise DataError(f"{where}: has no utterances")
+        for attr in ("utterance_ids", "group_ids", "order"):
+            if getattr(self, attr).shape != (n,):
+                raise DataError(f"{where}: '{attr}' has shape {getattr(self, attr).shape}, expected ({n},)")
+        if self.available.shape != (n, len(self.features)):
+            raise DataError(f"{where}: availability mask has shape {self.available.shape}, expected ({n}, {len(self.features)})")
+        for j, (m, x) in enumerate(self.features.items()):
+            if x.ndim != 2 or x.shape[0] != n:
+                raise DataError(f"{where}: modality '{m}' has shape {x.shape}, expected [{n}, dim]")
+            bad_rows = ~np.isfinite(x).all(axis=1) & self.available[:, j]
+            if bad_rows.any():
+                raise DataError(
+                    f"{where}: modality '{m}' has NaN/Inf values in {int(bad_rows.sum())} observed utterance(s), "
+                    f"first '{self.utterance_ids[bad_rows][0]}'"
+                )
+        if len(np.unique(self.utterance_ids)) != n:
+            raise DataError(f"{where}: utterance ids are not unique")
+        empty = ~self.available.any(axis=1)
+        if empty.any():
+            raise DataError(f"{where}: utterance '{self.utterance_ids[empty][0]}' has no modality at all")
+        if self.task == "classification":
+            if not self.class_names:
+                raise DataError(f"{where}: classification data needs class_names")
+            bad = (self.labels < 0) | (self.labels >= len(self.class_names))
+            if bad.any():
+                raise DataError(
+                    f"{where}: unknown label {int(self.labels[bad][0])} at utterance '{self.utterance_ids[bad][0]}' "
+                    f"(classes are 0..{len(self.class_names) - 1}: {self.class_names})"
+                )
+        elif not np.isfinite(self.labels).all():
+            raise DataError(f"{where}: labels contain NaN/Inf")
+        if self.split is None and self.fold is None:
+            raise DataError(f"{where}: needs a split or a fold per utterance")
+        if self.split is not None:
+            unknown = set(np.unique(self.split)) - set(SPLITS)
+            if unknown:
+                raise DataError(f"{where}: unknown split names {sorted(unknown)}; use {SPLITS}")
+        if self.speakers is not None and self.speakers.shape != (n,):
+            raise DataError(f"{where}: 'speakers' has shape {self.speakers.shape}, expected ({n},)")
+
+    # ------------------------------------------------------------------ splits
+    def split_indices(self, fold: int | None = None, valid_fraction: float = 0.15, split_seed: int = 0) -> dict[str, np.ndarray]:
+        """Utterance indices of train/valid/test.
+
+        With a named split, a missing ``valid`` part is carved out of the
+        training groups (whole groups, seeded). With folds, ``fold`` is the test
+        fold and the validation part is carved from the other folds' groups.
+        """
+        if self.split is not None and fold is not None:
+            raise DataError(f"dataset '{self.name}' has a fixed split, not folds; drop --fold")
+        if self.split is not None:
+            parts = {s: np.flatnonzero(self.split == s) for s in SPLITS}
+        else:
+            folds = self.folds
+            if fold is None:
+                raise DataError(f"dataset '{self.name}' is evaluated by folds {folds}; choose one with --fold")
+            if fold not in folds:
+                raise DataError(f"dataset '{self.name}' has folds {folds}, not {fold}")
+            parts = {"train": np.flatnonzero(self.fold != fold), "valid": np.array([], dtype=np.int64), "test": np.flatnonzero(self.fold == fold)}
+        if len(parts["valid"]) == 0:
+            parts["train"], parts["valid"] = self._carve_valid(parts["train"], valid_fraction, split_seed)
+        for name, idx in parts.items():
+            if len(idx) == 0:
+                raise DataError(f"dataset '{self.name}': the '{name}' split is empty")
+        return parts
+
+    def _carve_valid(self, train_idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        groups = np.unique(self.group_ids[train_idx])
+        if len(groups) < 2:
+            raise DataError(f"dataset '{self.name}': cannot carve a validation part out of {len(groups)} training group(s)")
+        n_valid = min(len(groups) - 1, max(1, int(round(fraction * len(groups)))))
+        rng = np.random.default_rng(seed)
+        valid_groups = set(rng.choice(groups, size=n_valid, replace=False).tolist())
+        in_valid = np.array([g in valid_groups for g in self.group_ids[train_idx]], dtype=bool)
+        return train_idx[~in_valid], train_idx[in_valid]
+
+    def summary(self) -> dict:
+        """Sizes, dims, splits and label distribution, for ``imer data info``."""
+        info: dict = {
+            "name": self.name,
+            "source": self.source,
+            "task": self.task,
+            "utterances": len(self),
+            "groups": int(len(np.unique(self.group_ids))),
+            "modalities": self.dims,
+            "speakers": None if self.speakers is None else int(len(np.unique(self.speakers))),
+            "missing_in_data": float(1.0 - self.available.mean()),
+        }
+        if self.split is not None:
+            info["splits"] = {
+                s: {"utterances": int((self.split == s).sum()), "groups": int(len(np.unique(self.group_ids[self.split == s])))}
+                for s in SPLITS
+            }
+        if self.fold is not None:
+            info["folds"] = {int(f): int((self.fold == f).sum()) for f in self.folds}
+        if self.task == "classification":
+            counts = np.bincount(self.labels, minlength=self.num_classes)
+            info["labels"] = {name: int(c) for name, c in zip(self.class_names or [], counts)}
+        else:
+            info["labels"] = {
+                "mean": float(self.labels.mean()),
+                "std": float(self.labels.std()),
+                "min": float(self.labels.min()),
+                "max": float(self.labels.max()),
+                "negative": int((self.labels < 0).sum()),
+                "zero": int((self.labels == 0).sum()),
+                "positive": int((self.labels > 0).sum()),
+            }
+        return info

@@ -1,0 +1,116 @@
+"""The contract every method follows.
+
+A method is a :class:`IMERModel` subclass in its own file under
+``imer/models/``, with a typed :class:`ModelConfig` dataclass, registered by
+name with :func:`imer.models.registry.register_model`. Every model has the
+same forward signature::
+
+    out = model(features, available, mask, speakers=None)
+
+``features`` maps modality -> ``[B, L, d_m]``; ``available`` is ``[B, L, M]``
+bool; ``mask`` is ``[B, L]`` bool (False = padding); ``speakers`` is an
+optional ``[B, L]`` long. ``L`` is the dialogue length for context models
+(``uses_context = True``) and 1 for utterance models. The output is a
+:class:`ModelOutput`; ``model.loss(out, labels, mask, available)`` returns the
+named loss terms that the trainer sums. A missing modality's feature values
+must never influence any output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about the data: modalities, dims and task."""
+
+    modalities: tuple[str, ...]
+    dims: tuple[int, ...]
+    task: str
+    num_classes: int
+
+    @property
+    def output_size(self) -> int:
+        return self.num_classes if self.task == "classification" else 1
+
+    @property
+    def dim_of(self) -> dict[str, int]:
+        return dict(zip(self.modalities, self.dims))
+
+
+@dataclass
+class ModelConfig:
+    """Fields shared by every method's config; subclasses add their own."""
+
+    hidden: int = 128
+    dropout: float = 0.3
+    regression_loss: str = "mse"
+
+
+@dataclass
+class ModelOutput:
+    """Predictions plus auxiliary outputs.
+
+    Attributes:
+        prediction: ``[B, L, C]`` logits (classification) or ``[B, L]`` scores.
+        modality_predictions: each modality's own head (same shapes), for
+            methods with unimodal heads; feeds ``modality_acc``.
+        aux: any further tensors a method wants to expose (fusion weights,
+            reconstructions, generated representations ...).
+    """
+
+    prediction: Tensor
+    modality_predictions: dict[str, Tensor] | None = None
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+
+class IMERModel(nn.Module):
+    """Base class: stores config and data spec, provides the task loss."""
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    uses_context: ClassVar[bool] = False
+
+    def __init__(self, config: ModelConfig, spec: DataSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = spec
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.spec.modalities
+
+    def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor, speakers: Tensor | None = None) -> ModelOutput:
+        raise NotImplementedError
+
+    def task_loss(self, prediction: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
+        """Mean task loss over positions where ``weight`` (``[B, L]`` bool) is True."""
+        if self.spec.task == "classification":
+            per = F.cross_entropy(prediction.reshape(-1, prediction.shape[-1]), labels.reshape(-1).long(), reduction="none")
+        elif self.config.regression_loss == "l1":
+            per = (prediction.reshape(-1) - labels.reshape(-1).float()).abs()
+        else:
+            per = (prediction.reshape(-1) - labels.reshape(-1).float()).pow(2)
+        w = weight.reshape(-1).to(per.dtype)
+        return (per * w).sum() / w.sum().clamp(min=1.0)
+
+    def loss(self, out: ModelOutput, labels: Tensor, mask: Tensor, available: Tensor) -> dict[str, Tensor]:
+        """Named loss terms (already weighted); the trainer minimises their sum."""
+        return {"task": self.task_loss(out.prediction, labels, mask)}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook for methods with stages (e.g. ComP's warm-up); epochs count from 0."""
+
+    def stage(self) -> str:
+        """Name of the current training stage (logged with every epoch)."""
+        return "main"
+
+
+def scores(prediction: Tensor, task: str) -> Tensor:
+    """Regression predictions as ``[B, L]`` (drops a trailing size-1 output dim)."""
+    return prediction.squeeze(-1) if task == "regression" and prediction.dim() == 3 else prediction

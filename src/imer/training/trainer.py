@@ -1,0 +1,255 @@
+"""The training loop shared by every method.
+
+Seeded; fresh training masks every epoch; validation after every epoch with
+the best epoch chosen by a validation metric; per-epoch metrics appended to
+``history.jsonl``; a checkpoint after every epoch so an interrupted run
+resumes to the same result. Methods with stages hook in through
+``model.on_epoch_start(epoch)``; the loop itself is never copied.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from imer.data.batching import SplitBatcher
+from imer.data.missing import derive_seed, missing_fraction
+from imer.errors import IMERError
+from imer.evaluation.metrics import MetricAccumulator, is_better
+from imer.models.base import IMERModel
+from imer.training.checkpoint import load_checkpoint, save_checkpoint
+
+
+class TrainingError(IMERError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+@dataclass
+class EvalSet:
+    """A split to evaluate with its fixed availability mask."""
+
+    batcher: SplitBatcher
+    available: np.ndarray
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    best_valid: dict[str, Any]
+    best_test: dict[str, Any] | None
+    train_missing_fraction: float
+    seconds_per_epoch: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters()]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@torch.no_grad()
+def predict_split(model: IMERModel, evalset: EvalSet, batch_size: int, device: torch.device) -> MetricAccumulator:
+    """Run the model over a split in eval mode; returns the filled accumulator."""
+    model.eval()
+    acc = MetricAccumulator(model.spec.task, model.spec.num_classes, list(model.modalities))
+    for batch in evalset.batcher.batches(evalset.available, batch_size):
+        batch = batch.to(device)
+        out = model(batch.features, batch.available, batch.mask, batch.speakers)
+        keep = batch.mask
+        per = None
+        if out.modality_predictions:
+            per = {m: p[keep].float().cpu().numpy() for m, p in out.modality_predictions.items()}
+        acc.update(
+            batch.labels[keep].cpu().numpy(),
+            out.prediction[keep].float().cpu().numpy(),
+            batch.available[keep].cpu().numpy(),
+            batch.index[keep].cpu().numpy(),
+            per,
+        )
+    return acc
+
+
+class Trainer:
+    """Fit a model with validation-based selection, checkpoints and resume."""
+
+    def __init__(
+        self,
+        model: IMERModel,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        grad_clip: float = 0.0,
+        select_metric: str,
+        selection: str = "valid",
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        eval_test_each_epoch: bool = True,
+    ) -> None:
+        self.model = model
+        self.epochs, self.batch_size = epochs, batch_size
+        self.grad_clip = grad_clip
+        self.select_metric, self.selection = select_metric, selection
+        self.seed = seed
+        self.device = torch.device(device)
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.progress = progress
+        self.eval_test_each_epoch = eval_test_each_epoch or selection == "test-published"
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(model, optimizer, lr, weight_decay)
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / "checkpoint.pt" if self.run_dir else None
+
+    def fit(
+        self,
+        train: SplitBatcher,
+        train_mask: Callable[[int], np.ndarray],
+        valid: EvalSet,
+        test: EvalSet | None = None,
+        resume: bool = False,
+    ) -> FitResult:
+        """Train for ``epochs``; ``train_mask(epoch)`` gives that epoch's training availability."""
+        start, best, history = 0, {"epoch": -1, "score": None, "valid": None, "test": None, "state": None}, []
+        if resume and self.checkpoint_path and self.checkpoint_path.is_file():
+            start, best, history = self._restore()
+        elapsed: list[float] = [h["seconds"] for h in history]
+        epochs = range(start, self.epochs)
+        bar = tqdm(epochs, desc="epochs", disable=not self.progress, leave=False, initial=start, total=self.epochs)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            self.model.on_epoch_start(epoch)
+            available = train_mask(epoch)
+            losses = self._train_epoch(train, available, epoch)
+            seconds = time.perf_counter() - t0
+            valid_metrics = predict_split(self.model, valid, self.batch_size, self.device).compute()
+            test_metrics = None
+            if test is not None and self.eval_test_each_epoch:
+                test_metrics = predict_split(self.model, test, self.batch_size, self.device).compute()
+            judged = test_metrics if self.selection == "test-published" else valid_metrics
+            if self.select_metric not in judged:
+                raise TrainingError(f"selection metric '{self.select_metric}' is not computed for this task; available: {sorted(judged)}")
+            score = float(judged[self.select_metric])
+            if is_better(self.select_metric, score, best["score"]):
+                best = {"epoch": epoch, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy.deepcopy(self.model.state_dict())}
+            record = {
+                "epoch": epoch,
+                "stage": self.model.stage(),
+                "seconds": seconds,
+                "train_missing_fraction": missing_fraction(available),
+                "loss": losses,
+                "valid": valid_metrics,
+                "test": test_metrics,
+            }
+            history.append(record)
+            elapsed.append(seconds)
+            self._log(record)
+            self._checkpoint(epoch, best, history)
+            bar.set_postfix({"loss": f"{losses['total']:.3f}", f"valid_{self.select_metric}": f"{score:.3f}", "best": best["epoch"]})
+        bar.close()
+        if best["state"] is None:
+            raise TrainingError("no epoch was trained (epochs <= resumed epoch?)")
+        return FitResult(
+            best_epoch=best["epoch"],
+            best_state=best["state"],
+            best_valid=best["valid"],
+            best_test=best["test"],
+            train_missing_fraction=float(np.mean([h["train_missing_fraction"] for h in history])),
+            seconds_per_epoch=float(np.mean(elapsed)) if elapsed else 0.0,
+            history=history,
+        )
+
+    def _train_epoch(self, train: SplitBatcher, available: np.ndarray, epoch: int) -> dict[str, float]:
+        self.model.train()
+        rng = np.random.default_rng(derive_seed("shuffle", self.seed, epoch))
+        sums: dict[str, float] = {}
+        steps = 0
+        for batch in train.batches(available, self.batch_size, rng):
+            batch = batch.to(self.device)
+            out = self.model(batch.features, batch.available, batch.mask, batch.speakers)
+            terms = self.model.loss(out, batch.labels, batch.mask, batch.available)
+            total = sum(terms.values())
+            if not torch.isfinite(total):
+                bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+                raise TrainingError(f"epoch {epoch}: loss became non-finite (terms {bad}); try a lower learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+            steps += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["total"] = sums.get("total", 0.0) + float(total.detach())
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        with (self.run_dir / "history.jsonl").open("a") as fh:
+            fh.write(json.dumps(record, default=_plain) + "\n")
+
+    def _checkpoint(self, epoch: int, best: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        if self.checkpoint_path is None:
+            return
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "best_epoch": best["epoch"],
+                "best_score": best["score"],
+                "best_valid": json.dumps(best["valid"], default=_plain),
+                "best_test": json.dumps(best["test"], default=_plain),
+                "best_state": best["state"],
+                "history": json.dumps(history, default=_plain),
+            },
+        )
+
+    def _restore(self) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+        state = load_checkpoint(self.checkpoint_path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history = json.loads(state["history"])
+        best = {
+            "epoch": int(state["best_epoch"]),
+            "score": state["best_score"],
+            "valid": json.loads(state["best_valid"]),
+            "test": json.loads(state["best_test"]),
+            "state": state["best_state"],
+        }
+        if self.run_dir is not None:
+            lines = [json.dumps(h, default=_plain) + "\n" for h in history]
+            (self.run_dir / "history.jsonl").write_text("".join(lines))
+        return int(state["epoch"]) + 1, best, history
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
