@@ -30,9 +30,9 @@ SETTINGS: dict[str, list[str]] = {
     "early-fusion": ["train.epochs=30"],
     "late-fusion": ["train.epochs=30"],
     "modality-dropout": ["train.epochs=30"],
-    "mmin": ["train.epochs=40", "model.pretrain_epochs=10", "train.batch_size=32", "train.lr=1e-3"],
-    "gcnet": ["train.epochs=40", "train.batch_size=8", "train.lr=1e-3"],
-    "momke": ["train.epochs=40", "model.stage_epochs=15", "model.hidden=128", "model.depth=2", "train.batch_size=8", "train.lr=5e-4"],
+    "mmin": ["train.epochs=30", "model.pretrain_epochs=10", "model.conditions=2", "train.batch_size=32", "train.lr=1e-3"],
+    "gcnet": ["train.epochs=30", "train.batch_size=8", "train.lr=1e-3"],
+    "momke": ["train.epochs=30", "model.stage_epochs=10", "model.hidden=128", "model.depth=2", "train.batch_size=8", "train.lr=5e-4"],
 }
 COMMON = ["train.threads=1", "train.progress=false", "train.eval_test_each_epoch=false"]
 METRICS = (("acc2", "ACC-2 (label != 0)", 100.0), ("f1", "weighted F1 (label != 0)", 100.0), ("mae", "MAE", 1.0), ("corr", "Pearson r", 1.0))
