@@ -117,6 +117,8 @@ class MMIN(IMERModel):
         super().__init__(config, spec)
         if config.conditions < 1 or not 0.0 <= config.drop_prob < 1.0:
             raise ValueError("mmin: conditions must be >= 1 and drop_prob in [0, 1)")
+        if config.pretrain_epochs < 1:
+            raise ValueError("mmin: pretrain_epochs must be >= 1 (the imagination targets come from the pretrained teachers)")
         m, h = len(spec.modalities), config.hidden
         self.teacher = ModalityEncoders(spec.dim_of, h, config.dropout)
         self.teacher_head = MLP(m * h, config.cls_hidden, spec.output_size, layers=config.cls_layers, dropout=config.dropout)
@@ -124,7 +126,7 @@ class MMIN(IMERModel):
         self.forward_cra = ResidualAutoencoder(m * h, list(config.ae_layers), config.n_blocks, config.dropout)
         self.backward_cra = ResidualAutoencoder(m * h, list(config.ae_layers), config.n_blocks, config.dropout)
         self.head = MLP(config.n_blocks * config.ae_layers[-1], config.cls_hidden, spec.output_size, layers=config.cls_layers, dropout=config.dropout)
-        self.register_buffer("stage_index", torch.tensor(0 if config.pretrain_epochs > 0 else 1))
+        self.register_buffer("stage_index", torch.tensor(0))
 
     def stage(self) -> str:
         return STAGES[int(self.stage_index)]
