@@ -71,6 +71,17 @@ def table(results: dict, methods: list[str], key: str, scale: float) -> list[str
     return lines
 
 
+def paired_table(results: dict, methods: list[str], key: str = "acc2") -> list[str]:
+    lines = ["| method | " + " | ".join(f"r = {r}" for r in RATES) + " |", "|---" * (len(RATES) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for rate in RATES:
+            diff = np.array([results[method, rate, s]["test"][key] - results["early-fusion", rate, s]["test"][key] for s in SEEDS]) * 100
+            cells.append(f"{diff.mean():+.2f} ({int((diff > 0).sum())}/{len(SEEDS)})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True)
@@ -100,6 +111,15 @@ def main() -> None:
     lines += ["", "Real test missing fractions: " + ", ".join(f"r = {r}: {f:.3f}" for r, f in fractions.items()), ""]
     for key, title, scale in METRICS:
         lines += [f"## {title}", "", *table(results, args.methods, key, scale), ""]
+    if "early-fusion" in args.methods:
+        lines += [
+            "## Paired difference to early-fusion (ACC-2, points; same masks and seed)",
+            "",
+            "mean difference over seeds, and in how many seeds the method is ahead",
+            "",
+            *paired_table(results, [m for m in args.methods if m != "early-fusion"]),
+            "",
+        ]
     lines += ["## Stage of the selected epoch (staged methods)", ""]
     for method in args.methods:
         stages = [best_stage(runs / method / f"rate{r}_seed{s}", results[method, r, s]["selection"]["best_epoch"]) for r in RATES for s in SEEDS]
