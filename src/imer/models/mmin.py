@@ -47,8 +47,9 @@ STAGES = ("pretrain", "imagine")
 @dataclass
 class MMINConfig(ModelConfig):
     """Defaults of the public MMIN scripts (IEMOCAP): embedding 128 per modality,
-    AE layers 256,128,64, 5 blocks, classifier 128,128, dropout 0.5,
-    mse_weight 4, cycle_weight 2 (Adam lr 2e-4, weight decay 1e-5, batch 128).
+    AE layers 256,128,64, 5 blocks, no dropout in the AEs, classifier 128,128,
+    dropout 0.5, mse_weight 4, cycle_weight 2 (Adam lr 2e-4, weight decay 1e-5,
+    batch 128, gradient clipping 5).
     """
 
     hidden: int = 128
@@ -59,17 +60,18 @@ class MMINConfig(ModelConfig):
     cls_layers: int = 3
     mse_weight: float = 4.0
     cycle_weight: float = 2.0
+    ae_dropout: float = 0.0
     pretrain_epochs: int = 20
     conditions: int = 3
     drop_prob: float = 0.5
 
 
 class ModalityEncoders(nn.Module):
-    """One two-layer MLP encoder per modality -> ``[B, L, M, hidden]``, exactly 0 where missing."""
+    """One MLP encoder per modality (two hidden layers, linear output) -> ``[B, L, M, hidden]``, 0 where missing."""
 
     def __init__(self, dims: dict[str, int], hidden: int, dropout: float) -> None:
         super().__init__()
-        self.nets = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU()) for m, d in dims.items()})
+        self.nets = nn.ModuleDict({m: _stack([d, hidden, hidden, hidden], dropout, last_activation=False) for m, d in dims.items()})
 
     def forward(self, features: dict[str, Tensor], available: Tensor) -> Tensor:
         modalities = tuple(self.nets)
@@ -123,8 +125,8 @@ class MMIN(IMERModel):
         self.teacher = ModalityEncoders(spec.dim_of, h, config.dropout)
         self.teacher_head = MLP(m * h, config.cls_hidden, spec.output_size, layers=config.cls_layers, dropout=config.dropout)
         self.student = ModalityEncoders(spec.dim_of, h, config.dropout)
-        self.forward_cra = ResidualAutoencoder(m * h, list(config.ae_layers), config.n_blocks, config.dropout)
-        self.backward_cra = ResidualAutoencoder(m * h, list(config.ae_layers), config.n_blocks, config.dropout)
+        self.forward_cra = ResidualAutoencoder(m * h, list(config.ae_layers), config.n_blocks, config.ae_dropout)
+        self.backward_cra = ResidualAutoencoder(m * h, list(config.ae_layers), config.n_blocks, config.ae_dropout)
         self.head = MLP(config.n_blocks * config.ae_layers[-1], config.cls_hidden, spec.output_size, layers=config.cls_layers, dropout=config.dropout)
         self.register_buffer("stage_index", torch.tensor(0))
 
