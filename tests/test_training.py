@@ -116,3 +116,13 @@ def test_config_overrides_and_errors():
 def test_nan_loss_stops_with_clear_error(tmp_path):
     with pytest.raises(IMERError, match="non-finite"):
         train(_config(epochs=2, **{"train.lr": 1e30}), tmp_path / "r")
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    train(_config(epochs=2), tmp_path / "r")
+    with pytest.raises(IMERError, match="cannot resume, train.lr differs"):
+        train(_config(epochs=2, **{"train.lr": 0.5}), tmp_path / "r", resume=True)
+    with pytest.raises(IMERError, match="cannot resume, model.hidden differs"):
+        train(build_run_config("early-fusion", "synthetic", overrides=["train.epochs=2", "train.progress=false", "missing.rate=0.3", "hidden=32"]), tmp_path / "r", resume=True)
+    again = train(_config(epochs=2, **{"train.progress": True}), tmp_path / "r", resume=True)
+    assert again["selection"]["epochs"] == 2
