@@ -158,7 +158,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         conditions=args.conditions,
         threads=args.threads,
     )
-    manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
+    try:
+        manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"imer: sweep interrupted; rerun the same command to resume (finished cells are kept, see {Path(args.out) / 'sweep.json'})", file=sys.stderr)
+        return 130
     counts = manifest["counts"]
     print(f"sweep {args.out}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f" of {len(manifest['cells'])} cells")
     if counts.get("failed"):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 import warnings
@@ -173,7 +175,8 @@ def execute_local(spec: SweepSpec, cells: list[Cell], out: Path, workers: int) -
             yield run_cell(spec, cell, out)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(spec.threads,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(spec.threads,))
+    try:
         pending: dict[Future, Cell] = {pool.submit(run_cell, spec, cell, out): cell for cell in cells}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -182,8 +185,20 @@ def execute_local(spec: SweepSpec, cells: list[Cell], out: Path, workers: int) -
                 try:
                     yield future.result()
                 except Exception as exc:  # the worker process itself died (killed, out of memory)
-                    yield {"cell": asdict(cell), "path": str(cell.relpath), "status": "failed", "error": f"worker process failed: {type(exc).__name__}: {exc}",
-                           "user_error": False, "traceback": traceback.format_exc(), "seconds": 0.0, "warnings": []}
+                    yield _crashed(cell, f"worker process failed: {type(exc).__name__}: {exc}")
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM, consumer gone): drop queued cells and stop the running ones now;
+        # they resume from their checkpoints next time. The executor has no public terminate, hence _processes.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _crashed(cell: Cell, message: str) -> dict[str, Any]:
+    return {"cell": asdict(cell), "path": str(cell.relpath), "status": "failed", "error": message, "user_error": False,
+            "traceback": traceback.format_exc(), "seconds": 0.0, "warnings": []}
 
 
 def execute_ray(spec: SweepSpec, cells: list[Cell], out: Path, workers: int, address: str | None = None) -> Iterator[dict[str, Any]]:
@@ -214,8 +229,11 @@ def execute_ray(spec: SweepSpec, cells: list[Cell], out: Path, workers: int, add
                 try:
                     yield ray.get(ref)
                 except Exception as exc:  # the task's worker died
-                    yield {"cell": asdict(cell), "path": str(cell.relpath), "status": "failed", "error": f"ray task failed: {type(exc).__name__}: {exc}",
-                           "user_error": False, "traceback": traceback.format_exc(), "seconds": 0.0, "warnings": []}
+                    yield _crashed(cell, f"ray task failed: {type(exc).__name__}: {exc}")
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
     finally:
         if started:
             ray.shutdown()
@@ -296,6 +314,7 @@ def run_sweep(
     write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
     runner = execute_ray(spec, todo, out, workers, address) if backend == "ray" else execute_local(spec, todo, out, workers)
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    restore = _interrupt_on_sigterm()
     seen_warnings: set[str] = set()
     failed = 0
     try:
@@ -317,10 +336,24 @@ def run_sweep(
             bar.update(1)
             bar.set_postfix(failed=failed)
     finally:
+        runner.close()  # on interruption: stops the workers now (see execute_local)
+        restore()
         bar.close()
         states = {c: (s if s == "failed" else cell_state(out / c.relpath, spec.conditions)) for c, s in states.items()}
         write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
     return read_json(out / "sweep.json")
+
+
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM behave like Ctrl-C (clean stop, manifest updated); returns the undo function."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
