@@ -72,7 +72,7 @@ def test_markdown_cells_and_best_marking(sweep_dir):
     assert lines[2] == "| cmu-mosi | A | ACC/F1 | 82.00 ± 1.63 / **80.00 ± 0.82** | **72.00 ± 1.63** / 70.00 ± 0.82 |"
     # B: best ACC at 0.1 (std 0), best F1 at 0.7, only 2 seeds there
     assert lines[3] == "| cmu-mosi | B | ACC/F1 | **85.00 ± 0.00** / 70.00 ± 0.00 | 62.00 ± 2.00 / **76.00 ± 1.00** (n=2) |"
-    assert "population std" in report.text("md")
+    assert "population std" in report.text("md") and "realised test missing fraction: 0.1 → 0.100, 0.7 → 0.667" in report.text("md")
 
 
 def test_latex_csv_and_json(sweep_dir):

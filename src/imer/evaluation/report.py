@@ -48,6 +48,8 @@ class RunRecord:
     task: str
     test: dict[str, Any]
     test_missing_fraction: float
+    selection: str = "valid"
+    epochs: int | None = None
     conditions: dict[str, dict[str, Any]] | None = None
 
     @property
@@ -96,6 +98,8 @@ def collect_runs(root: str | Path) -> list[RunRecord]:
                 task=str(m["task"]),
                 test=m["test"],
                 test_missing_fraction=float(m.get("missing_fraction", {}).get("test", float("nan"))),
+                selection=str(m.get("selection", {}).get("rule", "valid")),
+                epochs=m.get("selection", {}).get("epochs"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IMERError(f"{path}: not a metrics file written by imer ({type(exc).__name__}: {exc})") from None
@@ -168,9 +172,10 @@ class PaperTable:
     cells: dict[tuple[str, str, float], Aggregate]
     best: dict[tuple[str, float, str], set[str]]
     max_seeds: int
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def build(cls, aggregates: list[Aggregate]) -> "PaperTable":
+    def build(cls, aggregates: list[Aggregate], runs: list[RunRecord] | None = None) -> "PaperTable":
         rates = sorted({a.rate for a in aggregates})
         rows = list(dict.fromkeys((a.dataset, a.method) for a in aggregates))
         cells = {(a.dataset, a.method, a.rate): a for a in aggregates}
@@ -183,7 +188,7 @@ class PaperTable:
                     if scores:
                         top = max(scores.values())
                         best[(dataset, rate, k)] = {m for m, v in scores.items() if np.isclose(v, top, rtol=0, atol=1e-12)}
-        return cls(rates, rows, cells, best, max((len(a.seeds) for a in aggregates), default=0))
+        return cls(rates, rows, cells, best, max((len(a.seeds) for a in aggregates), default=0), table_notes(aggregates, runs or []))
 
     def entry(self, dataset: str, method: str, rate: float) -> list[tuple[float, float, bool]] | None:
         """``[(mean×100, std×100, is_best)]`` for the two headline metrics, or None if the cell has no runs."""
@@ -191,6 +196,20 @@ class PaperTable:
         if a is None:
             return None
         return [(100 * a.metrics[k][0], 100 * a.metrics[k][1], method in self.best.get((dataset, rate, k), set())) for k in a.headline if k in a.metrics]
+
+
+def table_notes(aggregates: list[Aggregate], runs: list[RunRecord]) -> list[str]:
+    """Facts a reader needs next to the numbers: realised test missing fraction, selection rule, epochs."""
+    notes = []
+    realised = {r: float(np.mean([a.test_missing_fraction for a in aggregates if a.rate == r])) for r in sorted({a.rate for a in aggregates})}
+    if any(abs(v - r) > 5e-4 for r, v in realised.items()):
+        notes.append("realised test missing fraction: " + ", ".join(f"{_rate(r)} → {v:.3f}" for r, v in realised.items()))
+    if runs:
+        notes.append("model selection: " + ", ".join(sorted({r.selection for r in runs})) + " (see docs/protocol.md)")
+        epochs = sorted({r.epochs for r in runs if r.epochs is not None})
+        if epochs:
+            notes.append("epochs: " + ", ".join(map(str, epochs)))
+    return notes
 
 
 def _metric_pair(task: str) -> str:
@@ -230,7 +249,8 @@ def markdown_table(table: PaperTable) -> str:
         task = next(a.task for (d, m, _), a in table.cells.items() if d == dataset and m == method)
         cells = [_cell_text(table, dataset, method, r, "md") for r in table.rates]
         lines.append("| " + " | ".join([dataset, method, _metric_pair(task), *cells]) + " |")
-    return "\n".join(lines) + f"\n\n{STD_NOTE}; best per dataset and column in bold; (n=k): fewer seeds than the others.\n"
+    notes = [f"{STD_NOTE}; best per dataset and column in bold; (n=k): fewer seeds than the others", *table.notes]
+    return "\n".join(lines) + "\n\n" + "  \n".join(notes) + "\n"
 
 
 def latex_table(table: PaperTable) -> str:
@@ -246,7 +266,7 @@ def latex_table(table: PaperTable) -> str:
         cells = [_cell_text(table, dataset, method, r, "latex") for r in table.rates]
         lines.append(" & ".join([_tex_escape(name), _tex_escape(method), *cells]) + r" \\")
         previous = dataset
-    lines += [r"\bottomrule", r"\end{tabular}", f"% {STD_NOTE}; best per dataset and column in bold"]
+    lines += [r"\bottomrule", r"\end{tabular}", f"% {STD_NOTE}; best per dataset and column in bold", *[f"% {n}" for n in table.notes]]
     return "\n".join(lines) + "\n"
 
 
@@ -371,6 +391,8 @@ class Report:
                 cells.append("–" if entry is None else " / ".join((f"[bold]{_fmt(m, s, b, 'plain')}[/bold]" if b else _fmt(m, s, b, "plain")) for m, s, b in entry))
             table.add_row(dataset, method, _metric_pair(task), *cells)
         console.print(table)
+        for note in self.table.notes:
+            console.print(f"  {note}")
         if self.conditions is not None:
             ct = Table(title="fixed conditions (test), first headline metric ×100")
             for c in ("dataset", "method", "rate", *[f"{{{c}}}" for c in self.conditions.labels], "avg"):
@@ -399,6 +421,7 @@ class Report:
                  "conditions": {c: {k: {"mean": m, "std": s} for k, (m, s) in v.items()} for c, v in a.conditions.items()}}
                 for a in self.aggregates
             ],
+            "notes": self.table.notes,
             "failed_cells": self.failed,
             "plots": [str(p.name) for p in self.plots],
         }
@@ -419,7 +442,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, plots: boo
     if not runs:
         raise IMERError(f"{root}: no finished runs (metrics.json) found; run `imer sweep ... --out {root}` first")
     aggregates = aggregate(runs)
-    report = Report(root, out, runs, aggregates, PaperTable.build(aggregates), ConditionTable.build(aggregates), _failed_cells(root))
+    report = Report(root, out, runs, aggregates, PaperTable.build(aggregates, runs), ConditionTable.build(aggregates), _failed_cells(root))
     out.mkdir(parents=True, exist_ok=True)
     for name, fmt in (("table.md", "md"), ("table.tex", "latex"), ("table.csv", "csv")):
         with atomic_write(out / name) as fh:
