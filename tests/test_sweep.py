@@ -115,3 +115,12 @@ def test_ray_backend_on_a_local_instance(tmp_path):
     manifest = run_sweep(spec(methods=["early-fusion"], epochs=1), tmp_path, workers=2, backend="ray", progress=False)
     assert manifest["counts"] == {"done": 2} and manifest["backend"] == "ray"
     assert all((tmp_path / c.relpath / "metrics.json").is_file() for c in spec(methods=["early-fusion"]).cells())
+
+
+def test_sweep_and_report_help(capsys):
+    for argv in (["sweep", "--help"], ["report", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--missing-rates" in text and "--workers" in text and "METHOD:KEY=VALUE" in text and "--format" in text
