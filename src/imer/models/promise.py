@@ -67,7 +67,9 @@ class PromiseConfig(ModelConfig):
             in the more-masked copy used by FNCL (one is always kept).
         cccl_bins: regression classes for CCCL: ``"sign"`` (-, 0, +) or
             ``"7"`` (rounded score in -3..3).
-        proj_dim: size of the contrastive projection head's output.
+        proj_dim: output size of a contrastive projection head (MLP); 0 =
+            contrast the representations themselves, so that a generated
+            token is pulled towards the real token it stands in for.
         fusion_depth: layers of the cross-modal Transformer.
         fncl / cccl: ablation switches for the two contrastive levels.
         prompts: False = plain cross-attention generation (no pools, no
@@ -86,7 +88,7 @@ class PromiseConfig(ModelConfig):
     unimodal_weight: float = 1.0
     extra_mask_rate: float = 0.5
     cccl_bins: str = "sign"
-    proj_dim: int = 32
+    proj_dim: int = 0
     fusion_depth: int = 1
     fncl: bool = True
     cccl: bool = True
@@ -128,6 +130,8 @@ class Promise(IMERModel):
             raise ValueError(f"promise: cccl_bins must be 'sign' or '7', got {config.cccl_bins!r}")
         if config.prompts and m > _MAX_PATTERN_MODALITIES:
             raise ValueError(f"promise: pattern embeddings support at most {_MAX_PATTERN_MODALITIES} modalities")
+        if config.proj_dim < 0:
+            raise ValueError("promise: proj_dim must be >= 0 (0 = no projection head)")
         if not 0.0 <= config.extra_mask_rate <= 1.0:
             raise ValueError("promise: extra_mask_rate must be in [0, 1]")
         self.encoders = nn.ModuleDict({name: _Encoder(d, h, config.dropout) for name, d in spec.dim_of.items()})
@@ -146,7 +150,7 @@ class Promise(IMERModel):
         self.cross_modal = MaskedTransformer(h, config.fusion_depth, config.heads, config.dropout)
         self.per_modality = nn.ModuleList([MaskedTransformer(h, 1, config.heads, config.dropout) for _ in spec.modalities])
         self.head = MLP(h, h, spec.output_size, layers=2, dropout=config.dropout)
-        self.projection = MLP(h, h, config.proj_dim, layers=2)
+        self.projection = MLP(h, h, config.proj_dim, layers=2) if config.proj_dim > 0 else nn.Identity()
         self.register_buffer("_bits", 2 ** torch.arange(m), persistent=False)
         self._epoch = 0
 
