@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from imer.data import SplitBatcher, make_synthetic
+from imer.data import RandomMissing, SplitBatcher, make_synthetic
 from imer.experiments.config import build_run_config
-from imer.experiments.run import spec_of, train
+from imer.experiments.run import prepare_data, spec_of, train
 from imer.layers.contrastive import multi_positive_contrastive
 from imer.models import DataSpec, create_model
 from imer.models.promise import Promise, generation_similarity
-from imer.training.checkpoint import load_checkpoint
+from imer.training.trainer import EvalSet, Trainer
 
 SMALL = {"hidden": 16, "heads": 2, "prompt_pool": 3, "proj_dim": 8, "dropout": 0.1}
 
@@ -195,20 +195,29 @@ def test_two_other_modalities_and_raw_unscaled_inputs_stay_finite():
 # ----- stages and ablations ---------------------------------------------------------------------
 
 
-def _run_config(tmp_path, epochs: int, **model_values):
+def _run_config(epochs: int, **model_values):
     overrides = ["train.progress=false", "train.batch_size=16", "missing.rate=0.3", f"train.epochs={epochs}"]
     overrides += [f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in {**SMALL, **model_values}.items()]
     return build_run_config("promise", "synthetic", overrides=overrides)
 
 
 @pytest.mark.parametrize("frozen", [True, False])
-def test_encoder_frozen_in_stage_two_unless_finetuned(tmp_path, frozen):
+def test_encoder_frozen_in_stage_two_unless_finetuned(frozen):
     data = make_synthetic(num_groups=10, seed=0)
-    run = tmp_path / "run"
-    train(_run_config(tmp_path, 1, encoder_epochs=1, frozen_encoder=frozen), run, dataset=data)
-    after_stage1 = load_checkpoint(run / "checkpoint.pt")["model"]
-    train(_run_config(tmp_path, 3, encoder_epochs=1, frozen_encoder=frozen), run, resume=True, dataset=data)
-    final = load_checkpoint(run / "checkpoint.pt")["model"]
+    config = _run_config(3, encoder_epochs=1, frozen_encoder=frozen)
+    prepared = prepare_data(config, data)
+    model = create_model("promise", prepared.spec, config.model)
+    trainer = Trainer(model, epochs=3, batch_size=16, lr=1e-2, select_metric="acc", progress=False)
+    train_available = RandomMissing(0.3).apply(data.available[prepared.indices["train"]], np.random.default_rng(0))
+    snapshots = {}
+
+    def train_mask(epoch: int) -> np.ndarray:  # called after on_epoch_start, before the epoch's updates
+        snapshots[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        return train_available
+
+    valid = EvalSet(prepared.batchers["valid"], data.available[prepared.indices["valid"]])
+    trainer.fit(prepared.batchers["train"], train_mask, valid)
+    after_stage1, final = snapshots[1], model.state_dict()
     encoder_keys = [k for k in final if k.startswith(("encoders.", "unimodal_heads."))]
     assert encoder_keys
     unchanged = all(torch.equal(after_stage1[k], final[k]) for k in encoder_keys)
@@ -279,7 +288,7 @@ def test_cccl_bins_for_regression():
 
 def test_generation_similarity_and_end_to_end_run(tmp_path):
     data = make_synthetic(task="regression", num_groups=8, seed=1)
-    metrics = train(_run_config(tmp_path, 2, encoder_epochs=1), tmp_path / "run", dataset=data)
+    metrics = train(_run_config(2, encoder_epochs=1), tmp_path / "run", dataset=data)
     assert np.isfinite(metrics["test"]["mae"]) and set(metrics["test"]["modality_acc"]) == set(data.modalities)
     model = create_model("promise", spec_of(data), SMALL)
     batcher = SplitBatcher(data.features, data.labels, None)
