@@ -43,7 +43,7 @@ def run_one(label: str, rate: float, seed: int, epochs: int, data_dir: str, out:
     import torch
 
     from imer.experiments.config import build_run_config
-    from imer.experiments.run import load_run, prepare_data, split_mask, evaluation_protocol, train
+    from imer.experiments.run import train
 
     torch.set_num_threads(1)
     method, extra = METHODS[label]
@@ -53,19 +53,26 @@ def run_one(label: str, rate: float, seed: int, epochs: int, data_dir: str, out:
     train(config, out)
     extra_info: dict = {"wall_s": time.perf_counter() - started}
     if method == "promise":
-        from imer.models.promise import generation_similarity
-
-        loaded = load_run(out)
-        data = prepare_data(loaded.config)
-        test = data.batchers["test"]
-        complete = data.dataset.available[data.indices["test"]]
-        masked = split_mask(loaded.config, data, "test", evaluation_protocol(loaded.config, data.dataset.modalities))
-        extra_info["generation_similarity"] = {
-            "complete": generation_similarity(loaded.model, test, complete),
-            "test_mask": generation_similarity(loaded.model, test, masked),
-        }
+        extra_info["generation_similarity"] = diagnose(out)
     extra_info["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "experiment.json").write_text(json.dumps(extra_info, indent=1))
+
+
+def diagnose(out: Path) -> dict:
+    """Generation similarity of a finished promise run (selected weights): test and train splits, all observed
+    modalities available, and the test split under its fixed mask."""
+    from imer.experiments.run import evaluation_protocol, load_run, prepare_data, split_mask
+    from imer.models.promise import generation_similarity
+
+    loaded = load_run(out)
+    data = prepare_data(loaded.config)
+    observed = {split: data.dataset.available[data.indices[split]] for split in ("train", "test")}
+    masked = split_mask(loaded.config, data, "test", evaluation_protocol(loaded.config, data.dataset.modalities))
+    return {
+        "complete": generation_similarity(loaded.model, data.batchers["test"], observed["test"]),
+        "test_mask": generation_similarity(loaded.model, data.batchers["test"], masked),
+        "train_complete": generation_similarity(loaded.model, data.batchers["train"], observed["train"]),
+    }
 
 
 def slug(label: str) -> str:
@@ -148,22 +155,23 @@ def write_report(rows: dict, epochs: int, path: Path, command: str) -> None:
         "",
         "Cosine similarity between the representation PROMISE generates for a modality from the other available ones and the "
         "real (prompted) representation of the same utterance (`matched`), against a random other utterance's real one "
-        "(`shuffled`). `complete`: all three modalities observed, each generated from the other two. Mean over seeds.",
+        "(`shuffled`). All three modalities observed, each generated from the other two; on the test videos and on the "
+        "training videos. Mean over seeds.",
         "",
-        "| method | R | " + " | ".join(f"{m} matched / shuffled" for m in ("audio", "text", "video")) + " |",
-        "|---|---|---|---|---|",
+        "| method | R | split | " + " | ".join(f"{m} matched / shuffled" for m in ("audio", "text", "video")) + " |",
+        "|---|---|---|---|---|---|",
     ]
     for label in [k for k, (method, _) in METHODS.items() if method == "promise"]:
         for rate in RATES:
             runs = rows.get(label, {}).get(rate, [])
             if not runs:
                 continue
-            cells = []
-            for m in ("audio", "text", "video"):
-                matched = np.mean([r["info"]["generation_similarity"]["complete"][m]["matched"] for r in runs])
-                shuffled = np.mean([r["info"]["generation_similarity"]["complete"][m]["shuffled"] for r in runs])
-                cells.append(f"{matched:.3f} / {shuffled:.3f}")
-            lines.append(f"| {label} | {rate} | " + " | ".join(cells) + " |")
+            for key, split in (("complete", "test"), ("train_complete", "train")):
+                found = [r["info"]["generation_similarity"][key] for r in runs if key in r["info"]["generation_similarity"]]
+                if not found:
+                    continue
+                cells = [f"{np.mean([f[m]['matched'] for f in found]):.3f} / {np.mean([f[m]['shuffled'] for f in found]):.3f}" for m in ("audio", "text", "video")]
+                lines.append(f"| {label} | {rate} | {split} | " + " | ".join(cells) + " |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
@@ -175,6 +183,7 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/promise_mosi", help="folder for the run directories")
     parser.add_argument("--report", default="docs/results/promise_mosi.md")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from finished runs")
+    parser.add_argument("--diagnose", action="store_true", help="add the generation diagnostic to finished promise runs that lack the train split")
     parser.add_argument("--single", nargs=3, metavar=("LABEL", "RATE", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     root = Path(args.runs)
@@ -183,6 +192,12 @@ def main() -> None:
         run_one(label, float(rate), int(seed), args.epochs, args.data_dir, Path(args.runs))
         return
     command = f"python scripts/promise_experiments.py --epochs {args.epochs}"
+    if args.diagnose:
+        for info_path in sorted(root.glob("*/rate*/seed*/experiment.json")):
+            info = json.loads(info_path.read_text())
+            if "generation_similarity" in info and "train_complete" not in info["generation_similarity"]:
+                info["generation_similarity"] = diagnose(info_path.parent)
+                info_path.write_text(json.dumps(info, indent=1))
     if not args.report_only:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         for seed in SEEDS:
