@@ -105,7 +105,7 @@ def write_report(rows: dict, epochs: int, path: Path, command: str) -> None:
     lines = [
         "# PROMISE on CMU-MOSI (bc-LSTM features): full method, ablations, fusion baselines",
         "",
-        f"Produced by `{command}` (script `scripts/promise_experiments.py`).",
+        f"Produced by `{command}` (script `scripts/promise_experiments.py`; runs started before the train-split diagnostic existed were completed with `--diagnose`). Baselines use their packaged configs from `configs/early-fusion` and `configs/late-fusion` (batch 64, hidden 128), with the epoch count set as here.",
         "",
         f"Setup: {epochs} epochs per run, batch 32, the packaged configs (`configs/<method>/`), train and test missing rate R "
         "(random protocol, fixed seeded test masks shared by all methods of a seed), seeds 0, 1, 2, one CPU thread. "
@@ -151,7 +151,7 @@ def write_report(rows: dict, epochs: int, path: Path, command: str) -> None:
         "Seconds per epoch include only training (validation/test passes excluded) and were measured on a shared 2-core machine "
         "with other jobs running, so they are upper bounds. Peak RSS is that of the whole run process (data, model, evaluation).",
         "",
-        "## Generation diagnostic (promise, best epoch, test split)",
+        "## Generation diagnostic (promise variants, selected epoch)",
         "",
         "Cosine similarity between the representation PROMISE generates for a modality from the other available ones and the "
         "real (prompted) representation of the same utterance (`matched`), against a random other utterance's real one "
