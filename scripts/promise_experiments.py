@@ -107,7 +107,7 @@ def write_report(rows: dict, epochs: int, path: Path, command: str) -> None:
         "",
         f"Produced by `{command}` (script `scripts/promise_experiments.py`; runs started before the train-split diagnostic existed were completed with `--diagnose`). Baselines use their packaged configs from `configs/early-fusion` and `configs/late-fusion` (batch 64, hidden 128), with the epoch count set as here.",
         "",
-        f"Setup: {epochs} epochs per run, batch 32, the packaged configs (`configs/<method>/`), train and test missing rate R "
+        f"Setup: {epochs} epochs per run, batch 32 for promise, the packaged configs (`configs/<method>/`), train and test missing rate R "
         "(random protocol, fixed seeded test masks shared by all methods of a seed), seeds 0, 1, 2, one CPU thread. "
         "Model selection: best validation acc2 (project default); the validation part comes from the training videos, whose "
         "features carry their labels, so it is nearly saturated (~0.9) and selection is weak. Test numbers are reported as is; "
