@@ -20,6 +20,9 @@ examples:
   imer predict --model runs/demo --input new.npz --out predictions.csv
   imer data info --dataset cmu-mosi --data-dir ../shared/data
   imer list
+  imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\
+             --missing-rates 0.1,0.4,0.7 --seeds 0,1,2 --epochs 20 --workers 2 --out sweeps/mosi
+  imer report sweeps/mosi
 
 Data folder: --data-dir PATH or the IMER_DATA environment variable.
 """
@@ -140,6 +143,47 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
+
+    spec = SweepSpec(
+        methods=parse_list(args.methods),
+        datasets=parse_list(args.datasets),
+        rates=parse_list(args.missing_rates, float),
+        seeds=parse_list(args.seeds, int),
+        folds=parse_list(args.folds, int) if args.folds else None,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        overrides=args.set,
+        conditions=args.conditions,
+        threads=args.threads,
+    )
+    try:
+        manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"imer: sweep interrupted; rerun the same command to resume (finished cells are kept, see {Path(args.out) / 'sweep.json'})", file=sys.stderr)
+        return 130
+    counts = manifest["counts"]
+    print(f"sweep {args.out}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f" of {len(manifest['cells'])} cells")
+    if counts.get("failed"):
+        print(f"failures: {Path(args.out) / 'failures.jsonl'} (and error.json in each failed run); rerun the same command to retry them")
+        return 1
+    print(f"table and plots: imer report {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from imer.evaluation.report import build_report
+
+    report = build_report(args.dir, out_dir=args.out, plots=not args.no_plots)
+    if args.format:
+        print(report.text(args.format))
+    else:
+        report.print_terminal()
+    print(f"tables, report.json and plots written to {report.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imer",
@@ -211,6 +255,57 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--data-dir")
     dc.add_argument("--out", required=True, help="output .npz")
     dc.set_defaults(func=cmd_data_convert)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid of methods × datasets × missing rates × seeds, resumable and parallel",
+        description="Train every cell of the grid into DIR/runs/<dataset>/<method>/rate=<r>/seed=<s>. Cells with a metrics.json "
+        "are skipped, interrupted cells resume from their checkpoint, so rerunning the same command after a kill loses "
+        "nothing and repeats nothing. A failing cell is recorded (DIR/failures.jsonl, error.json in its run) and the "
+        "sweep goes on. DIR/sweep.json lists the grid, its settings and every cell's status.",
+        epilog="examples:\n"
+        "  imer sweep --methods early-fusion,late-fusion --datasets synthetic --missing-rates 0.1,0.4,0.7 --seeds 0,1 \\\n"
+        "             --epochs 5 --workers 2 --out sweeps/demo\n"
+        "  imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\\n"
+        "             --missing-rates 0.1,0.2,0.3,0.4,0.5,0.6,0.7 --seeds 0,1,2 --conditions --workers 2 --out sweeps/mosi\n"
+        "  imer sweep ... --set hidden=64 --set late-fusion:dropout=0.5      # all methods / one method only\n"
+        "  imer sweep ... --backend ray --address auto                       # cells as tasks on a Ray cluster\n"
+        "then: imer report DIR",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sw.add_argument("--methods", required=True, help="comma-separated method names (see `imer list`)")
+    sw.add_argument("--datasets", required=True, help="comma-separated dataset names or custom .npz paths")
+    sw.add_argument("--missing-rates", required=True, help="comma-separated training (= test) missing rates, e.g. 0.1,0.4,0.7")
+    sw.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2 (each also fixes the test masks)")
+    sw.add_argument("--folds", help="comma-separated test folds for fold-based datasets (IEMOCAP sessions 1..5); default: the dataset's first")
+    sw.add_argument("--out", required=True, help="sweep directory (created; rerun with the same --out to resume)")
+    sw.add_argument("--workers", type=int, default=1, help="cells run at once in worker processes (1 = in this process; default 1)")
+    sw.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    sw.add_argument("--epochs", type=int, help="training epochs of every cell (default: each method's config)")
+    sw.add_argument("--data-dir", help="data folder (default: $IMER_DATA)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field for every cell, or for one method with METHOD:KEY=VALUE (repeatable)")
+    sw.add_argument("--conditions", action="store_true", help="also evaluate each trained run under every fixed condition ({a}, {t}, ..., all) into conditions.json")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local", help="local worker processes (default) or Ray tasks (pip install 'imer[ray]')")
+    sw.add_argument("--address", help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray instance)")
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sw.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser(
+        "report",
+        help="tables (mean ± std over seeds) and plots of a sweep",
+        description="Collect metrics.json of every run under DIR, aggregate over seeds (mean ± population std) and print the "
+        "paper-layout table: rows = dataset × method, columns = missing rates, cells ACC/UA (classification) or ACC/F1 "
+        "(regression) in %, best per column in bold. Writes DIR/report/: table.md, table.tex, table.csv, report.json, "
+        "conditions.* (when runs have conditions.json) and PNG plots.",
+        epilog="examples:\n  imer report sweeps/mosi\n  imer report sweeps/mosi --format latex > table.tex",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("dir", help="sweep directory (or any folder holding run directories)")
+    r.add_argument("--format", choices=("md", "latex", "csv"), help="print this format instead of the terminal table (all are written anyway)")
+    r.add_argument("--out", help="where to write tables and plots (default: DIR/report)")
+    r.add_argument("--no-plots", action="store_true", help="tables only")
+    r.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="registered methods and datasets")
     ls.set_defaults(func=cmd_list)

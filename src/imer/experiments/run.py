@@ -210,8 +210,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
     return metrics
 
 
-# Fields that may differ between an interrupted run and its resumption.
-_RESUME_FREE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("data", "data_dir")}
+# Fields that may differ between an interrupted run and its resumption (more epochs extend a run).
+_RESUME_FREE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("train", "epochs"), ("data", "data_dir")}
 
 
 def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None:
