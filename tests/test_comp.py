@@ -84,6 +84,10 @@ def test_missing_modality_values_never_matter(task: str) -> None:
     for j, m in enumerate(model.modalities):
         for level in ("1", "2"):
             assert torch.all(clean.aux[f"prompt{level}_{m}"][~valid[..., j]] == 0), "a missing modality gave a prompt"
+        others = [i for i in range(len(model.modalities)) if i != j]
+        received = clean.aux[f"received_{m}"]  # level-2 prompts (carried + regenerated) that m gets from the others
+        assert torch.all(received[~valid[..., others]] == 0), "a missing modality's carried prompt reached another"
+        assert received[valid[..., others]].abs().sum() > 0
 
 
 def test_missing_modality_prompt_does_not_reach_others() -> None:

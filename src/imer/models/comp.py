@@ -273,7 +273,8 @@ class Comp(IMERModel):
                 others = torch.stack([regenerated[k] for i, k in enumerate(names) if i != j], dim=2)  # [B, L, M-1, p]
                 mixed = cfg.momentum * carried[m].unflatten(-1, (len(names) - 1, cfg.prompt_size)) + (1 - cfg.momentum) * others
                 other_valid = torch.cat([valid[..., :j], valid[..., j + 1 :]], dim=-1).unsqueeze(-1)
-                x = torch.cat([hidden[m], torch.where(other_valid, mixed, zero).flatten(-2)], dim=-1)
+                aux[f"received_{m}"] = torch.where(other_valid, mixed, zero)  # [B, L, M-1, p], others in order
+                x = torch.cat([hidden[m], aux[f"received_{m}"].flatten(-2)], dim=-1)
             else:
                 x = self._with_prompts(hidden[m], None, j, valid)
             outputs[m] = stream.block2(stream.in2(x), valid[..., j])
