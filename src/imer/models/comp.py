@@ -248,7 +248,8 @@ class Comp(IMERModel):
                 codes[m] = torch.where(v, stream.shared(z[..., j, :]), zero)
                 private[m] = torch.where(v, stream.private(z[..., j, :]), zero)
                 aux[f"recon_{m}"] = stream.decoder(torch.cat([codes[m], private[m]], dim=-1))
-                aux[f"private_pred_{m}"] = scores(stream.private_head(private[m]), self.spec.task)
+                if not bool(self.stage2):  # the reverse loss exists only in the warm-up
+                    aux[f"private_pred_{m}"] = scores(stream.private_head(private[m]), self.spec.task)
             else:
                 codes[m] = z[..., j, :]
         if cfg.disentangle:
@@ -261,7 +262,7 @@ class Comp(IMERModel):
         hidden, carried = {}, {}
         for j, m in enumerate(names):
             stream = self.streams[m]
-            x = self._with_prompts(codes[m], new_prompts, j, valid)
+            x = self._with_prompts(codes[m], new_prompts, j)
             out = stream.out1(stream.block1(stream.in1(x), valid[..., j]))
             hidden[m], carried[m] = out[..., : cfg.hidden], out[..., cfg.hidden :]
         if prompting:
@@ -276,7 +277,7 @@ class Comp(IMERModel):
                 aux[f"received_{m}"] = torch.where(other_valid, mixed, zero)  # [B, L, M-1, p], others in order
                 x = torch.cat([hidden[m], aux[f"received_{m}"].flatten(-2)], dim=-1)
             else:
-                x = self._with_prompts(hidden[m], None, j, valid)
+                x = self._with_prompts(hidden[m], None, j)
             outputs[m] = stream.block2(stream.in2(x), valid[..., j])
             per_modality[m] = scores(stream.head(outputs[m]), self.spec.task)
 
@@ -298,7 +299,7 @@ class Comp(IMERModel):
             out[m] = GradScale.apply(prompt, weights[..., j]) if self.config.modulator else prompt
         return out
 
-    def _with_prompts(self, code: Tensor, prompts: dict[str, Tensor] | None, j: int, valid: Tensor) -> Tensor:
+    def _with_prompts(self, code: Tensor, prompts: dict[str, Tensor] | None, j: int) -> Tensor:
         """``[code ; prompts of the other modalities]`` (zeros for absent ones or without prompts)."""
         if not self.config.prompts:
             return code
