@@ -30,6 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("comp", "early-fusion", "late-fusion")
 UNIMODAL = "comp-unimodal"  # ComP's streams trained alone: no prompts, uniform fusion, warm-up only
+ABLATIONS = {  # name -> ComP overrides, run with --ablations at the figure rate
+    "comp-noprompts": ["model.prompts=false"],
+    "comp-nomodulator": ["model.modulator=false"],
+}
 
 
 def overrides_for(method: str, args: argparse.Namespace, rate: float, seed: int) -> tuple[str, list[str]]:
@@ -44,6 +48,8 @@ def overrides_for(method: str, args: argparse.Namespace, rate: float, seed: int)
     ]
     if method == "comp":
         return "comp", common + [f"model.stage_epoch={args.stage_epoch}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}"]
+    if method in ABLATIONS:
+        return "comp", common + ABLATIONS[method] + [f"model.stage_epoch={args.stage_epoch}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}"]
     if method == UNIMODAL:
         unimodal = ["model.prompts=false", "model.coordinator=false", f"model.stage_epoch={args.epochs}"]
         return "comp", common + unimodal + [f"train.batch_size={args.batch_size}", f"train.lr={args.lr}"]
@@ -71,6 +77,8 @@ def sweep(args: argparse.Namespace) -> None:
     # seed-major order, so an interrupted sweep still covers every rate
     jobs = [(m, r, s) for s in args.seeds for r in args.rates for m in METHODS]
     jobs.insert(len(args.rates) * len(METHODS), (UNIMODAL, args.figure_rate, args.seeds[0]))
+    if args.ablations:
+        jobs += [(a, args.figure_rate, s) for a in ABLATIONS for s in args.seeds]
     for method, rate, seed in jobs:
         out = runs / f"{method}_r{rate}_s{seed}"
         if (out / "metrics.json").exists():
@@ -130,6 +138,24 @@ def report(args: argparse.Namespace) -> str:
             continue
         weakest = min(("audio", "text", "video"), key=lambda mod: np.mean(per_method["late-fusion"][mod]))
         lines.append(f"- rate {rate}: {weakest}: ComP {_fmt(per_method['comp'][weakest])} vs late fusion {_fmt(per_method['late-fusion'][weakest])}")
+    ablation_rows = []
+    for method in ("comp", *ABLATIONS, UNIMODAL):
+        metrics = [x[0] for s in args.seeds if (x := _load(runs, method, args.figure_rate, s))]
+        if metrics:
+            per = {mod: [m["test"]["modality_acc"][mod] for m in metrics] for mod in ("audio", "text", "video")}
+            ablation_rows.append(
+                f"| {method} | {len(metrics)} | {_fmt([m['test']['acc2'] for m in metrics])} | "
+                f"{_fmt(per['audio'])} | {_fmt(per['text'])} | {_fmt(per['video'])} |"
+            )
+    if len(ablation_rows) > 1:
+        lines += [
+            "",
+            f"Ablations at rate {args.figure_rate} (same budget; comp-unimodal = prompts off, uniform fusion, warm-up for all epochs):",
+            "",
+            "| variant | n | acc2 | modality_acc audio | text | video |",
+            "|---|---|---|---|---|---|",
+            *ablation_rows,
+        ]
     comp_res = [r for rate in args.rates for s in args.seeds if (x := _load(runs, "comp", rate, s)) for r in [x[1]] if r]
     if comp_res:
         lines += [
@@ -185,6 +211,7 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.4, 0.7])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--figure-rate", type=float, default=0.4)
+    parser.add_argument("--ablations", action="store_true", help="also run ComP without prompts / without modulator at the figure rate")
     parser.add_argument("--report-only", action="store_true", help="only (re)write the table and plot from finished runs")
     parser.add_argument("--results", default=str(ROOT / "docs" / "results"))
     args = parser.parse_args()
