@@ -78,7 +78,7 @@ def sweep(args: argparse.Namespace) -> None:
     jobs = [(m, r, s) for s in args.seeds for r in args.rates for m in METHODS]
     jobs.insert(len(args.rates) * len(METHODS), (UNIMODAL, args.figure_rate, args.seeds[0]))
     if args.ablations:
-        jobs += [(a, args.figure_rate, s) for a in ABLATIONS for s in args.seeds]
+        jobs += [(a, args.figure_rate, s) for s in args.seeds for a in ABLATIONS]
     for method, rate, seed in jobs:
         out = runs / f"{method}_r{rate}_s{seed}"
         if (out / "metrics.json").exists():
