@@ -1,3 +1,44 @@
-"""imer: incomplete multimodal emotion recognition (ComP, PROMISE, baselines, honest protocols)."""
+"""imer: incomplete multimodal emotion recognition (ComP, PROMISE, baselines, honest protocols).
+
+The Python API mirrors the CLI::
+
+    import imer
+    config = imer.build_run_config("early-fusion", "cmu-mosi", overrides=["data.data_dir=../shared/data", "missing.rate=0.4"])
+    metrics = imer.train(config, "runs/ef")
+    imer.evaluate("runs/ef", condition="t")
+    rows = imer.predict("runs/ef", "new.npz")
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = {
+    "build_run_config": "imer.experiments.config",
+    "RunConfig": "imer.experiments.config",
+    "train": "imer.experiments.run",
+    "load_run": "imer.experiments.run",
+    "evaluate": ("imer.experiments.inference", "evaluate_run"),
+    "evaluate_conditions": "imer.experiments.inference",
+    "predict": "imer.experiments.inference",
+    "load_dataset": "imer.data",
+    "list_datasets": "imer.data",
+    "make_synthetic": "imer.data",
+    "create_model": "imer.models",
+    "list_models": "imer.models",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    """Import API functions lazily, so ``import imer`` (and ``imer --help``) stays fast."""
+    if name not in _API:
+        raise AttributeError(f"module 'imer' has no attribute {name!r}")
+    import importlib
+
+    target = _API[name]
+    module, attr = target if isinstance(target, tuple) else (target, name)
+    return getattr(importlib.import_module(module), attr)

@@ -197,10 +197,10 @@ class MultimodalDataset:
             "missing_in_data": float(1.0 - self.available.mean()),
         }
         if self.split is not None:
-            info["splits"] = {
-                s: {"utterances": int((self.split == s).sum()), "groups": int(len(np.unique(self.group_ids[self.split == s])))}
-                for s in SPLITS
-            }
+            parts = self.split_indices()
+            info["splits"] = {s: {"utterances": len(idx), "groups": int(len(np.unique(self.group_ids[idx])))} for s, idx in parts.items()}
+            if not (self.split == "valid").any():
+                info["splits"]["valid"]["note"] = "carved from training groups (valid_fraction 0.15, split_seed 0)"
         if self.fold is not None:
             info["folds"] = {int(f): int((self.fold == f).sum()) for f in self.folds}
         if self.task == "classification":

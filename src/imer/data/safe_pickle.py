@@ -7,7 +7,6 @@ rebuilt; any other global (a function, a class with side effects, ``os.system``
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ def safe_load_pickle(path: str | Path) -> Any:
         raise DataError(f"{path}: file not found")
     try:
         with path.open("rb") as fh:
-            return _RestrictedUnpickler(io.BufferedReader(fh), encoding="latin1").load()
+            return _RestrictedUnpickler(fh, encoding="latin1").load()
     except pickle.UnpicklingError as exc:
         raise DataError(f"{path}: refused to unpickle: {exc} (only containers, str, numbers and numpy arrays are allowed)") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:

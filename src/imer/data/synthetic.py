@@ -18,7 +18,7 @@ from imer.data.dataset import MultimodalDataset
 from imer.data.registry import register_dataset
 
 DEFAULT_DIMS = {"audio": 24, "text": 32, "video": 28}
-DEFAULT_STRENGTH = {"audio": 0.9, "text": 1.6, "video": 0.45}
+DEFAULT_STRENGTH = {"audio": 0.5, "text": 0.9, "video": 0.25}
 
 
 def make_synthetic(

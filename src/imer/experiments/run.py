@@ -130,6 +130,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
     out.mkdir(parents=True, exist_ok=True)
     if (out / "metrics.json").exists() and not resume:
         raise IMERError(f"{out}: already holds a finished run (metrics.json); choose another --out or pass --resume")
+    if resume and (out / "config.json").exists():
+        _check_same_run(read_json(out / "config.json"), config, out)
     if config.train.threads:
         torch.set_num_threads(int(config.train.threads))
     torch.manual_seed(config.seed)
@@ -206,6 +208,27 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
     }
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+# Fields that may differ between an interrupted run and its resumption (more epochs extend a run).
+_RESUME_FREE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("train", "epochs"), ("data", "data_dir")}
+
+
+def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None:
+    """Refuse to resume a run with a config that would change its numbers."""
+    current = config.to_dict()
+    for section in ("method", "seed", "data", "missing", "train"):
+        a, b = saved.get(section), current.get(section)
+        if isinstance(a, dict):
+            diff = sorted(k for k in set(a) | set(b) if (section, k) not in _RESUME_FREE and a.get(k) != b.get(k) and not (section == "data" and k == "fold" and b.get(k) is None))
+            if diff:
+                raise IMERError(f"{out}: cannot resume, {section}.{diff[0]} differs from the interrupted run ({a.get(diff[0])!r} vs {b.get(diff[0])!r})")
+        elif a != b:
+            raise IMERError(f"{out}: cannot resume, {section} differs from the interrupted run ({a!r} vs {b!r})")
+    saved_model = saved.get("model", {})
+    changed = sorted(k for k, v in config.model.items() if k in saved_model and saved_model[k] != v)
+    if changed:
+        raise IMERError(f"{out}: cannot resume, model.{changed[0]} differs from the interrupted run")
 
 
 def _config_values(model: IMERModel) -> dict[str, Any]:

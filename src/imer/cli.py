@@ -1,0 +1,330 @@
+"""The ``imer`` command line: train, evaluate, predict, inspect and convert data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from imer.errors import IMERError
+
+EPILOG_MAIN = """\
+examples:
+  imer train --method early-fusion --dataset synthetic --out runs/demo
+  imer train --method early-fusion --dataset cmu-mosi --data-dir ../shared/data \\
+             --missing-rate 0.4 --seed 0 --out runs/mosi-ef-0.4
+  imer evaluate --model runs/mosi-ef-0.4 --condition t
+  imer predict --model runs/demo --input new.npz --out predictions.csv
+  imer data info --dataset cmu-mosi --data-dir ../shared/data
+  imer list
+  imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\
+             --missing-rates 0.1,0.4,0.7 --seeds 0,1,2 --epochs 20 --workers 2 --out sweeps/mosi
+  imer report sweeps/mosi
+
+Data folder: --data-dir PATH or the IMER_DATA environment variable.
+"""
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title))
+    for c in columns:
+        table.add_column(c, justify="right" if c not in ("metric", "name", "modality") else "left")
+    for r in rows:
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in r])
+    _console().print(table)
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)):
+            rows.append([k, float(v)])
+        elif k == "modality_acc":
+            rows += [[f"modality_acc[{m}]", float(a)] for m, a in v.items()]
+    return rows
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from imer.experiments.config import build_run_config
+    from imer.experiments.run import train
+
+    config = build_run_config(
+        args.method,
+        args.dataset,
+        config_file=args.config,
+        overrides=args.set,
+        seed=args.seed,
+        data__data_dir=args.data_dir,
+        data__fold=args.fold,
+        missing__rate=args.missing_rate,
+        missing__test_rate=args.test_missing_rate,
+        missing__test_condition=args.test_condition,
+        train__epochs=args.epochs,
+        train__device=args.device,
+        train__threads=args.threads,
+        train__progress=False if args.no_progress else None,
+    )
+    metrics = train(config, args.out, resume=args.resume)
+    sel = metrics["selection"]
+    _table(
+        f"{metrics['method']} on {metrics['dataset']} (seed {metrics['seed']}) — test at best valid epoch {sel['best_epoch']} by {sel['metric']}",
+        ["metric", "value"],
+        _metric_rows(metrics["test"]) + [["missing_fraction[test]", metrics["missing_fraction"]["test"]]],
+    )
+    print(f"run written to {args.out} (metrics.json, history.jsonl, model.safetensors)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from imer.experiments.inference import evaluate_conditions, evaluate_run
+
+    if args.all_conditions:
+        result = evaluate_conditions(args.model, data_dir=args.data_dir)
+        rows = [[name, *[float(m[k]) for k in result["average"]]] for name, m in result["conditions"].items()]
+        rows.append(["average", *result["average"].values()])
+        _table(f"{args.model}: fixed conditions (test split)", ["condition", *result["average"]], rows)
+    else:
+        result = evaluate_run(args.model, missing_rate=args.missing_rate, condition=args.condition, data_dir=args.data_dir)
+        _table(f"{args.model}: test under {result['protocol']} (missing fraction {result['missing_fraction']:.3f})", ["metric", "value"], _metric_rows(result["test"]))
+    if args.json:
+        from imer.io import write_json
+
+        write_json(args.json, result)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from imer.experiments.inference import predict
+
+    rows = predict(args.model, args.input, args.out)
+    print(f"{len(rows)} predictions written to {args.out}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from imer.data import load_dataset
+
+    info = load_dataset(args.dataset, args.data_dir).summary()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in info.items()]
+    _table(f"dataset {info['name']}", ["name", "value"], rows)
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from imer.data import load_dataset, save_custom
+
+    dataset = load_dataset(args.dataset, args.data_dir)
+    path = save_custom(dataset, args.out)
+    print(f"wrote {len(dataset)} utterances of '{dataset.name}' to {path} (train on it with --dataset {path})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from imer.data import list_datasets
+    from imer.models import get_model_class, list_models
+
+    _table("methods", ["name", "context", "summary"], [[m, get_model_class(m).uses_context, (get_model_class(m).__module__.split(".")[-1])] for m in list_models()])
+    _table("datasets", ["name", "description"], [[k, v] for k, v in list_datasets().items()])
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
+
+    spec = SweepSpec(
+        methods=parse_list(args.methods),
+        datasets=parse_list(args.datasets),
+        rates=parse_list(args.missing_rates, float),
+        seeds=parse_list(args.seeds, int),
+        folds=parse_list(args.folds, int) if args.folds else None,
+        epochs=args.epochs,
+        data_dir=args.data_dir,
+        overrides=args.set,
+        conditions=args.conditions,
+        threads=args.threads,
+    )
+    try:
+        manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"imer: sweep interrupted; rerun the same command to resume (finished cells are kept, see {Path(args.out) / 'sweep.json'})", file=sys.stderr)
+        return 130
+    counts = manifest["counts"]
+    print(f"sweep {args.out}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f" of {len(manifest['cells'])} cells")
+    if counts.get("failed"):
+        print(f"failures: {Path(args.out) / 'failures.jsonl'} (and error.json in each failed run); rerun the same command to retry them")
+        return 1
+    print(f"table and plots: imer report {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from imer.evaluation.report import build_report
+
+    report = build_report(args.dir, out_dir=args.out, plots=not args.no_plots)
+    if args.format:
+        print(report.text(args.format))
+    else:
+        report.print_terminal()
+    print(f"tables, report.json and plots written to {report.out_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imer",
+        description="Incomplete multimodal emotion recognition: train and compare methods under missing modalities.",
+        epilog=EPILOG_MAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser(
+        "train",
+        help="train one method on one dataset and evaluate it",
+        description="Train METHOD on DATASET with validation-based model selection; write a run directory.",
+        epilog="Run directory: config.json, metrics.json (valid/test metrics at the selected epoch, missing fractions), "
+        "history.jsonl (one line per epoch), model.safetensors, scaler.npz, masks.npz, predictions_test.csv, checkpoint.pt.\n"
+        "Config layers (later wins): built-in defaults, configs/<method>/<dataset>.toml, --config, flags, --set.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--method", required=True, help="registered method name (see `imer list`)")
+    t.add_argument("--dataset", required=True, help="dataset name (see `imer list`) or path to a custom .npz")
+    t.add_argument("--data-dir", help="folder holding cmu-mosi-bclstm/ and gcnet-meta/ (default: $IMER_DATA)")
+    t.add_argument("--missing-rate", type=float, help="fraction of (utterance, modality) entries dropped in training, each utterance keeps >= 1 (default 0)")
+    t.add_argument("--test-missing-rate", type=float, help="missing rate of the fixed valid/test masks (default: same as --missing-rate)")
+    t.add_argument("--test-condition", help="evaluate valid/test under one fixed subset instead, e.g. t, at, full")
+    t.add_argument("--seed", type=int, help="seed of initialisation, shuffling, training masks and test masks (default 0)")
+    t.add_argument("--epochs", type=int, help="number of training epochs")
+    t.add_argument("--fold", type=int, help="test fold for fold-based datasets (IEMOCAP: session 1..5)")
+    t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set hidden=128 --set train.lr=1e-4 (repeatable)")
+    t.add_argument("--device", help="cpu (default), cuda, or auto")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--out", required=True, help="run directory to write")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a trained run under a missing rate or a fixed condition",
+                       description="Recompute test metrics of a run directory. Masks are seeded like in training, so the "
+                       "training rate reproduces the run's own numbers.")
+    e.add_argument("--model", required=True, help="run directory written by `imer train`")
+    group = e.add_mutually_exclusive_group()
+    group.add_argument("--missing-rate", type=float, help="random missing rate of the test mask")
+    group.add_argument("--condition", help="fixed condition: modality letters (a, t, v, at, av, tv, atv) or full")
+    group.add_argument("--all-conditions", action="store_true", help="every fixed condition and their average")
+    e.add_argument("--data-dir", help="data folder, if it moved since training")
+    e.add_argument("--json", help="also write the result to this JSON file")
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict new utterances with a trained run",
+                       description="Input: .npz with x_<modality> arrays [N, dim] (a modality may be omitted or NaN where absent), "
+                       "optional 'available' [N, M] bool, 'utterance_ids', and for dialogue methods 'group_ids', 'order', 'speakers'. "
+                       "Output: CSV or JSON (by extension) with class + probabilities, or the score.")
+    p.add_argument("--model", required=True, help="run directory")
+    p.add_argument("--input", required=True, help="feature file (.npz)")
+    p.add_argument("--out", required=True, help="output file (.csv or .json)")
+    p.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("data", help="inspect or convert datasets", description="Inspect a dataset or convert it to the custom .npz format.")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    di = dsub.add_parser("info", help="sizes, dims, splits and label distribution")
+    di.add_argument("--dataset", required=True)
+    di.add_argument("--data-dir")
+    di.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    di.set_defaults(func=cmd_data_info)
+    dc = dsub.add_parser("convert", help="write a dataset in the custom .npz format",
+                         description="Write any loadable dataset to one .npz (keys: format, name, task, modalities, x_<modality>, labels, "
+                         "class_names, utterance_ids, group_ids, order, split or fold, speakers, available). Train on it with --dataset FILE.")
+    dc.add_argument("--dataset", required=True)
+    dc.add_argument("--data-dir")
+    dc.add_argument("--out", required=True, help="output .npz")
+    dc.set_defaults(func=cmd_data_convert)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid of methods × datasets × missing rates × seeds, resumable and parallel",
+        description="Train every cell of the grid into DIR/runs/<dataset>/<method>/rate=<r>/seed=<s>. Cells with a metrics.json "
+        "are skipped, interrupted cells resume from their checkpoint, so rerunning the same command after a kill loses "
+        "nothing and repeats nothing. A failing cell is recorded (DIR/failures.jsonl, error.json in its run) and the "
+        "sweep goes on. DIR/sweep.json lists the grid, its settings and every cell's status.",
+        epilog="examples:\n"
+        "  imer sweep --methods early-fusion,late-fusion --datasets synthetic --missing-rates 0.1,0.4,0.7 --seeds 0,1 \\\n"
+        "             --epochs 5 --workers 2 --out sweeps/demo\n"
+        "  imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\\n"
+        "             --missing-rates 0.1,0.2,0.3,0.4,0.5,0.6,0.7 --seeds 0,1,2 --conditions --workers 2 --out sweeps/mosi\n"
+        "  imer sweep ... --set hidden=64 --set late-fusion:dropout=0.5      # all methods / one method only\n"
+        "  imer sweep ... --backend ray --address auto                       # cells as tasks on a Ray cluster\n"
+        "then: imer report DIR",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sw.add_argument("--methods", required=True, help="comma-separated method names (see `imer list`)")
+    sw.add_argument("--datasets", required=True, help="comma-separated dataset names or custom .npz paths")
+    sw.add_argument("--missing-rates", required=True, help="comma-separated training (= test) missing rates, e.g. 0.1,0.4,0.7")
+    sw.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2 (each also fixes the test masks)")
+    sw.add_argument("--folds", help="comma-separated test folds for fold-based datasets (IEMOCAP sessions 1..5); default: the dataset's first")
+    sw.add_argument("--out", required=True, help="sweep directory (created; rerun with the same --out to resume)")
+    sw.add_argument("--workers", type=int, default=1, help="cells run at once in worker processes (1 = in this process; default 1)")
+    sw.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    sw.add_argument("--epochs", type=int, help="training epochs of every cell (default: each method's config)")
+    sw.add_argument("--data-dir", help="data folder (default: $IMER_DATA)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field for every cell, or for one method with METHOD:KEY=VALUE (repeatable)")
+    sw.add_argument("--conditions", action="store_true", help="also evaluate each trained run under every fixed condition ({a}, {t}, ..., all) into conditions.json")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local", help="local worker processes (default) or Ray tasks (pip install 'imer[ray]')")
+    sw.add_argument("--address", help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray instance)")
+    sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sw.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser(
+        "report",
+        help="tables (mean ± std over seeds) and plots of a sweep",
+        description="Collect metrics.json of every run under DIR, aggregate over seeds (mean ± population std) and print the "
+        "paper-layout table: rows = dataset × method, columns = missing rates, cells ACC/UA (classification) or ACC/F1 "
+        "(regression) in %, best per column in bold. Writes DIR/report/: table.md, table.tex, table.csv, report.json, "
+        "conditions.* (when runs have conditions.json) and PNG plots.",
+        epilog="examples:\n  imer report sweeps/mosi\n  imer report sweeps/mosi --format latex > table.tex",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("dir", help="sweep directory (or any folder holding run directories)")
+    r.add_argument("--format", choices=("md", "latex", "csv"), help="print this format instead of the terminal table (all are written anyway)")
+    r.add_argument("--out", help="where to write tables and plots (default: DIR/report)")
+    r.add_argument("--no-plots", action="store_true", help="tables only")
+    r.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="registered methods and datasets")
+    ls.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return int(args.func(args) or 0)
+    except IMERError as exc:
+        print(f"imer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imer: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""PNG plots of a sweep report (matplotlib, ``Agg`` backend, no display needed).
+
+* ``metric_vs_rate.png`` — each headline metric against the missing rate, one
+  line per method with a ± std band over seeds, one column per dataset.
+* ``modality_balance.png`` — per-modality accuracy of the unimodal heads
+  (``modality_acc``) per method, grouped by missing rate: the "balance" view.
+* ``modality_over_epochs.png`` — per-modality test accuracy over epochs from
+  ``history.jsonl``, for methods that report ``modality_acc`` (ComP-style).
+
+Colours are fixed per method and per modality across all figures.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from imer.evaluation.report import METRIC_LABELS, history_modality_acc
+
+if TYPE_CHECKING:
+    from imer.evaluation.report import Report
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.grid": True, "grid.alpha": 0.3})
+    return plt
+
+
+def _colours(names: list[str]) -> dict[str, tuple]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {n: cmap(i % 10) for i, n in enumerate(names)}
+
+
+def plot_metric_vs_rate(report: "Report", path: Path) -> Path:
+    """Headline metrics (rows) × datasets (columns); mean line and ± std band per method."""
+    plt = _pyplot()
+    datasets = list(dict.fromkeys(a.dataset for a in report.aggregates))
+    methods = sorted({a.method for a in report.aggregates})
+    colour = _colours(methods)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.8 * len(datasets) + 1.8, 7.0), squeeze=False, sharex=True)
+    for col, dataset in enumerate(datasets):
+        here = [a for a in report.aggregates if a.dataset == dataset]
+        for row, k in enumerate(here[0].headline):
+            ax = axes[row][col]
+            for method in methods:
+                points = sorted((a.rate, *a.metrics[k]) for a in here if a.method == method and k in a.metrics)
+                if not points:
+                    continue
+                rate, mean, std = (np.array(v) for v in zip(*points))
+                ax.plot(rate, 100 * mean, marker="o", color=colour[method], label=method, linewidth=2)
+                ax.fill_between(rate, 100 * (mean - std), 100 * (mean + std), color=colour[method], alpha=0.18, linewidth=0)
+            ax.set_title(f"{dataset} — {METRIC_LABELS.get(k, k)}")
+            ax.set_ylabel(f"test {METRIC_LABELS.get(k, k)} (%)")
+            ax.set_xticks(sorted({a.rate for a in here}))
+            if row == 1:
+                ax.set_xlabel("missing rate")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", title="method", frameon=False)
+    fig.suptitle("Test metric vs missing rate\n(mean ± std over seeds)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_modality_balance(report: "Report", path: Path) -> Path | None:
+    """Grouped bars of per-modality accuracy: rows = datasets, columns = methods with unimodal heads."""
+    with_heads = [a for a in report.aggregates if a.modality_acc]
+    if not with_heads:
+        return None
+    plt = _pyplot()
+    datasets = list(dict.fromkeys(a.dataset for a in with_heads))
+    methods = sorted({a.method for a in with_heads})
+    modalities = list(dict.fromkeys(m for a in with_heads for m in a.modality_acc))
+    colour = _colours(modalities)
+    fig, axes = plt.subplots(len(datasets), len(methods), figsize=(4.6 * len(methods) + 1.6, 3.6 * len(datasets)), squeeze=False, sharey=True)
+    width = 0.8 / len(modalities)
+    for r, dataset in enumerate(datasets):
+        for c, method in enumerate(methods):
+            ax = axes[r][c]
+            here = sorted((a for a in with_heads if a.dataset == dataset and a.method == method), key=lambda a: a.rate)
+            ax.set_title(f"{dataset} — {method}")
+            if not here:
+                ax.set_axis_off()
+                continue
+            x = np.arange(len(here))
+            for j, mod in enumerate(modalities):
+                mean = np.array([100 * a.modality_acc.get(mod, (np.nan, np.nan))[0] for a in here])
+                std = np.array([100 * a.modality_acc.get(mod, (np.nan, np.nan))[1] for a in here])
+                ax.bar(x + (j - (len(modalities) - 1) / 2) * width, mean, width, yerr=std, capsize=2, color=colour[mod], label=mod)
+            ax.set_xticks(x, [f"{a.rate:g}" for a in here])
+            ax.set_xlabel("missing rate")
+            if c == 0:
+                ax.set_ylabel("unimodal head ACC (%)")
+            ax.set_ylim(0, 100)
+    handles, labels = next(ax for row in axes for ax in row if ax.get_legend_handles_labels()[0]).get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", title="modality", frameon=False)
+    fig.suptitle("Per-modality accuracy of the unimodal heads\n(test, mean ± std over seeds)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _chosen_rates(rates: list[float]) -> list[float]:
+    """At most three rates to draw (lowest, middle, highest) so a panel stays readable."""
+    rates = sorted(set(rates))
+    return rates if len(rates) <= 3 else [rates[0], rates[len(rates) // 2], rates[-1]]
+
+
+def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
+    """Per-modality accuracy over epochs (mean over seeds); one panel per dataset × method, line style = rate."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    series: dict[tuple[str, str, float], list[list[dict[str, float]]]] = defaultdict(list)
+    for run in report.runs:
+        history = history_modality_acc(run.path)
+        if history:
+            series[(run.dataset, run.method, run.rate)].append(history)
+    if not series:
+        return None
+    plt = _pyplot()
+    panels = list(dict.fromkeys((d, m) for d, m, _ in sorted(series)))
+    modalities = list(dict.fromkeys(mod for runs in series.values() for h in runs for mod in h[0]))
+    colour = _colours(modalities)
+    style = {rate: LINESTYLES[i % len(LINESTYLES)] for i, rate in enumerate(_chosen_rates([r for _, _, r in series]))}
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols + 1.8, 3.6 * rows + 0.6), squeeze=False, sharey=True)
+    for i, (dataset, method) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        for rate in [r for r in style if (dataset, method, r) in series]:
+            runs = series[(dataset, method, rate)]
+            epochs = min(len(h) for h in runs)
+            for mod in modalities:
+                values = np.array([[h[e].get(mod, np.nan) for e in range(epochs)] for h in runs], dtype=float)
+                ax.plot(np.arange(1, epochs + 1), 100 * np.nanmean(values, axis=0), color=colour[mod], linestyle=style[rate], linewidth=1.8)
+        ax.set_title(f"{dataset} — {method}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if i % cols == 0:
+            ax.set_ylabel("unimodal head ACC (%)")
+    for j in range(len(panels), rows * cols):
+        axes[j // cols][j % cols].set_axis_off()
+    handles = [Line2D([], [], color=colour[m], linewidth=2.5, label=m) for m in modalities]
+    handles += [Line2D([], [], color="black", linestyle=ls, label=f"rate {r:g}") for r, ls in style.items()]
+    fig.legend(handles=handles, loc="center right", frameon=False, title="modality / rate")
+    fig.suptitle("Per-modality test accuracy over epochs\n(mean over seeds)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_plots(report: "Report", out_dir: Path) -> list[Path]:
+    """All plots that the report's runs support; returns the files written."""
+    out_dir = Path(out_dir)
+    made = [
+        plot_metric_vs_rate(report, out_dir / "metric_vs_rate.png"),
+        plot_modality_balance(report, out_dir / "modality_balance.png"),
+        plot_modality_over_epochs(report, out_dir / "modality_over_epochs.png"),
+    ]
+    return [p for p in made if p is not None]

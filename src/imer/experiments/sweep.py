@@ -1,0 +1,366 @@
+"""Grids of runs (dataset × method × missing rate × seed), resumable and parallel.
+
+A sweep directory holds ``sweep.json`` (the grid, its settings and the status
+of every cell, rewritten as cells finish), ``failures.jsonl`` (one line per
+failed attempt) and one run directory per cell::
+
+    DIR/runs/<dataset>/<method>/rate=<r>/seed=<s>/      (``fold=<f>/seed=<s>`` with --folds)
+
+A cell is finished when its ``metrics.json`` exists (and ``conditions.json``
+when fixed-condition evaluation is asked for); finished cells are never run
+again, an interrupted cell continues from its ``checkpoint.pt``. Cells run in
+worker processes (``spawn``, one torch thread each by default) or, with the
+optional ``ray`` backend, as Ray tasks on a local or remote Ray cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imer.errors import ConfigError, IMERError
+from imer.io import read_json, write_json
+
+STATUS_FILES = ("metrics.json", "conditions.json")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    dataset: str
+    method: str
+    rate: float
+    seed: int
+    fold: int | None = None
+
+    @property
+    def relpath(self) -> Path:
+        """Run directory relative to the sweep directory."""
+        dataset = Path(self.dataset).stem if self.dataset.endswith(".npz") else self.dataset
+        base = Path("runs") / dataset / self.method / f"rate={self.rate:g}"
+        if self.fold is not None:
+            base = base / f"fold={self.fold}"
+        return base / f"seed={self.seed}"
+
+    @property
+    def label(self) -> str:
+        fold = f" fold={self.fold}" if self.fold is not None else ""
+        return f"{self.dataset}/{self.method} rate={self.rate:g}{fold} seed={self.seed}"
+
+
+@dataclass
+class SweepSpec:
+    """The grid and the settings shared by all its cells."""
+
+    methods: list[str]
+    datasets: list[str]
+    rates: list[float]
+    seeds: list[int]
+    folds: list[int] | None = None
+    epochs: int | None = None
+    data_dir: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    conditions: bool = False
+    threads: int = 1
+
+    def cells(self) -> list[Cell]:
+        """All cells, dataset-major (so early results fill whole table rows first)."""
+        folds: list[int | None] = list(self.folds) if self.folds else [None]
+        return [
+            Cell(d, m, float(r), int(s), f)
+            for d in self.datasets
+            for m in self.methods
+            for r in self.rates
+            for f in folds
+            for s in self.seeds
+        ]
+
+    def settings(self) -> dict[str, Any]:
+        """What must agree between runs of one sweep directory for its numbers to be comparable."""
+        return {"epochs": self.epochs, "overrides": list(self.overrides)}
+
+
+def overrides_for(method: str, overrides: Iterable[str]) -> list[str]:
+    """``--set`` items that apply to ``method``: plain ``key=value`` and ``<method>:key=value``."""
+    out = []
+    for item in overrides:
+        scope, sep, rest = item.partition(":")
+        if sep and "=" not in scope:
+            if scope == method:
+                out.append(rest)
+        else:
+            out.append(item)
+    return out
+
+
+def cell_state(run_dir: Path, conditions: bool) -> str:
+    """``done``, ``partial`` (has a checkpoint or a trained model) or ``todo``."""
+    if (run_dir / "metrics.json").is_file():
+        if not conditions or (run_dir / "conditions.json").is_file():
+            return "done"
+        return "partial"
+    return "partial" if (run_dir / "checkpoint.pt").is_file() else "todo"
+
+
+def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
+    """Train (or resume) one cell and optionally evaluate its fixed conditions.
+
+    Never raises for a failing cell: the error and traceback go into
+    ``error.json`` in the run directory and into the returned record, so one
+    bad cell cannot stop a sweep.
+    """
+    from imer.experiments.config import build_run_config
+    from imer.experiments.inference import evaluate_conditions
+    from imer.experiments.run import train
+
+    run_dir = Path(out) / cell.relpath
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"cell": asdict(cell), "path": str(cell.relpath), "pid": os.getpid()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if not (run_dir / "metrics.json").is_file():
+                config = build_run_config(
+                    cell.method,
+                    cell.dataset,
+                    overrides=overrides_for(cell.method, spec.overrides),
+                    seed=cell.seed,
+                    data__data_dir=spec.data_dir,
+                    data__fold=cell.fold,
+                    missing__rate=cell.rate,
+                    train__epochs=spec.epochs,
+                    train__threads=spec.threads,
+                    train__progress=False,
+                )
+                resumed = (run_dir / "checkpoint.pt").is_file()
+                record["resumed"] = resumed
+                train(config, run_dir, resume=resumed)
+            if spec.conditions and not (run_dir / "conditions.json").is_file():
+                write_json(run_dir / "conditions.json", evaluate_conditions(run_dir, data_dir=spec.data_dir))
+            (run_dir / "error.json").unlink(missing_ok=True)
+            record["status"] = "ok"
+        except Exception as exc:  # a failing cell is data for the report, not a reason to stop
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", user_error=isinstance(exc, IMERError), traceback=traceback.format_exc())
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "error.json", record)
+    record["seconds"] = time.perf_counter() - t0
+    record["warnings"] = sorted({str(w.message) for w in caught})
+    return record
+
+
+def _init_worker(threads: int) -> None:
+    """Worker processes: fixed thread count so N workers never oversubscribe the CPU."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def execute_local(spec: SweepSpec, cells: list[Cell], out: Path, workers: int) -> Iterator[dict[str, Any]]:
+    """Run ``cells`` in ``workers`` spawned processes (in this process when ``workers`` <= 1)."""
+    if workers <= 1:
+        for cell in cells:
+            yield run_cell(spec, cell, out)
+        return
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(spec.threads,))
+    try:
+        pending: dict[Future, Cell] = {pool.submit(run_cell, spec, cell, out): cell for cell in cells}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell = pending.pop(future)
+                try:
+                    yield future.result()
+                except Exception as exc:  # the worker process itself died (killed, out of memory)
+                    yield _crashed(cell, f"worker process failed: {type(exc).__name__}: {exc}")
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM, consumer gone): drop queued cells and stop the running ones now;
+        # they resume from their checkpoints next time. The executor has no public terminate, hence _processes.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _crashed(cell: Cell, message: str) -> dict[str, Any]:
+    return {"cell": asdict(cell), "path": str(cell.relpath), "status": "failed", "error": message, "user_error": False,
+            "traceback": traceback.format_exc(), "seconds": 0.0, "warnings": []}
+
+
+def execute_ray(spec: SweepSpec, cells: list[Cell], out: Path, workers: int, address: str | None = None) -> Iterator[dict[str, Any]]:
+    """Run ``cells`` as Ray tasks (one CPU each); ``address`` joins an existing cluster.
+
+    On a cluster ``out`` must be a path every node can write (a shared file system).
+    Without ``address`` (and without ``RAY_ADDRESS``) a local Ray instance with
+    ``workers`` CPUs is started.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray backend needs Ray: pip install 'imer[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        if address or os.environ.get("RAY_ADDRESS"):
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        task = ray.remote(num_cpus=spec.threads)(_ray_cell)
+        pending = {task.remote(spec, cell, str(out)): cell for cell in cells}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                cell = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except Exception as exc:  # the task's worker died
+                    yield _crashed(cell, f"ray task failed: {type(exc).__name__}: {exc}")
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_cell(spec: SweepSpec, cell: Cell, out: str) -> dict[str, Any]:
+    _init_worker(spec.threads)
+    return run_cell(spec, cell, out)
+
+
+def _manifest(spec: SweepSpec, out: Path, states: dict[Cell, str], started: str, backend: str, workers: int) -> dict[str, Any]:
+    import imer
+
+    counts: dict[str, int] = {}
+    for s in states.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {
+        "imer": imer.__version__,
+        "started": started,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "backend": backend,
+        "workers": workers,
+        "spec": asdict(spec),
+        "counts": counts,
+        "cells": [{**asdict(c), "path": str(c.relpath), "status": s} for c, s in states.items()],
+    }
+
+
+def _check_settings(spec: SweepSpec, out: Path) -> None:
+    """Refuse to mix runs with other training settings into an existing sweep directory.
+
+    The grid may grow (more methods, rates, seeds): cells already on disk are
+    kept and the report reads them all.
+    """
+    path = out / "sweep.json"
+    if not path.is_file():
+        return
+    old = SweepSpec(**read_json(path)["spec"])
+    if old.settings() != spec.settings():
+        raise ConfigError(
+            f"{out}: holds a sweep with other settings {old.settings()} (now {spec.settings()}); "
+            "results would not be comparable — use another --out"
+        )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run every unfinished cell of ``spec`` into ``out``; returns the final manifest.
+
+    Finished cells are skipped, interrupted ones resumed; failures are recorded
+    in ``failures.jsonl`` and each run's ``error.json`` and the sweep goes on.
+    """
+    from tqdm.auto import tqdm
+
+    from imer.models import list_models
+
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"unknown backend {backend!r}; use local or ray")
+    if not spec.methods or not spec.datasets or not spec.rates or not spec.seeds:
+        raise ConfigError("a sweep needs at least one method, dataset, missing rate and seed")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(spec, out)
+    unknown = sorted(set(spec.methods) - set(list_models()))
+    if unknown:
+        warnings.warn(f"unknown method(s) {unknown} (registered: {list_models()}); their cells will be recorded as failed", stacklevel=2)
+    cells = spec.cells()
+    states = {c: cell_state(out / c.relpath, spec.conditions) for c in cells}
+    todo = [c for c in cells if states[c] != "done"]
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
+    runner = execute_ray(spec, todo, out, workers, address) if backend == "ray" else execute_local(spec, todo, out, workers)
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    restore = _interrupt_on_sigterm()
+    seen_warnings: set[str] = set()
+    failed = 0
+    try:
+        for record in runner:
+            cell = Cell(**record["cell"])
+            states[cell] = "done" if record["status"] == "ok" else "failed"
+            if record["status"] != "ok":
+                failed += 1
+                with (out / "failures.jsonl").open("a") as fh:
+                    fh.write(json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+                bar.write(f"FAILED {cell.label}: {record['error']}")
+            for message in record.get("warnings", []):
+                if message not in seen_warnings:
+                    seen_warnings.add(message)
+                    bar.write(f"warning ({cell.label}): {message}")
+            write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
+            if on_result is not None:
+                on_result(record)
+            bar.update(1)
+            bar.set_postfix(failed=failed)
+    finally:
+        runner.close()  # on interruption: stops the workers now (see execute_local)
+        restore()
+        bar.close()
+        states = {c: (s if s == "failed" else cell_state(out / c.relpath, spec.conditions)) for c, s in states.items()}
+        write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
+    return read_json(out / "sweep.json")
+
+
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM behave like Ctrl-C (clean stop, manifest updated); returns the undo function."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def parse_list(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
+    """``"a,b,c"`` -> ``[kind(a), kind(b), kind(c)]`` (empty items dropped, order kept, duplicates removed)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [kind(t) for t in items]
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+    return list(dict.fromkeys(values))

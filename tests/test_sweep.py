@@ -1,0 +1,126 @@
+"""`imer sweep`: grid layout, skip/resume after a kill, failure recording, parallel workers, Ray backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+import imer.experiments.run as run_module
+from imer.cli import main
+from imer.errors import ConfigError
+from imer.experiments.sweep import Cell, SweepSpec, cell_state, overrides_for, parse_list, run_sweep
+from imer.training.trainer import Trainer
+
+# Tiny synthetic data and model so a cell trains in well under a second.
+TINY = ["data.options.num_groups=16", "data.options.max_len=5", "hidden=8", "train.batch_size=16"]
+
+
+def spec(**kw) -> SweepSpec:
+    values = dict(methods=["early-fusion", "late-fusion"], datasets=["synthetic"], rates=[0.4], seeds=[0, 1], epochs=2, overrides=list(TINY))
+    values.update(kw)
+    return SweepSpec(**values)
+
+
+def test_grid_paths_and_parsing():
+    cells = spec(rates=[0.1, 0.7]).cells()
+    assert len(cells) == 8 and cells[0] == Cell("synthetic", "early-fusion", 0.1, 0)
+    assert Cell("cmu-mosi", "comp", 0.4, 2).relpath == Path("runs/cmu-mosi/comp/rate=0.4/seed=2")
+    assert Cell("iemocap4", "comp", 0.4, 2, fold=3).relpath == Path("runs/iemocap4/comp/rate=0.4/fold=3/seed=2")
+    assert parse_list("0.1, 0.4,0.4,", float) == [0.1, 0.4]
+    with pytest.raises(ConfigError):
+        parse_list("0.1,x", float)
+    assert overrides_for("late-fusion", ["hidden=8", "late-fusion:dropout=0.5", "comp:lam=2", "data.options.x=a:b"]) == ["hidden=8", "dropout=0.5", "data.options.x=a:b"]
+
+
+def test_failures_are_recorded_and_the_rest_finishes(tmp_path):
+    s = spec(methods=["early-fusion", "no-such-method", "late-fusion"], seeds=[0], overrides=TINY + ["late-fusion:no_such_option=3"])
+    with pytest.warns(UserWarning, match="no-such-method"):
+        manifest = run_sweep(s, tmp_path, workers=1, progress=False)
+    status = {c["method"]: c["status"] for c in manifest["cells"]}
+    assert status == {"early-fusion": "done", "no-such-method": "failed", "late-fusion": "failed"}
+    failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert {f["cell"]["method"] for f in failures} == {"no-such-method", "late-fusion"}
+    assert all(f["user_error"] and "Traceback" in f["traceback"] for f in failures)
+    error = json.loads((tmp_path / "runs/synthetic/late-fusion/rate=0.4/seed=0/error.json").read_text())
+    assert "no_such_option" in error["error"]
+    assert (tmp_path / "runs/synthetic/early-fusion/rate=0.4/seed=0/metrics.json").is_file()
+
+
+def test_kill_midway_then_resume_repeats_nothing(tmp_path, monkeypatch):
+    """First attempt: killed (KeyboardInterrupt) inside the 3rd cell after its first epoch's checkpoint.
+    Second attempt: the 2 finished cells are skipped, the 3rd resumes at epoch 1, the 4th runs."""
+    calls: list[tuple[str, bool]] = []
+    real_train, real_checkpoint = run_module.train, Trainer._checkpoint
+
+    def counting_train(config, out, resume=False, dataset=None):
+        calls.append((Path(out).relative_to(tmp_path).as_posix(), resume))
+        return real_train(config, out, resume=resume, dataset=dataset)
+
+    def killing_checkpoint(self, epoch, best, history):
+        real_checkpoint(self, epoch, best, history)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train", counting_train)
+    monkeypatch.setattr(Trainer, "_checkpoint", killing_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec(), tmp_path, workers=1, progress=False)
+    cells = spec().cells()
+    states = [cell_state(tmp_path / c.relpath, False) for c in cells]
+    assert states == ["done", "done", "partial", "todo"]
+    assert json.loads((tmp_path / "sweep.json").read_text())["counts"] == {"done": 2, "partial": 1, "todo": 1}
+    finished = {c: (tmp_path / c.relpath / "metrics.json").stat().st_mtime_ns for c in cells[:2]}
+
+    monkeypatch.setattr(Trainer, "_checkpoint", real_checkpoint)
+    calls.clear()
+    manifest = run_sweep(spec(), tmp_path, workers=1, progress=False)
+    assert manifest["counts"] == {"done": 4}
+    assert calls == [(cells[2].relpath.as_posix(), True), (cells[3].relpath.as_posix(), False)]
+    assert {c: (tmp_path / c.relpath / "metrics.json").stat().st_mtime_ns for c in cells[:2]} == finished
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / cells[2].relpath / "history.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1]
+    calls.clear()
+    assert run_sweep(spec(), tmp_path, workers=1, progress=False)["counts"] == {"done": 4} and calls == []
+
+
+def test_other_settings_in_same_directory_are_refused(tmp_path):
+    run_sweep(spec(methods=["early-fusion"], seeds=[0], epochs=1), tmp_path, workers=1, progress=False)
+    with pytest.raises(ConfigError, match="other settings"):
+        run_sweep(spec(methods=["early-fusion"], seeds=[0], epochs=3), tmp_path, workers=1, progress=False)
+
+
+def test_parallel_sweep_with_conditions_and_report(tmp_path, capsys):
+    """A real sweep: 2 spawned workers, 1 epoch, fixed-condition evaluation, then the report."""
+    argv = ["sweep", "--methods", "early-fusion,late-fusion", "--datasets", "synthetic", "--missing-rates", "0.2,0.6", "--seeds", "0",
+            "--epochs", "1", "--workers", "2", "--conditions", "--no-progress", "--out", str(tmp_path)]
+    for item in TINY:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    run = tmp_path / "runs/synthetic/late-fusion/rate=0.6/seed=0"
+    conditions = json.loads((run / "conditions.json").read_text())
+    assert set(conditions["conditions"]) == {"a", "t", "v", "at", "av", "tv", "atv"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["missing"]["train_rate"] == 0.6 and json.loads((run / "config.json").read_text())["train"]["threads"] == 1
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "4 done of 4 cells" in out and "{atv}" in out
+    assert f"{100 * metrics['test']['acc']:.2f}" in (tmp_path / "report/table.md").read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install 'imer[ray]')")
+def test_ray_backend_on_a_local_instance(tmp_path):
+    manifest = run_sweep(spec(methods=["early-fusion"], epochs=1), tmp_path, workers=2, backend="ray", progress=False)
+    assert manifest["counts"] == {"done": 2} and manifest["backend"] == "ray"
+    assert all((tmp_path / c.relpath / "metrics.json").is_file() for c in spec(methods=["early-fusion"]).cells())
+
+
+def test_sweep_and_report_help(capsys):
+    for argv in (["sweep", "--help"], ["report", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "--missing-rates" in text and "--workers" in text and "METHOD:KEY=VALUE" in text and "--format" in text

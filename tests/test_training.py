@@ -1,0 +1,128 @@
+"""Trainer and runs: determinism, resume after interruption, selection, run directory contents."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imer.errors import ConfigError, IMERError
+from imer.experiments.config import RunConfig, apply_override, build_run_config
+from imer.experiments.inference import evaluate_run
+from imer.experiments.run import train
+from imer.training.checkpoint import load_checkpoint, load_weights
+from imer.training.trainer import Trainer
+
+
+def _config(method="early-fusion", dataset="synthetic", epochs=4, **extra):
+    overrides = [f"train.epochs={epochs}", "train.progress=false", "missing.rate=0.3", "hidden=16", *[f"{k}={v}" for k, v in extra.items()]]
+    return build_run_config(method, dataset, overrides=overrides)
+
+
+def _strip(metrics):
+    return {k: v for k, v in metrics.items() if k != "seconds_per_epoch"}
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a = train(_config(), tmp_path / "a")
+    b = train(_config(), tmp_path / "b")
+    c = train(_config(seed=1), tmp_path / "c")
+    assert _strip(a) == _strip(b)
+    assert a["test"] != c["test"]
+
+
+def test_run_directory_contents(tmp_path):
+    metrics = train(_config(method="late-fusion"), tmp_path / "r")
+    for name in ("config.json", "environment.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz", "masks.npz", "predictions_test.csv", "checkpoint.pt"):
+        assert (tmp_path / "r" / name).is_file(), name
+    on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert on_disk["method"] == "late-fusion" and on_disk["dataset"] == "synthetic" and on_disk["seed"] == 0
+    assert set(on_disk["test"]["modality_acc"]) == {"audio", "text", "video"}
+    assert abs(on_disk["missing_fraction"]["test"] - 0.3) < 0.01 and abs(on_disk["missing_fraction"]["train"] - 0.3) < 0.01
+    lines = (tmp_path / "r" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+    assert "modality_acc" in json.loads(lines[0])["valid"]
+    assert metrics["selection"]["best_epoch"] in range(4)
+    # the stored test numbers are those of the selected epoch
+    best = json.loads(lines[metrics["selection"]["best_epoch"]])
+    assert best["test"]["acc"] == pytest.approx(metrics["test"]["acc"])
+
+
+def test_evaluate_reproduces_training_numbers(tmp_path):
+    metrics = train(_config(), tmp_path / "r")
+    again = evaluate_run(tmp_path / "r")
+    assert again["test"]["acc"] == pytest.approx(metrics["test"]["acc"])
+    other = evaluate_run(tmp_path / "r", condition="v")
+    assert other["protocol"] == "v" and other["missing_fraction"] == pytest.approx(2 / 3)
+
+
+def test_resume_after_interruption_gives_same_result(tmp_path, monkeypatch):
+    full = train(_config(epochs=6, dropout=0.3), tmp_path / "full")
+    original = Trainer._train_epoch
+
+    def interrupted(self, train_set, available, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return original(self, train_set, available, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(epochs=6, dropout=0.3), tmp_path / "cut")
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 2
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    resumed = train(_config(epochs=6, dropout=0.3), tmp_path / "cut", resume=True)
+    assert _strip(resumed) == _strip(full)
+    a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 6
+
+
+def test_finished_run_is_not_overwritten(tmp_path):
+    train(_config(epochs=1), tmp_path / "r")
+    with pytest.raises(IMERError, match="already holds a finished run"):
+        train(_config(epochs=1), tmp_path / "r")
+
+
+def test_published_selection_rule_is_labelled(tmp_path):
+    metrics = train(_config(**{"train.selection": "test-published"}), tmp_path / "r")
+    assert metrics["selection"]["rule"] == "test-published"
+
+
+def test_regression_run_and_selection_metric(tmp_path):
+    metrics = train(_config(dataset="synthetic-reg", **{"train.select_metric": "mae"}), tmp_path / "r")
+    assert metrics["task"] == "regression" and metrics["selection"]["metric"] == "mae"
+    assert {"acc2", "f1", "acc2_with_zero", "mae", "corr", "acc7"} <= set(metrics["test"])
+
+
+def test_config_overrides_and_errors():
+    config = RunConfig(method="early-fusion")
+    apply_override(config, "hidden=64")
+    apply_override(config, "train.lr=1e-4")
+    apply_override(config, "epochs=7")
+    apply_override(config, "data.options.feature_dir=/x")
+    assert config.model["hidden"] == 64 and config.train.lr == 1e-4 and config.train.epochs == 7
+    assert config.data.options["feature_dir"] == "/x"
+    with pytest.raises(ConfigError, match="unknown key 'nonsense'"):
+        apply_override(config, "nonsense=1")
+    with pytest.raises(ConfigError, match="has no option"):
+        apply_override(config, "model.depthx=3")
+    with pytest.raises(ConfigError, match="unknown method"):
+        build_run_config("no-such-method", "synthetic")
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path):
+    with pytest.raises(IMERError, match="non-finite"):
+        train(_config(epochs=2, **{"train.lr": 1e30}), tmp_path / "r")
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    train(_config(epochs=2), tmp_path / "r")
+    with pytest.raises(IMERError, match="cannot resume, train.lr differs"):
+        train(_config(epochs=2, **{"train.lr": 0.5}), tmp_path / "r", resume=True)
+    with pytest.raises(IMERError, match="cannot resume, model.hidden differs"):
+        train(build_run_config("early-fusion", "synthetic", overrides=["train.epochs=2", "train.progress=false", "missing.rate=0.3", "hidden=32"]), tmp_path / "r", resume=True)
+    again = train(_config(epochs=2, **{"train.progress": True}), tmp_path / "r", resume=True)
+    assert again["selection"]["epochs"] == 2
