@@ -11,7 +11,7 @@ Figure 1) to ``docs/results/comp_mosi_balance.png``.
 Example (the reduced budget used for the committed results)::
 
     OMP_NUM_THREADS=1 python scripts/comp_experiments.py --data-dir ../shared/data \\
-        --epochs 40 --stage-epoch 20 --runs runs/comp_mosi
+        --epochs 30 --stage-epoch 15 --batch-size 8 --lr 1e-4 --runs runs/comp_mosi --ablations
 """
 
 from __future__ import annotations
