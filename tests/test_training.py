@@ -126,3 +126,17 @@ def test_resume_refuses_a_changed_config(tmp_path):
         train(build_run_config("early-fusion", "synthetic", overrides=["train.epochs=2", "train.progress=false", "missing.rate=0.3", "hidden=32"]), tmp_path / "r", resume=True)
     again = train(_config(epochs=2, **{"train.progress": True}), tmp_path / "r", resume=True)
     assert again["selection"]["epochs"] == 2
+
+
+def test_reloaded_run_predicts_in_the_stage_of_its_selected_epoch(tmp_path, monkeypatch):
+    from imer.experiments.run import load_run
+    from imer.models.late_fusion import LateFusion
+
+    seen = []
+    monkeypatch.setattr(LateFusion, "on_epoch_start", lambda self, epoch: seen.append(epoch), raising=False)
+    metrics = train(_config(method="late-fusion", epochs=3), tmp_path / "r")
+    best = metrics["selection"]["best_epoch"]
+    assert seen == [0, 1, 2, best]
+    seen.clear()
+    load_run(tmp_path / "r")
+    assert seen == [best]

@@ -184,6 +184,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
     result = trainer.fit(data.batchers["train"], train_mask, sets["valid"], sets["test"], resume=resume)
 
     model.load_state_dict(result.best_state)
+    model.on_epoch_start(result.best_epoch)
     save_weights(out / "model.safetensors", model.state_dict())
     test_acc = predict_split(model, sets["test"], config.train.batch_size, trainer.device)
     valid_metrics = predict_split(model, sets["valid"], config.train.batch_size, trainer.device).compute()
@@ -284,6 +285,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     spec = DataSpec(tuple(info["modalities"]), tuple(info["dims"]), info["task"], info["num_classes"])
     model = create_model(config.method, spec, config.model)
     model.load_state_dict(load_weights(run_dir / "model.safetensors"))
+    model.on_epoch_start(int(read_json(run_dir / "metrics.json")["selection"]["best_epoch"]))
     model.eval()
     scaler = Standardizer.load(run_dir / "scaler.npz", list(spec.modalities))
     return LoadedRun(config, model, scaler, spec, info.get("class_names"))

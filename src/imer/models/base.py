@@ -104,7 +104,13 @@ class IMERModel(nn.Module):
         return {"task": self.task_loss(out.prediction, labels, mask)}
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Hook for methods with stages (e.g. ComP's warm-up); epochs count from 0."""
+        """Hook for methods with stages (e.g. ComP's warm-up); epochs count from 0.
+
+        The stage must be a pure function of ``epoch``: the trainer calls this at
+        the start of every epoch, and again with the selected epoch after the best
+        weights are loaded (also when a saved run is reloaded), so a model always
+        predicts in the stage its weights were selected in.
+        """
 
     def stage(self) -> str:
         """Name of the current training stage (logged with every epoch)."""
