@@ -1,4 +1,6 @@
-"""Per-epoch generation diagnostic of one PROMISE run (the trainer has no per-epoch hook for it).
+"""Per-epoch generation diagnostic of one PROMISE run with every observed test modality available.
+
+(Each run's own history.jsonl already logs it under the run's masks, via ``epoch_diagnostics``.)
 
 The run is set up as ``imer.experiments.run.train`` does (same data, scaler,
 fixed masks, training masks and trainer arguments); the training-mask

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -290,6 +291,11 @@ def test_generation_similarity_and_end_to_end_run(tmp_path):
     data = make_synthetic(task="regression", num_groups=8, seed=1)
     metrics = train(_run_config(2, encoder_epochs=1), tmp_path / "run", dataset=data)
     assert np.isfinite(metrics["test"]["mae"]) and set(metrics["test"]["modality_acc"]) == set(data.modalities)
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    for record in history:  # the trainer logs the diagnostic every epoch, on valid and test
+        logged = record["diagnostics"]["test"]["generation_similarity"]
+        assert set(logged) == set(data.modalities) and all(v["count"] > 0 for v in logged.values())
+        assert "valid" in record["diagnostics"]
     model = create_model("promise", spec_of(data), SMALL)
     batcher = SplitBatcher(data.features, data.labels, None)
     sims = generation_similarity(model, batcher, data.available)

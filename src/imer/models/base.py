@@ -19,11 +19,16 @@ must never influence any output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from imer.data.batching import SplitBatcher
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,15 @@ class IMERModel(nn.Module):
         weights are loaded (also when a saved run is reloaded), so a model always
         predicts in the stage its weights were selected in.
         """
+
+    def epoch_diagnostics(self, batcher: "SplitBatcher", available: "np.ndarray") -> dict:
+        """Optional per-epoch measurements on an evaluation split, logged in ``history.jsonl``.
+
+        Called by the trainer in eval mode without gradients after each epoch's
+        validation, for the valid and test splits with their fixed masks.
+        Methods override it (e.g. PROMISE's generation similarity); default: none.
+        """
+        return {}
 
     def stage(self) -> str:
         """Name of the current training stage (logged with every epoch)."""

@@ -174,6 +174,10 @@ class Promise(IMERModel):
         for p in self.encoder_parameters():
             p.requires_grad_(self.encoder_trainable)
 
+    def epoch_diagnostics(self, batcher: SplitBatcher, available: np.ndarray) -> dict:
+        """Generation similarity (see :func:`generation_similarity`), logged every epoch."""
+        return {"generation_similarity": generation_similarity(self, batcher, available)}
+
     def stage(self) -> str:
         if self.encoder_stage:
             return "encoder"
@@ -337,7 +341,9 @@ def generation_similarity(model: Promise, batcher: SplitBatcher, available: np.n
     generated: list[Tensor] = []
     real: list[Tensor] = []
     valid: list[Tensor] = []
+    device = next(model.parameters()).device
     for batch in batcher.batches(available, batch_size):
+        batch = batch.to(device)
         out = model(batch.features, batch.available, batch.mask, batch.speakers)
         keep = batch.mask
         generated.append(out.aux["generated"][keep])

@@ -146,6 +146,7 @@ class Trainer:
             test_metrics = None
             if test is not None and self.eval_test_each_epoch:
                 test_metrics = predict_split(self.model, test, self.batch_size, self.device).compute()
+            diagnostics = self._diagnostics(valid, test)
             judged = test_metrics if self.selection == "test-published" else valid_metrics
             if self.select_metric not in judged:
                 raise TrainingError(f"selection metric '{self.select_metric}' is not computed for this task; available: {sorted(judged)}")
@@ -161,6 +162,8 @@ class Trainer:
                 "valid": valid_metrics,
                 "test": test_metrics,
             }
+            if diagnostics:
+                record["diagnostics"] = diagnostics
             history.append(record)
             elapsed.append(seconds)
             self._log(record)
@@ -178,6 +181,17 @@ class Trainer:
             seconds_per_epoch=float(np.mean(elapsed)) if elapsed else 0.0,
             history=history,
         )
+
+    @torch.no_grad()
+    def _diagnostics(self, valid: EvalSet, test: EvalSet | None) -> dict[str, Any]:
+        self.model.eval()
+        found = {}
+        for name, evalset in (("valid", valid), ("test", test)):
+            if evalset is not None:
+                values = self.model.epoch_diagnostics(evalset.batcher, evalset.available)
+                if values:
+                    found[name] = values
+        return found
 
     def _train_epoch(self, train: SplitBatcher, available: np.ndarray, epoch: int) -> dict[str, float]:
         self.model.train()
