@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
+
+from imer.errors import DataError
 
 
 @contextmanager
@@ -51,3 +56,18 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
+    """All arrays of a ``.npz`` read with ``allow_pickle=False`` (opening it can never run code).
+
+    ``what`` names the expected content in the error raised for a missing or unreadable file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable {what} (.npz without pickled objects): {exc}") from None

@@ -27,14 +27,13 @@ this format from any other loader.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from imer.data.dataset import MultimodalDataset
 from imer.errors import DataError
-from imer.io import atomic_write
+from imer.io import atomic_write, read_npz
 
 FORMAT = "imer-dataset-v1"
 _REQUIRED = ("format", "name", "task", "modalities", "labels", "utterance_ids", "group_ids", "order")
@@ -70,13 +69,7 @@ def save_custom(dataset: MultimodalDataset, path: str | Path) -> Path:
 def load_custom(path: str | Path) -> MultimodalDataset:
     """Read a custom-format ``.npz``; errors name the file and the missing or bad key."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: dataset file not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable imer dataset (.npz without pickled objects): {exc}") from None
+    data = read_npz(path, "imer dataset file")
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise DataError(f"{path}: missing key(s) {missing}; see `imer data convert --help` for the format")

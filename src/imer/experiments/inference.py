@@ -14,7 +14,7 @@ from imer.data import SplitBatcher, all_conditions, missing_fraction
 from imer.errors import DataError
 from imer.evaluation.metrics import headline_metrics
 from imer.experiments.run import LoadedRun, _softmax, evaluation_protocol, load_run, prepare_data, split_mask
-from imer.io import atomic_write
+from imer.io import atomic_write, read_npz
 from imer.training.trainer import EvalSet, predict_split
 
 
@@ -54,13 +54,7 @@ def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None) -> dic
 def read_prediction_input(path: str | Path, modalities: list[str], dims: dict[str, int]) -> dict[str, Any]:
     """Read the ``imer predict`` input ``.npz``; see :func:`predict` for the format."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: input file not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npz without pickled objects ({exc})") from None
+    data = read_npz(path, "prediction input file")
     present = [m for m in modalities if f"x_{m}" in data]
     unknown = sorted(k for k in data if k.startswith("x_") and k[2:] not in modalities)
     if unknown:
