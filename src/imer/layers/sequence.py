@@ -6,6 +6,16 @@ import torch
 from torch import Tensor, nn
 
 
+def safe_key_padding(valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Key padding mask for ``valid`` (``[..., L]`` bool) that never masks a whole row.
+
+    A row with no valid key would give NaN in softmax attention; such rows are
+    left unmasked and ``any_valid`` (``[..., 1]``) tells callers to zero their output.
+    """
+    any_valid = valid.any(dim=-1, keepdim=True)
+    return ~(valid | ~any_valid), any_valid
+
+
 class MaskedTransformer(nn.Module):
     """Pre-norm Transformer encoder; queries attend only to keys where ``valid`` is True.
 
@@ -25,8 +35,7 @@ class MaskedTransformer(nn.Module):
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """``x``: ``[B, L, H]``; ``valid``: ``[B, L]`` bool -> ``[B, L, H]``."""
-        any_valid = valid.any(dim=1, keepdim=True)
-        key_padding = ~(valid | ~any_valid)
+        key_padding, _ = safe_key_padding(valid)
         keep = valid.unsqueeze(-1)
         h = torch.where(keep, x, torch.zeros((), dtype=x.dtype))
         for layer in self.layers:

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from imer.data.batching import SplitBatcher
 from imer.layers import MLP, MaskedTransformer
+from imer.layers.sequence import safe_key_padding
 from imer.layers.contrastive import multi_positive_contrastive
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
@@ -111,8 +112,8 @@ class _Encoder(nn.Module):
 
 def _attend(attention: nn.MultiheadAttention, query: Tensor, keys: Tensor, key_valid: Tensor) -> Tensor:
     """Attention whose rows without any valid key give 0 instead of NaN."""
-    any_valid = key_valid.any(dim=-1, keepdim=True)
-    out, _ = attention(query, keys, keys, key_padding_mask=~(key_valid | ~any_valid), need_weights=False)
+    key_padding, any_valid = safe_key_padding(key_valid)
+    out, _ = attention(query, keys, keys, key_padding_mask=key_padding, need_weights=False)
     return torch.where(any_valid.unsqueeze(-1), out, torch.zeros((), dtype=out.dtype))
 
 
