@@ -39,7 +39,8 @@ from imer.experiments.config import RunConfig
 from imer.io import atomic_write, read_json, write_json
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
 from imer.training.checkpoint import load_weights, save_weights
-from imer.training.trainer import EvalSet, Trainer, predict_split
+from imer.training.threads import configure_threads
+from imer.training.trainer import CheckpointPolicy, EvalSet, Trainer, predict_split
 
 
 @dataclass
@@ -132,8 +133,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
         raise IMERError(f"{out}: already holds a finished run (metrics.json); choose another --out or pass --resume")
     if resume and (out / "config.json").exists():
         _check_same_run(read_json(out / "config.json"), config, out)
-    if config.train.threads:
-        torch.set_num_threads(int(config.train.threads))
+    configure_threads(config.train.threads)
     torch.manual_seed(config.seed)
     data = prepare_data(config, dataset)
     modalities = data.dataset.modalities
@@ -177,6 +177,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
         run_dir=out,
         progress=config.train.progress,
         eval_test_each_epoch=config.train.eval_test_each_epoch,
+        patience=config.train.patience,
+        checkpoint=CheckpointPolicy(config.train.checkpoint_every, config.train.checkpoint_minutes),
+        bucket=config.train.bucket,
     )
     if not resume and (out / "history.jsonl").exists():
         (out / "history.jsonl").unlink()
@@ -196,7 +199,15 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
         "seed": config.seed,
         "fold": config.data.fold,
         "task": data.spec.task,
-        "selection": {"rule": config.train.selection, "metric": select, "best_epoch": result.best_epoch, "epochs": config.train.epochs},
+        "selection": {
+            "rule": config.train.selection,
+            "metric": select,
+            "best_epoch": result.best_epoch,
+            "epochs": config.train.epochs,
+            "epochs_run": len(result.history),
+            "patience": config.train.patience,
+            "stopped_early": result.stopped_early,
+        },
         "missing": {
             "train_rate": config.missing.rate,
             "test_protocol": eval_protocol.name,
@@ -212,7 +223,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
 
 
 # Fields that may differ between an interrupted run and its resumption (more epochs extend a run).
-_RESUME_FREE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("train", "epochs"), ("data", "data_dir")}
+_RESUME_FREE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("train", "epochs"), ("train", "checkpoint_every"),
+                ("train", "checkpoint_minutes"), ("data", "data_dir")}
 
 
 def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None:

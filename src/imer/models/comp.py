@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imer.layers import MLP, MaskedTransformer, ModalityEmbedding
+from imer.layers.packing import on_valid
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
 
@@ -184,10 +185,10 @@ class ModalityStream(nn.Module):
             self.private_head = nn.Linear(h, output_size)
         first = config.depth // 2
         self.in1 = nn.Linear(h + extra, h)
-        self.block1 = MaskedTransformer(h, first, config.heads, config.dropout)
+        self.block1 = MaskedTransformer(h, first, config.heads, config.dropout, packed=config.packed)
         self.out1 = nn.Linear(h, h + extra)
         self.in2 = nn.Linear(h + extra, h)
-        self.block2 = MaskedTransformer(h, config.depth - first, config.heads, config.dropout)
+        self.block2 = MaskedTransformer(h, config.depth - first, config.heads, config.dropout, packed=config.packed)
         self.head = MLP(h, h, output_size, layers=2, dropout=config.dropout)
         if config.prompts:
             self.generator = PromptGenerator(h, config.prompt_size, config.num_prototypes, config.temperature, config.dropout)
@@ -209,7 +210,7 @@ class Comp(IMERModel):
         if not 0.0 <= config.momentum <= 1.0 or not 0.0 <= config.modulator_strength < 1.0:
             raise ValueError("comp: momentum must lie in [0, 1] and modulator_strength in [0, 1)")
         m, h = len(spec.modalities), config.hidden
-        self.embed = ModalityEmbedding(spec.dim_of, h, config.dropout)
+        self.embed = ModalityEmbedding(spec.dim_of, h, config.dropout, packed=config.packed)
         self.streams = nn.ModuleDict({name: ModalityStream(config, m, spec.output_size) for name in spec.modalities})
         if config.coordinator:
             self.coordinator = MLP(m * h, h, m, layers=2, dropout=config.dropout)
@@ -245,11 +246,11 @@ class Comp(IMERModel):
         for j, m in enumerate(names):
             stream, v = self.streams[m], valid[..., j : j + 1]
             if cfg.disentangle:
-                codes[m] = torch.where(v, stream.shared(z[..., j, :]), zero)
-                private[m] = torch.where(v, stream.private(z[..., j, :]), zero)
-                aux[f"recon_{m}"] = stream.decoder(torch.cat([codes[m], private[m]], dim=-1))
+                codes[m] = on_valid(stream.shared, z[..., j, :], v, cfg.packed)
+                private[m] = on_valid(stream.private, z[..., j, :], v, cfg.packed)
+                aux[f"recon_{m}"] = on_valid(stream.decoder, torch.cat([codes[m], private[m]], dim=-1), v, cfg.packed)
                 if not bool(self.stage2):  # the reverse loss exists only in the warm-up
-                    aux[f"private_pred_{m}"] = scores(stream.private_head(private[m]), self.spec.task)
+                    aux[f"private_pred_{m}"] = scores(on_valid(stream.private_head, private[m], v, cfg.packed), self.spec.task)
             else:
                 codes[m] = z[..., j, :]
         if cfg.disentangle:
@@ -263,7 +264,7 @@ class Comp(IMERModel):
         for j, m in enumerate(names):
             stream = self.streams[m]
             x = self._with_prompts(codes[m], new_prompts, j)
-            out = stream.out1(stream.block1(stream.in1(x), valid[..., j]))
+            out = on_valid(stream.out1, stream.block1(on_valid(stream.in1, x, valid[..., j], cfg.packed), valid[..., j]), valid[..., j], cfg.packed)
             hidden[m], carried[m] = out[..., : cfg.hidden], out[..., cfg.hidden :]
         if prompting:
             regenerated = self._prompts(hidden, valid, weights, aux, "2")
@@ -278,8 +279,8 @@ class Comp(IMERModel):
                 x = torch.cat([hidden[m], aux[f"received_{m}"].flatten(-2)], dim=-1)
             else:
                 x = self._with_prompts(hidden[m], None, j)
-            outputs[m] = stream.block2(stream.in2(x), valid[..., j])
-            per_modality[m] = scores(stream.head(outputs[m]), self.spec.task)
+            outputs[m] = stream.block2(on_valid(stream.in2, x, valid[..., j], cfg.packed), valid[..., j])
+            per_modality[m] = scores(on_valid(stream.head, outputs[m], valid[..., j], cfg.packed), self.spec.task)
 
         stacked = torch.stack([outputs[m] for m in names], dim=2)  # [B, L, M, H]
         if not bool(self.stage2):
