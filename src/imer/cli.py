@@ -28,6 +28,9 @@ Data folder: --data-dir PATH or the IMER_DATA environment variable.
 """
 
 
+THREADS_HELP = "torch CPU threads (default: the cores this process may use; more than that is slower and warns)"
+
+
 def _console():
     from rich.console import Console
 
@@ -89,6 +92,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from imer.experiments.inference import evaluate_conditions, evaluate_run
+    from imer.training.threads import configure_threads
+
+    configure_threads(args.threads)
 
     if args.all_conditions:
         result = evaluate_conditions(args.model, data_dir=args.data_dir)
@@ -107,6 +113,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from imer.experiments.inference import predict
+    from imer.training.threads import configure_threads
+
+    configure_threads(args.threads)
 
     rows = predict(args.model, args.input, args.out)
     print(f"{len(rows)} predictions written to {args.out}")
@@ -145,6 +154,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
+    from imer.training.threads import resolve_threads
 
     spec = SweepSpec(
         methods=parse_list(args.methods),
@@ -156,7 +166,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         overrides=args.set,
         conditions=args.conditions,
-        threads=args.threads,
+        threads=resolve_threads(args.threads, max(1, args.workers)),
     )
     try:
         manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
@@ -214,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set hidden=128 --set train.lr=1e-4 (repeatable)")
     t.add_argument("--device", help="cpu (default), cuda, or auto")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--threads", type=int, help=THREADS_HELP)
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -230,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--all-conditions", action="store_true", help="every fixed condition and their average")
     e.add_argument("--data-dir", help="data folder, if it moved since training")
     e.add_argument("--json", help="also write the result to this JSON file")
+    e.add_argument("--threads", type=int, help=THREADS_HELP)
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict new utterances with a trained run",
@@ -239,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory")
     p.add_argument("--input", required=True, help="feature file (.npz)")
     p.add_argument("--out", required=True, help="output file (.csv or .json)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("data", help="inspect or convert datasets", description="Inspect a dataset or convert it to the custom .npz format.")
@@ -280,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--folds", help="comma-separated test folds for fold-based datasets (IEMOCAP sessions 1..5); default: the dataset's first")
     sw.add_argument("--out", required=True, help="sweep directory (created; rerun with the same --out to resume)")
     sw.add_argument("--workers", type=int, default=1, help="cells run at once in worker processes (1 = in this process; default 1)")
-    sw.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    sw.add_argument("--threads", type=int, help="torch threads per worker (default: the cores available divided by --workers, at least 1)")
     sw.add_argument("--epochs", type=int, help="training epochs of every cell (default: each method's config)")
     sw.add_argument("--data-dir", help="data folder (default: $IMER_DATA)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

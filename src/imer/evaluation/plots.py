@@ -4,7 +4,7 @@
   line per method with a ± std band over seeds, one column per dataset.
 * ``modality_balance.png`` — per-modality accuracy of the unimodal heads
   (``modality_acc``) per method, grouped by missing rate: the "balance" view.
-* ``modality_over_epochs.png`` — per-modality test accuracy over epochs from
+* ``modality_over_epochs.png`` — per-modality validation accuracy over epochs from
   ``history.jsonl``, for methods that report ``modality_acc`` (ComP-style).
 
 Colours are fixed per method and per modality across all figures.
@@ -158,7 +158,7 @@ def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
     handles = [Line2D([], [], color=colour[m], linewidth=2.5, label=m) for m in modalities]
     handles += [Line2D([], [], color="black", linestyle=ls, label=f"rate {r:g}") for r, ls in style.items()]
     fig.legend(handles=handles, loc="center right", frameon=False, title="modality / rate")
-    fig.suptitle("Per-modality test accuracy over epochs\n(mean over seeds)")
+    fig.suptitle("Per-modality validation accuracy over epochs\n(mean over seeds)")
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -461,7 +461,12 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, plots: boo
 
 
 def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
-    """Per-epoch test (else valid) ``modality_acc`` from ``history.jsonl``; None if the run has none."""
+    """Per-epoch validation ``modality_acc`` from ``history.jsonl``; None if the run has none.
+
+    Validation, not test: the test split is not evaluated during training
+    unless ``train.eval_test_each_epoch`` is set, and curves over epochs are
+    a model-selection view anyway.
+    """
     path = run_dir / "history.jsonl"
     if not path.is_file():
         return None
@@ -470,7 +475,7 @@ def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
         if not line.strip():
             continue
         record = json.loads(line)
-        split = record.get("test") or record.get("valid") or {}
+        split = record.get("valid") or {}
         if "modality_acc" not in split:
             return None
         series.append(split["modality_acc"])
