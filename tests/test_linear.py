@@ -146,3 +146,16 @@ def test_linear_on_minilm_end_to_end(minilm_run, data_dir, tmp_path):
     np.savez(tmp_path / "new.npz", x_text=raw["text"][:5], utterance_ids=raw["ids"][:5])
     assert main(["predict", "--model", str(out), "--input", str(tmp_path / "new.npz"), "--out", str(tmp_path / "p.csv")]) == 0
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("kept", [[0, 2], [0, 1, 3]])
+def test_logistic_classes_absent_from_training_are_never_predicted(kept):
+    ds, model, batcher, masks = _setup("classification", "logistic")
+    keep = np.isin(ds.labels, kept)
+    sub = SplitBatcher({m: x[keep] for m, x in ds.features.items()}, ds.labels[keep], ds.group_ids[keep], ds.order[keep])
+    list(model.convex_fits(sub, [m[keep] for m in masks]))
+    batch = next(sub.batches(masks[0][keep], batch_size=sub.num_groups))
+    with torch.no_grad():
+        predicted = model(batch.features, batch.available, batch.mask).prediction[batch.mask].argmax(-1)
+    assert set(predicted.tolist()) <= set(kept)
+    assert (predicted == batch.labels[batch.mask]).float().mean() > 1.0 / len(kept)

@@ -139,8 +139,18 @@ class Linear(IMERModel):
                 factor = max(0.0, float(decision @ y) / max(float(decision @ decision), 1e-12))
                 coef, intercept = coef * factor, intercept * factor
                 extra["score_scale"] = factor
-            elif coef.shape[0] == 1:  # two classes: sklearn gives one row; logits (0, f) have the same softmax
-                coef = np.vstack([np.zeros_like(coef), coef])
-                intercept = np.array([0.0, intercept[0]])
+            else:
+                coef, intercept = self._class_logits(solver.classes_, coef, intercept)
             yield coef, intercept, extra
+
+    def _class_logits(self, classes: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One logit row per class of the task: two seen classes give sklearn's single row as logits (0, f),
+        which have the same softmax; a class absent from training gets a constant, very low logit."""
+        full_coef = np.zeros((self.spec.num_classes, coef.shape[1]))
+        full_intercept = np.full(self.spec.num_classes, -30.0)
+        if len(classes) == 2 and coef.shape[0] == 1:
+            full_coef[classes[1]], full_intercept[classes[1]], full_intercept[classes[0]] = coef[0], intercept[0], 0.0
+        else:
+            full_coef[classes], full_intercept[classes] = coef, intercept
+        return full_coef, full_intercept
 
