@@ -11,6 +11,8 @@ from imer.training import threads
 
 def test_default_divides_the_available_cores_among_workers(monkeypatch):
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert threads.default_threads() == 8
     assert threads.default_threads(workers=3) == 2
     assert threads.default_threads(workers=16) == 1
@@ -43,3 +45,22 @@ def test_every_computing_command_takes_threads(tmp_path):
     assert main(["train", "--method", "late-fusion", "--dataset", "synthetic", "--epochs", "1", "--set", "hidden=8", "--no-progress",
                  "--threads", "1", "--out", str(out)]) == 0
     assert main(["evaluate", "--model", str(out), "--threads", "1"]) == 0
+
+
+def test_spinning_waits_default_to_one_thread(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.default_threads() == 3
+
+
+def test_import_imer_asks_for_passive_waiting():
+    import subprocess
+    import sys
+
+    code = "import os, imer, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.strip()
+    assert out == "PASSIVE"

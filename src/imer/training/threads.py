@@ -1,10 +1,14 @@
 """How many intra-op threads torch uses: the cores this process may run on, shared among workers.
 
 On a CPU, torch's intra-op threads beyond the cores actually available do not
-help and, with OpenMP's spinning waits on a busy machine, hurt a lot (see
-docs/benchmarks.md). The default is ``cores // workers`` (at least 1), with
-``cores`` from ``os.sched_getaffinity`` (what a container or ``taskset``
-allows), so ``workers × threads ≤ cores``; asking for more warns.
+help, and OpenMP threads that spin while they wait hurt a lot on a busy
+machine (measured in docs/benchmarks.md: 2 threads 10-12x slower than 1 with
+the default wait policy, 1.6x faster with ``OMP_WAIT_POLICY=PASSIVE``, which
+``import imer`` sets unless torch was imported first or the user chose a
+policy). The default is ``cores // workers`` (at least 1), with ``cores``
+from ``os.sched_getaffinity`` (what a container or ``taskset`` allows), so
+``workers × threads ≤ cores``; asking for more warns. Without passive waiting
+the default is 1 thread; an explicit ``OMP_NUM_THREADS`` is the default too.
 """
 
 from __future__ import annotations
@@ -21,8 +25,18 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def passive_waiting() -> bool:
+    """Whether OpenMP threads sleep instead of spinning while they wait (``OMP_WAIT_POLICY=PASSIVE``)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
 def default_threads(workers: int = 1) -> int:
-    """``available_cores() // workers``, at least 1."""
+    """``OMP_NUM_THREADS`` when set, else ``available_cores() // workers`` (at least 1) with passive waiting, else 1."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    if not passive_waiting():
+        return 1
     return max(1, available_cores() // max(1, workers))
 
 
