@@ -18,7 +18,7 @@ from imer.layers.packing import Packing
 from imer.models import create_model, get_model_class
 
 DIMS = {"audio": 6, "text": 8, "video": 5}
-PACKED_METHODS = ["comp", "momke", "early-fusion", "modality-dropout"]
+PACKED_METHODS = ["comp", "momke"]
 TOLERANCE = 1e-5
 
 

@@ -33,7 +33,7 @@ class EarlyFusion(IMERModel):
         if config.fusion not in ("concat", "mean"):
             raise ValueError(f"early-fusion: fusion must be 'concat' or 'mean', got {config.fusion!r}")
         m = len(spec.modalities)
-        self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout, packed=config.packed)
+        self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout)
         fused = config.hidden * m + m if config.fusion == "concat" else config.hidden
         self.head = MLP(fused, config.hidden, spec.output_size, layers=config.layers, dropout=config.dropout)
 

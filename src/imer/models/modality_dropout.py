@@ -40,7 +40,7 @@ class ModalityDropout(IMERModel):
         if not 0.0 <= config.drop_prob < 1.0:
             raise ValueError(f"modality-dropout: drop_prob must be in [0, 1), got {config.drop_prob}")
         m = len(spec.modalities)
-        self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout, packed=config.packed)
+        self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout)
         self.head = MLP(config.hidden * m + m, config.hidden, spec.output_size, layers=config.layers, dropout=config.dropout)
 
     def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor, speakers: Tensor | None = None) -> ModelOutput:
