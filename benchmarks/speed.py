@@ -132,7 +132,7 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
         }
     for epoch in range(epochs):
         mask = RandomMissing(0.4).apply(runs[variants[0]]["available"], np.random.default_rng(derive_seed("bench", epoch)))
-        for variant in variants:
+        for variant in variants if epoch % 2 == 0 else variants[::-1]:  # alternate who goes first
             r = runs[variant]
             trainer, model = r["trainer"], r["model"]
             model.on_epoch_start(epoch)
