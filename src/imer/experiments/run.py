@@ -3,7 +3,8 @@
 A run directory holds ``config.json``, ``environment.json``, ``metrics.json``,
 ``history.jsonl``, ``model.safetensors`` (best weights), ``scaler.npz``,
 ``masks.npz`` (the fixed valid/test masks), ``predictions_test.csv`` and
-``checkpoint.pt`` (last epoch, for ``--resume``).
+``checkpoint.pt`` (resume state, written every ``train.checkpoint_every`` epochs or
+``train.checkpoint_minutes`` minutes, at stage starts and at the end, for ``--resume``).
 """
 
 from __future__ import annotations
