@@ -97,13 +97,13 @@ def make_synthetic(
     )
 
 
-@register_dataset("synthetic", needs_data_dir=False, description="built-in synthetic dialogues, 4 classes, strong/medium/weak modalities")
+@register_dataset("synthetic", needs_data_dir=False, description="built-in synthetic dialogues, 4 classes, strong/medium/weak modalities", options=make_synthetic)
 def load_synthetic(**options) -> MultimodalDataset:
     """The built-in classification dataset (options are passed to :func:`make_synthetic`)."""
     return make_synthetic(task="classification", **options)
 
 
-@register_dataset("synthetic-reg", needs_data_dir=False, description="built-in synthetic dialogues, regression in [-3, 3]")
+@register_dataset("synthetic-reg", needs_data_dir=False, description="built-in synthetic dialogues, regression in [-3, 3]", options=make_synthetic)
 def load_synthetic_regression(**options) -> MultimodalDataset:
     """The built-in regression dataset (options are passed to :func:`make_synthetic`)."""
     return make_synthetic(task="regression", **options)

@@ -15,7 +15,6 @@ optional ``ray`` backend, as Ray tasks on a local or remote Ray cluster.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from imer.errors import ConfigError, IMERError
-from imer.io import read_json, write_json
+from imer.io import append_jsonl, read_json, write_json
 
 STATUS_FILES = ("metrics.json", "conditions.json")
 
@@ -323,8 +322,7 @@ def run_sweep(
             states[cell] = "done" if record["status"] == "ok" else "failed"
             if record["status"] != "ok":
                 failed += 1
-                with (out / "failures.jsonl").open("a") as fh:
-                    fh.write(json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+                append_jsonl(out / "failures.jsonl", {**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                 bar.write(f"FAILED {cell.label}: {record['error']}")
             for message in record.get("warnings", []):
                 if message not in seen_warnings:
