@@ -144,12 +144,13 @@ def train(
     refused unless ``resume`` (continue it) or ``overwrite`` (replace it) is given.
     Warnings raised on the way are listed in ``metrics.json`` under ``warnings``.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             return _train(config, Path(out_dir), resume, dataset, overwrite, caught)
-        finally:
-            _reemit(caught)
+    finally:
+        _reemit(caught)  # shown (or recorded by a caller) once the run's own record is complete
 
 
 def _reemit(caught: list[warnings.WarningMessage]) -> None:
