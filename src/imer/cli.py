@@ -119,13 +119,14 @@ def _load_data_args(args: argparse.Namespace):
     from imer.experiments.config import build_data_config
 
     data = build_data_config(args.dataset, config_file=args.config, overrides=args.set, data_dir=args.data_dir).data
-    return load_dataset(data.name, data.data_dir, **data.options)
+    return load_dataset(data.name, data.data_dir, **data.options), data
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
     from imer.io import dumps
 
-    info = _load_data_args(args).summary()
+    dataset, data = _load_data_args(args)
+    info = dataset.summary(data.valid_fraction, data.split_seed)
     if args.json:
         print(dumps(info, indent=2))
         return 0
@@ -158,7 +159,7 @@ def _print_data_info(info: dict[str, Any]) -> None:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from imer.data import save_custom
 
-    dataset = _load_data_args(args)
+    dataset, _ = _load_data_args(args)
     path = save_custom(dataset, args.out)
     print(f"wrote {len(dataset)} utterances of '{dataset.name}' to {path} (train on it with --dataset {path})")
     return 0

@@ -213,8 +213,8 @@ class MultimodalDataset:
         in_valid = np.array([g in valid_groups for g in self.group_ids[train_idx]], dtype=bool)
         return train_idx[~in_valid], train_idx[in_valid]
 
-    def summary(self) -> dict:
-        """Sizes, dims, splits and label distribution, for ``imer data info``."""
+    def summary(self, valid_fraction: float = 0.15, split_seed: int = 0) -> dict:
+        """Sizes, dims, splits and label distribution, for ``imer data info`` (valid carved as in training)."""
         info: dict = {
             "name": self.name,
             "source": self.source,
@@ -228,10 +228,10 @@ class MultimodalDataset:
             "notes": list(self.notes),
         }
         if self.split is not None:
-            parts = self.split_indices()
+            parts = self.split_indices(None, valid_fraction, split_seed)
             info["splits"] = {s: {"utterances": len(idx), "groups": int(len(np.unique(self.group_ids[idx])))} for s, idx in parts.items()}
             if not (self.split == "valid").any():
-                info["splits"]["valid"]["note"] = "carved from training groups (valid_fraction 0.15, split_seed 0)"
+                info["splits"]["valid"]["note"] = f"carved from training groups (valid_fraction {valid_fraction:g}, split_seed {split_seed})"
         if self.fold is not None:
             info["folds"] = {int(f): int((self.fold == f).sum()) for f in self.folds}
         if self.task == "classification":

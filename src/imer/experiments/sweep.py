@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -312,7 +313,9 @@ def run_sweep(
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
     runner = execute_ray(spec, todo, out, workers, address) if backend == "ray" else execute_local(spec, todo, out, workers)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    plain = progress and not sys.stderr.isatty()  # logs and pipes get one line per finished cell, no carriage returns
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress or plain, dynamic_ncols=True)
+    finished = len(cells) - len(todo)
     restore = _interrupt_on_sigterm()
     seen_warnings: set[str] = set()
     failed = 0
@@ -332,6 +335,9 @@ def run_sweep(
             if on_result is not None:
                 on_result(record)
             bar.update(1)
+            finished += 1
+            if plain:
+                print(f"sweep {finished}/{len(cells)}: {cell.label} {states[cell]} ({record.get('seconds', 0.0):.0f}s)", file=sys.stderr, flush=True)
             bar.set_postfix(failed=failed)
     finally:
         runner.close()  # on interruption: stops the workers now (see execute_local)
