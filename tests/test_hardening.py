@@ -197,3 +197,22 @@ def test_progress_is_one_plain_line_per_epoch_when_not_a_terminal(tmp_path, caps
     err = capsys.readouterr().err
     assert "\r" not in err
     assert [line.split(":")[0] for line in err.splitlines() if line.startswith("epoch ")] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+
+
+# ----------------------------------------------------------------------------- one place for model defaults
+def test_shipped_configs_do_not_restate_model_defaults():
+    """A method's model defaults live in its config dataclass; TOML files hold only deviations from them."""
+    import dataclasses
+    import tomllib
+
+    from imer.experiments.config import CONFIG_ROOT
+    from imer.models import get_model_class, list_models
+
+    for method in list_models():
+        if method == "comp":  # ComP's defaults are consolidated under issue 13
+            continue
+        defaults = dataclasses.asdict(get_model_class(method).config_class())
+        for path in sorted((CONFIG_ROOT / method).glob("*.toml")):
+            model = tomllib.loads(path.read_text()).get("model", {})
+            restated = sorted(k for k, v in model.items() if defaults.get(k) == v)
+            assert not restated, f"{path}: {restated} restate {method}'s dataclass defaults (keep them in one place)"
