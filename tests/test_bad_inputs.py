@@ -331,6 +331,26 @@ def test_predict_input_not_a_zip(capsys, run, tmp_path):
     fails(capsys, ["predict", "--model", run, "--input", path, "--out", tmp_path / "p.csv"], "in.npz: not a .npz archive")
 
 
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--missing-rates", "0.2,1.2"], "--missing-rates: must be in [0, 1], got 1.2"),
+        (["--missing-rates", "0.2,x"], "cannot read '0.2,x' as a comma-separated list of float"),
+        (["--missing-rates", "0.2", "--methods", "early-fusion,nope"], "nope on synthetic: unknown method 'nope'"),
+        (["--missing-rates", "0.2", "--set", "late-fusion:hidden=abc"], "late-fusion on synthetic: model.hidden: must be an integer"),
+    ],
+)
+def test_sweep_is_checked_before_any_cell_runs(capsys, tmp_path, extra, expected):
+    argv = ["sweep", "--methods", "early-fusion,late-fusion", "--datasets", "synthetic", "--seeds", "0", "--out", tmp_path / "s", *extra]
+    fails(capsys, argv, expected)
+    assert not (tmp_path / "s").exists()
+
+
+def test_report_of_nothing(capsys, tmp_path):
+    fails(capsys, ["report", tmp_path / "none"], "not a directory")
+    fails(capsys, ["report", tmp_path], "no finished runs")
+
+
 def test_moved_data_folder_says_how_to_point_to_it(capsys, tmp_path):
     fails(capsys, ["data", "info", "--dataset", "cmu-mosi", "--data-dir", tmp_path / "gone"], "data folder not found; pass --data-dir PATH")
 

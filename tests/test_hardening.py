@@ -216,3 +216,29 @@ def test_shipped_configs_do_not_restate_model_defaults():
             model = tomllib.loads(path.read_text()).get("model", {})
             restated = sorted(k for k, v in model.items() if defaults.get(k) == v)
             assert not restated, f"{path}: {restated} restate {method}'s dataclass defaults (keep them in one place)"
+
+
+def test_data_info_reads_a_gcnet_label_pickle_beside_features(tmp_path, capsys):
+    """The GCNet release layout: the label pickle sits beside features/, not under gcnet-meta/."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    dialogues = {f"Ses0{s}_d{k}": [f"Ses0{s}_d{k}_u{j}" for j in range(3)] for s in range(1, 6) for k in range(2)}
+    meta = [dialogues, {d: [j % 4 for j in range(3)] for d in dialogues}, {d: ["F", "M", "F"] for d in dialogues},
+            {d: ["", "", ""] for d in dialogues}, [d for d in dialogues if not d.startswith("Ses05")], [d for d in dialogues if d.startswith("Ses05")]]
+    (tmp_path / "labels.pkl").write_bytes(pickle.dumps(meta))
+    for folder, width in (("fa", 3), ("ft", 5)):
+        (tmp_path / "features" / folder).mkdir(parents=True)
+        for utts in dialogues.values():
+            for u in utts:
+                np.save(tmp_path / "features" / folder / f"{u}.npy", rng.normal(size=width).astype(np.float32))
+    argv = ["data", "info", "--dataset", "iemocap4", "--data-dir", str(tmp_path), "--json",
+            "--set", "data.options.label_file=labels.pkl", "--set", 'data.options.features={audio="fa",text="ft"}']
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(argv) == 0
+    finally:
+        os.chdir(cwd)
+    info = json.loads(capsys.readouterr().out)
+    assert info["modalities"] == {"audio": 3, "text": 5} and info["utterances"] == 30 and sorted(info["folds"]) == ["1", "2", "3", "4", "5"]

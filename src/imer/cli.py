@@ -186,6 +186,7 @@ def _method_description(cls: type) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
+    from imer.experiments.validation import validate_sweep
 
     spec = SweepSpec(
         methods=parse_list(args.methods),
@@ -199,6 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         conditions=args.conditions,
         threads=args.threads,
     )
+    validate_sweep(spec)  # every method × dataset config is checked before the first cell starts
     try:
         manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
     except KeyboardInterrupt:

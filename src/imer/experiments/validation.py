@@ -326,3 +326,22 @@ def check_select_metric(metric: str, task: str) -> None:
     """``train.select_metric`` must be computed for the data's task (known once the data is loaded)."""
     if metric not in SELECT_METRICS[task]:
         raise ConfigError(f"train.select_metric: '{metric}' is not computed for {task}; choose one of {', '.join(SELECT_METRICS[task])}")
+
+
+def validate_sweep(spec: Any) -> None:
+    """Build (and so check) the config of every method × dataset of a sweep before any cell runs."""
+    from imer.experiments.config import build_run_config
+    from imer.experiments.sweep import overrides_for
+
+    for rate in spec.rates:
+        _check_range(rate, UNIT, "--missing-rates")
+    for seed in spec.seeds:
+        _check_range(seed, RUN_RANGES["seed"], "--seeds")
+    for dataset in spec.datasets:
+        for method in spec.methods:
+            for fold in spec.folds or [None]:
+                try:
+                    build_run_config(method, dataset, overrides=overrides_for(method, spec.overrides), data__data_dir=spec.data_dir,
+                                     data__fold=fold, train__epochs=spec.epochs, train__threads=spec.threads)
+                except ConfigError as exc:
+                    raise ConfigError(f"{method} on {dataset}: {exc}") from None
