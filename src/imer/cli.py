@@ -17,7 +17,7 @@ examples:
              --missing-rate 0.4 --seed 0 --out runs/mosi-ef-0.4
   imer evaluate --model runs/mosi-ef-0.4 --condition t
   imer predict --model runs/demo --input new.npz --out predictions.csv
-  imer data info --dataset cmu-mosi --data-dir ../shared/data
+  imer data info --dataset cmu-mosi-minilm --data-dir ../shared/data --probe
   imer list
   imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\
              --missing-rates 0.1,0.4,0.7 --seeds 0,1,2 --epochs 20 --workers 2 --out sweeps/mosi
@@ -127,10 +127,22 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
     dataset, data = _load_data_args(args)
     info = dataset.summary(data.valid_fraction, data.split_seed)
+    if args.probe:
+        from imer.evaluation.leakage import probe_leakage
+
+        info["leakage_probe"] = probe_leakage(dataset).to_dict()
     if args.json:
         print(dumps(info, indent=2))
         return 0
+    probe = info.pop("leakage_probe", None)
     _print_data_info(info)
+    if probe:
+        _table(
+            f"leakage probe: linear probe per modality on train, target {probe['target']}; flagged when valid beats test by > {probe['threshold']:.2f}",
+            ["modality", "C", "train CV", "valid", "test", "valid - test", "flagged"],
+            [[r["modality"], f"{r['C']:g}", r["cv"], r["valid"], r["test"], r["gap"], "yes" if r["flagged"] else "no"] for r in probe["rows"]],
+        )
+        print(f"verdict: {probe['verdict']}")
     return 0
 
 
@@ -314,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "missing values of a dataset, loaded with the same data options as `imer train`.")
     _add_data_options(di)
     di.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    di.add_argument("--probe", action="store_true",
+                    help="also run the label-leakage probe: a logistic probe per modality fitted on train, scored on valid and test; "
+                    "'leak suspected' when valid beats test by more than 5 points (see docs/data.md)")
     di.set_defaults(func=cmd_data_info)
     dc = dsub.add_parser("convert", help="write a dataset in the custom .npz format",
                          description="Write any loadable dataset to one .npz (keys: format, name, task, modalities, x_<modality>, labels, "

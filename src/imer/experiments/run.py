@@ -320,6 +320,8 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "warnings": sorted({" ".join(str(w.message).split()) for w in caught}),
     }
+    if result.fit is not None:
+        metrics["fit"] = result.fit
     write_json(out / "metrics.json", metrics)
     return metrics
 
