@@ -249,7 +249,10 @@ def check_data_options(config: RunConfig) -> None:
 
 
 def check_model(config: RunConfig) -> None:
-    """Model options: known names, types, ranges, stage lengths; then a trial build of the method."""
+    """Model options: known names, types, ranges, stage lengths; then a trial build of the method.
+
+    Fills ``config.model`` with every option (defaults included, stage fractions resolved).
+    """
     from imer.models.registry import get_model_class
 
     cls = get_model_class(config.method).config_class
@@ -261,14 +264,11 @@ def check_model(config: RunConfig) -> None:
     defaults = dataclasses.asdict(cls())
     for name in known:
         where = f"model.{name}"
-        given = name in config.model
-        value = config.model[name] if given else defaults[name]
+        value = config.model.get(name, defaults[name])
         if STAGE_FIELD.match(name) and isinstance(value, float) and 0 < value < 1:
             value = max(1, int(round(value * config.train.epochs)))
-            given = True
         value = coerce(value, hints.get(name, Any), where)
-        if given:
-            config.model[name] = value
+        config.model[name] = value  # the complete, resolved options: what the run will use
         if STAGE_FIELD.match(name):
             _check_range(value, NON_NEGATIVE, where)
             _warn_unreachable_stage(config, name, value)
