@@ -124,11 +124,17 @@ def test_command_line(capsys, argv, expected):
         ("train.progress=maybe", "train.progress: must be true or false"),
         ("fusion=sum", "model: method 'early-fusion' cannot be built with these options"),
         ("noequals", "--set expects key=value"),
+        ("method=comp", "method is chosen with --method"),
+        ("data.options.split_fractions=[0.5]", "data.options.split_fractions: must be 3 non-negative fractions"),
+        ("data.options.num_classes=1", "data.options.num_classes: must be >= 2"),
+        ("data.options.dims={audio=0,text=3}", "modality 'audio' has shape (1215, 0), expected [1215, width] with width >= 1"),
+        ("missing.test_condition=xyz", "missing.test_condition: unknown condition 'xyz'"),
     ],
 )
 def test_config_values(capsys, tmp_path, setting, expected):
     fails(capsys, train_argv("synthetic", tmp_path / "r", "--set", setting), expected)
-    assert not (tmp_path / "r").exists(), "nothing may be written before the config is valid"
+    written = sorted(p.name for p in (tmp_path / "r").iterdir()) if (tmp_path / "r").exists() else []
+    assert written == [], "nothing may be written before config and data are valid"
 
 
 def test_select_metric_of_the_other_task_is_refused_before_training(capsys, tmp_path):

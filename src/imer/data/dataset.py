@@ -142,8 +142,8 @@ class MultimodalDataset:
         if self.available.shape != (n, len(self.features)):
             raise DataError(f"{where}: availability mask has shape {self.available.shape}, expected ({n}, {len(self.features)})")
         for j, (m, x) in enumerate(self.features.items()):
-            if x.ndim != 2 or x.shape[0] != n:
-                raise DataError(f"{where}: modality '{m}' has shape {x.shape}, expected [{n}, dim]")
+            if x.ndim != 2 or x.shape[0] != n or x.shape[1] == 0:
+                raise DataError(f"{where}: modality '{m}' has shape {x.shape}, expected [{n}, width] with width >= 1")
             for kind, bad in (("infinite", np.isinf(x)), ("NaN", np.isnan(x))):
                 bad_rows = np.flatnonzero(bad.any(axis=1) & self.available[:, j])
                 if len(bad_rows):
@@ -158,8 +158,8 @@ class MultimodalDataset:
         if empty.any():
             raise DataError(f"{where}: utterance '{self.utterance_ids[empty][0]}' has no modality at all")
         if self.task == "classification":
-            if not self.class_names:
-                raise DataError(f"{where}: classification data needs class_names")
+            if not self.class_names or len(self.class_names) < 2:
+                raise DataError(f"{where}: classification data needs class_names of at least 2 classes, got {self.class_names}")
             bad = (self.labels < 0) | (self.labels >= len(self.class_names))
             if bad.any():
                 raise DataError(

@@ -178,6 +178,8 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     key, raw = assignment.split("=", 1)
     key, value = key.strip(), parse_value(raw.strip())
     parts = key.split(".")
+    if key == "method" and value != config.method:
+        raise ConfigError(f"--set: method is chosen with --method (here '{config.method}'), not --set method={value}")
     if parts[0] in ("method", "seed") and len(parts) == 1:
         setattr(config, key, value)
         return

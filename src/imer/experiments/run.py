@@ -84,9 +84,13 @@ def prepare_data(config: RunConfig, dataset: MultimodalDataset | None = None, sc
 
 def evaluation_protocol(config: RunConfig, modalities: list[str], rate: float | None = None, condition: str | None = None) -> RandomMissing | FixedCondition:
     """The protocol for valid/test masks: a fixed condition, else the test rate."""
+    where = "--condition" if condition is not None else "missing.test_condition"
     condition = condition if condition is not None else (config.missing.test_condition if rate is None else None)
     if condition:
-        return parse_condition(condition, modalities)
+        try:
+            return parse_condition(condition, modalities)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return RandomMissing(config.missing.effective_test_rate if rate is None else rate)
 
 
@@ -117,7 +121,7 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no GPU is visible; use --set device=cpu")
+        raise ConfigError(f"train.device: {name} asked for, but no GPU is visible; use --device cpu")
     return torch.device(name)
 
 
@@ -231,6 +235,7 @@ def constant_baseline(data: PreparedData, metric: str) -> tuple[float, str]:
 
 def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDataset | None, overwrite: bool, caught: list) -> dict[str, Any]:
     config.validate()
+    device = _device(config.train.device)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     prepare_out(out, config, resume, overwrite)
     if config.train.threads:
@@ -275,7 +280,7 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         select_metric=select,
         selection=config.train.selection,
         seed=config.seed,
-        device=_device(config.train.device),
+        device=device,
         run_dir=out,
         progress=config.train.progress,
         eval_test_each_epoch=config.train.eval_test_each_epoch,
