@@ -171,7 +171,7 @@ class MultimodalDataset:
         if self.split is None and self.fold is None:
             raise DataError(f"{where}: needs a split or a fold per utterance")
         if self.split is not None:
-            unknown = set(np.unique(self.split)) - set(SPLITS)
+            unknown = {str(s) for s in np.unique(self.split)} - set(SPLITS)
             if unknown:
                 raise DataError(f"{where}: unknown split names {sorted(unknown)}; use {SPLITS}")
         if self.speakers is not None and self.speakers.shape != (n,):

@@ -81,8 +81,10 @@ def read_prediction_input(path: str | Path, modalities: list[str], dims: dict[st
         raise DataError(f"{path}: unknown modality array(s) {unknown}; the model knows {modalities}")
     if not present:
         raise DataError(f"{path}: no feature array; expected keys like {[f'x_{m}' for m in modalities]}")
-    first = data[f"x_{present[0]}"]
-    n = first.shape[0] if first.ndim >= 1 else 0
+    for m in present:
+        if data[f"x_{m}"].ndim != 2:
+            raise DataError(f"{path}: 'x_{m}' has shape {data[f'x_{m}'].shape}, expected [N, {dims[m]}] (one row per utterance, {dims[m]} features)")
+    n = data[f"x_{present[0]}"].shape[0]
     if n == 0:
         raise DataError(f"{path}: 'x_{present[0]}' has no rows; there is nothing to predict")
     given = None
