@@ -66,7 +66,7 @@ def predict_raw(run_dir: str | Path, raw: dict[str, str | None], out_path: str |
             available[0, j] = True
         else:
             features[m] = np.zeros((1, dim), dtype=np.float32)
-            missing[m] = "not given" if blocked[m] is None else f"not given (cannot be made from raw input: {blocked[m]})"
+            missing[m] = "not given" if blocked[m] is None else f"cannot be made from raw input: {blocked[m]}"
     rows = predict_given(loaded, {"features": features, "available": available, "utterance_ids": np.array(["input"]),
                                   "group_ids": None, "order": None, "speakers": None})
     row = {**rows[0], "used": [m for m in modalities if m in given], "missing": missing}

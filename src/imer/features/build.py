@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from imer.data.custom import FORMAT as DATASET_FORMAT
 from imer.errors import DataError
 from imer.features.inputs import column, read_table
 from imer.features.manifest import make_manifest
@@ -213,6 +212,8 @@ def build_dataset(
         **{f"x_{m}": x[m][index] for m in modalities},
     }
     if labels is not None:
+        from imer.data.custom import FORMAT as DATASET_FORMAT
+
         sel = [pos[u] for u in ids_kept]
         task, targets, class_names = _task_and_targets([labels.labels[k] for k in sel], task)
         arrays.update({"format": np.array(DATASET_FORMAT), "name": np.array(name or out.stem), "task": np.array(task), "labels": targets})

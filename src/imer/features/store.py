@@ -11,6 +11,7 @@ build`` joins such files into a dataset.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -204,5 +205,6 @@ def _map_units(extractor: Any, make_extractor: Callable[[], Any], units: list[An
         for unit in units:
             yield extractor.extract_unit(unit)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(make_extractor,)) as pool:
+    context = multiprocessing.get_context("spawn")  # no fork of a parent that may hold torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(make_extractor,)) as pool:
         yield from pool.map(_run_unit, units)

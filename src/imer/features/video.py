@@ -99,7 +99,7 @@ class OpenFaceImporter:
             if end is not None:
                 inside &= stamp < end
             if not inside.any():
-                where = "" if start is None and end is None else f" between {start or 0:.2f} and {end if end is not None else 'end'} s"
+                where = "" if start is None and end is None else f" between {start or 0:.2f} and " + ("the end" if end is None else f"{end:.2f} s")
                 results.append(Result(uid, None, f"{path}: no successful face frame{where}", group))
                 continue
             results.append(Result(uid, utterance_stats(values[inside]), "", group))
