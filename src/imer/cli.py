@@ -18,7 +18,6 @@ examples:
              --missing-rate 0.4 --seed 0 --out runs/mosi-ef-0.4
   imer evaluate --model runs/mosi-ef-0.4 --condition t
   imer predict --model runs/demo --input new.npz --out predictions.csv
-  imer features text transcripts.csv --out text.npz       # then audio, video, build: see imer features --help
   imer data info --dataset cmu-mosi --data-dir ../shared/data
   imer list
   imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\
