@@ -335,7 +335,7 @@ def test_cmu_mosi_minilm_model_predicts_from_text_alone(data_dir, tmp_path, caps
     capsys.readouterr()
     assert main(["predict", "--model", str(run), "--text", "it was really good", "--out", str(tmp_path / "p.json")]) == 0
     out = capsys.readouterr().out
-    assert "audio: missing (cannot be made from raw input: audio features copied from the bc-LSTM release" in out and "score" in out
+    assert "audio: missing (cannot be made from raw input: audio features copied from the bc-LSTM release" in out and "  score: " in out
     row = json.loads((tmp_path / "p.json").read_text())[0]
     assert row["used"] == ["text"] and "audio" in row["missing"] and np.isfinite(row["score"])
     synthetic_speech(tmp_path / "clip.wav", 1.0, 150.0, 0)

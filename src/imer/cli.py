@@ -124,8 +124,10 @@ def _predict_raw(args: argparse.Namespace, raw: dict[str, str | None]) -> int:
     from imer.experiments.raw_predict import predict_raw
 
     row = predict_raw(args.model, raw, args.out)
-    values = [[k, v] for k, v in row.items() if k not in ("utterance_id", "used", "missing")]
-    _table(f"{args.model}: prediction from {', '.join(row['used'])}", ["name", "value"], values)
+    print(f"{args.model}: prediction from {', '.join(row['used'])}")
+    for k, v in row.items():
+        if k not in ("utterance_id", "used", "missing"):
+            print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
     for m, why in row["missing"].items():
         print(f"{m}: missing ({why})")
     if args.out:

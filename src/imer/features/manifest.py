@@ -32,7 +32,7 @@ _BCLSTM_AUDIO = {
     "dim": 73,
     "reproducible": False,
     "note": f"audio features copied from {_BCLSTM}: 73 openSMILE values whose configuration is not published "
-            "(no openSMILE standard set has 73 values), so imer cannot extract them again",
+            "(none of the feature sets the opensmile package ships has 73 values), so imer cannot extract them again",
 }
 _MINILM_TEXT = {
     "extractor": "sentence-transformers",
