@@ -169,6 +169,9 @@ def test_builtin_run_carries_manifest_and_predict_refuses_bclstm(data_dir, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("imer: error: --text: this model's text features cannot be made from raw input") and "bc-LSTM" in err
     assert err.count("\n") == 1
+    converted = tmp_path / "mosi.npz"
+    assert main(["data", "convert", "--dataset", "cmu-mosi", "--data-dir", str(data_dir), "--out", str(converted)]) == 0
+    assert load_custom(converted).manifest == builtin_manifest("cmu-mosi")
 
 
 def test_predict_raw_without_manifest_or_input(tmp_path, capsys):
@@ -323,6 +326,17 @@ def test_readme_own_recordings_walkthrough(tmp_path, monkeypatch, capsys):
     prediction = json.loads((tmp_path / "demo" / "prediction.json").read_text())[0]
     assert prediction["used"] == ["audio", "text"] and prediction["missing"] == {"video": "not given"}
     assert prediction["prediction"] in ("positive", "negative")
+    capsys.readouterr()
+    demo = tmp_path / "demo"
+    assert main(["predict", "--model", "demo/run", "--openface", "demo/openface/talk0_2.csv", "--audio", "demo/clips/talk0_2.wav"]) == 0
+    assert "text: missing (not given)" in capsys.readouterr().out
+    (demo / "empty.wav").write_bytes(b"")
+    _write_csv(demo / "noface.csv", ["frame", " timestamp", " success", " confidence"], [[1, 0.0, 0, 0.0]])
+    for flag, path, message in (("--audio", "demo/empty.wav", "unreadable audio"), ("--openface", "demo/noface.csv", "lacks column(s)"),
+                                ("--text", "  ", "empty transcript")):
+        assert main(["predict", "--model", "demo/run", flag, path]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("imer: error:") and message in err and err.count("\n") == 1
 
 
 @needs_text

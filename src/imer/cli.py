@@ -192,7 +192,10 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from imer.data import load_dataset, save_custom
 
+    from imer.features import builtin_manifest
+
     dataset = load_dataset(args.dataset, args.data_dir)
+    dataset.manifest = dataset.manifest or builtin_manifest(args.dataset)
     path = save_custom(dataset, args.out)
     print(f"wrote {len(dataset)} utterances of '{dataset.name}' to {path} (train on it with --dataset {path})")
     return 0
