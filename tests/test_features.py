@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from make_recordings import make_recordings, openface_csv, synthetic_speech
+from make_recordings import openface_csv, synthetic_speech
 
 from imer.cli import main
 from imer.data import list_datasets, load_custom
@@ -21,7 +21,7 @@ from imer.errors import DataError
 from imer.features import ModalityFeatures, build_dataset, extract_video
 from imer.features.manifest import builtin_manifest
 from imer.features.store import Result
-from imer.features.video import DEFAULT_COLUMNS, OpenFaceImporter
+from imer.features.video import DEFAULT_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -167,6 +167,7 @@ def run_extraction(
         seen: set[str] = set()
         dup = sorted({i for i in order if i in seen or seen.add(i)})
         raise DataError(f"utterance id(s) given twice: {dup[:5]}")
+    done = {i: done[i] for i in order if i in done}
     todo = [u for u in units if not all(i in done for i in unit_ids(u))]
     if done:
         log(f"{out}: {len(done)} utterance(s) already extracted, {sum(len(unit_ids(u)) for u in todo)} to go")
