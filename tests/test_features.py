@@ -142,9 +142,15 @@ def test_build_rejects_ids_of_one_modality_only(tmp_path, capsys):
     assert main(["features", "build", "--audio", str(a), "--text", str(t), "--keep-unmatched", "--out", str(tmp_path / "p.npz")]) == 0
     data = np.load(tmp_path / "p.npz")
     assert "labels" not in data and data["available"].sum(axis=1).tolist() == [2, 2, 1, 1]
-    labels = _write_csv(tmp_path / "l.csv", ["utterance_id", "label"], [["x_1", "a"], ["x_2", "b"]])
+    labels = _write_csv(tmp_path / "l.csv", ["utterance_id", "label", "split"], [["x_1", "a", "train"], ["x_2", "b", "test"]])
     assert main(["features", "build", "--audio", str(a), "--text", str(t), "--labels", str(labels), "--out", str(tmp_path / "q.npz")]) == 2
     assert "have no row in" in capsys.readouterr().err
+    assert main(["features", "build", "--audio", str(a), "--text", str(t), "--labels", str(labels), "--keep-unmatched", "--task", "classification",
+                 "--out", str(tmp_path / "q.npz")]) == 0
+    assert "left out" in capsys.readouterr().err
+    bad_split = _write_csv(tmp_path / "s.csv", ["utterance_id", "label", "split"], [["x_1", "a", "training"]])
+    assert main(["features", "build", "--audio", str(a), "--text", str(t), "--labels", str(bad_split), "--out", str(tmp_path / "q.npz")]) == 2
+    assert "unknown split name(s) ['training']" in capsys.readouterr().err
     assert main(["features", "build", "--audio", str(a), "--out", str(tmp_path / "q.npz")]) == 2
     assert "at least two modalities" in capsys.readouterr().err
 

@@ -73,6 +73,9 @@ def read_labels(path: str | Path) -> Labels:
             cols[k].append(row[j].strip())
     if len(set(cols["ids"])) != len(cols["ids"]):
         raise DataError(f"{path}: utterance ids are not unique")
+    unknown = sorted(set(cols.get("split", [])) - {"train", "valid", "test"})
+    if unknown:
+        raise DataError(f"{path}: unknown split name(s) {unknown[:3]}; use train, valid or test")
     return Labels(cols["ids"], cols["labels"], cols.get("split"), cols.get("dialogue"), cols.get("speaker"))
 
 
@@ -159,6 +162,8 @@ def build_dataset(
         if unlabelled[worst] and not keep_unmatched:
             raise DataError(f"{modality_files[worst]}: {len(unlabelled[worst])} {worst} id(s) have no row in {labels_path}, "
                             f"e.g. {unlabelled[worst][:3]}; check the id spelling, or pass --keep-unmatched to leave them out")
+        if unlabelled[worst]:
+            log(f"{len(set().union(*unlabelled.values()))} id(s) without a label row are left out, e.g. {unlabelled[worst][:3]}")
         ids = list(labels.ids)
     else:
         lonely = [u for u, ms in seen.items() if len(ms) == 1]
