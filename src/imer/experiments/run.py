@@ -3,7 +3,8 @@
 A run directory holds ``config.json``, ``environment.json``, ``metrics.json``,
 ``history.jsonl``, ``model.safetensors`` (best weights), ``scaler.npz``,
 ``masks.npz`` (the fixed valid/test masks), ``predictions_test.csv`` and
-``checkpoint.pt`` (last epoch, for ``--resume``).
+``checkpoint.pt`` (last epoch, for ``--resume``), and ``features.json`` (which
+extractor made each modality) when the dataset's feature origin is known.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ def environment_info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def feature_manifest(config: RunConfig, dataset: MultimodalDataset) -> dict[str, Any] | None:
+    """The dataset's feature manifest: carried by the data (``imer features build``) or known for a built-in dataset."""
+    from imer.features.manifest import builtin_manifest
+
+    return dataset.manifest if dataset.manifest is not None else builtin_manifest(config.data.name)
 
 
 def _device(name: str) -> torch.device:
@@ -265,6 +273,9 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         "uses_context": model.uses_context,
     })
     write_json(out / "environment.json", environment_info())
+    manifest = feature_manifest(config, data.dataset)
+    if manifest is not None:
+        write_json(out / "features.json", manifest)
     data.scaler.save(out / "scaler.npz")
     with atomic_write(out / "masks.npz", "wb") as fh:
         np.savez(fh, **{f"{s}_available": m for s, m in masks.items()}, **{f"{s}_index": data.indices[s] for s in masks})
