@@ -385,3 +385,13 @@ def test_internal_errors_are_one_line_with_status_1(monkeypatch, capsys):
     assert main(["list"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error (KeyError: 'oops'); rerun with --debug" in err
+
+
+def test_pickled_feature_file_in_gcnet_layout_is_refused_without_hint(tmp_path):
+    from imer.data.gcnet import load_feature_file
+    from imer.errors import DataError
+
+    np.save(tmp_path / "u1.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError) as err:
+        load_feature_file(tmp_path / "u1")
+    assert "pickled Python objects" in str(err.value) and "allow_pickle" not in str(err.value)
