@@ -242,3 +242,17 @@ def test_data_info_reads_a_gcnet_label_pickle_beside_features(tmp_path, capsys):
         os.chdir(cwd)
     info = json.loads(capsys.readouterr().out)
     assert info["modalities"] == {"audio": 3, "text": 5} and info["utterances"] == 30 and sorted(info["folds"]) == ["1", "2", "3", "4", "5"]
+
+
+def test_a_dataset_given_in_memory_needs_no_registered_name(tmp_path):
+    from imer.experiments.config import RunConfig
+    from imer.experiments.run import train
+
+    config = RunConfig(method="early-fusion")
+    config.data.name = "my-own-data"
+    config.model = {"hidden": 4}
+    config.train.epochs, config.train.progress = 1, False
+    dataset = make_synthetic(num_groups=20, min_len=2, max_len=4, seed=0)
+    assert train(config, tmp_path / "r", dataset=dataset)["dataset"] == "synthetic"
+    np.savez(tmp_path / "in.npz", x_text=np.zeros((2, 32)))
+    assert main(["predict", "--model", str(tmp_path / "r"), "--input", str(tmp_path / "in.npz"), "--out", str(tmp_path / "p.csv")]) == 0

@@ -92,11 +92,14 @@ class RunConfig:
         merge_into(config, values)
         return config
 
-    def validate(self) -> None:
-        """Check every field's type and range (see :mod:`imer.experiments.validation`); normalises in place."""
+    def validate(self, check_data: bool = True) -> None:
+        """Check every field's type and range (see :mod:`imer.experiments.validation`); normalises in place.
+
+        ``check_data=False`` skips the dataset name and its options (for a dataset given in memory).
+        """
         from imer.experiments.validation import validate_run_config
 
-        validate_run_config(self)
+        validate_run_config(self, check_data)
 
 
 _SECTIONS = ("data", "missing", "train")

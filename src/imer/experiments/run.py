@@ -242,7 +242,7 @@ def constant_baseline(data: PreparedData, metric: str) -> tuple[float, str]:
 
 
 def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDataset | None, overwrite: bool, caught: list) -> dict[str, Any]:
-    config.validate()
+    config.validate(check_data=dataset is None)
     device = _device(config.train.device)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     prepare_out(out, config, resume, overwrite)
@@ -422,7 +422,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         config = RunConfig.from_dict(raw)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run's own warnings were shown when it was trained
-            config.validate()
+            config.validate(check_data=False)  # the data is checked when (and if) it is loaded
     except ConfigError as exc:
         raise DataError(f"{run_dir / 'config.json'}: {exc}") from None
     spec, class_names = _read_run_spec(run_dir / "run_spec.json")

@@ -305,12 +305,16 @@ def _trial_build(config: RunConfig) -> None:
             raise ConfigError(f"model: method '{config.method}' cannot be built with these options: {str(exc).splitlines()[0]}") from None
 
 
-def validate_run_config(config: RunConfig) -> None:
-    """Check and normalise ``config`` in place; the first problem raises :class:`ConfigError` naming the field."""
+def validate_run_config(config: RunConfig, check_data: bool = True) -> None:
+    """Check and normalise ``config`` in place; the first problem raises :class:`ConfigError` naming the field.
+
+    ``check_data=False`` leaves out the dataset name and its options (a dataset given in memory).
+    """
     _check_top(config)
     for section in ("data", "missing", "train"):
         _check_section(getattr(config, section), section)
-    check_data_options(config)
+    if check_data:
+        check_data_options(config)
     check_model(config)
 
 
