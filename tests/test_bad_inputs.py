@@ -255,6 +255,20 @@ def test_resume_with_fewer_epochs_is_refused(capsys, broken):
     fails(capsys, argv, "already trained 2 epochs, more than the 1 asked for")
 
 
+def test_resume_of_a_finished_run_without_checkpoint(capsys, broken):
+    run = broken()
+    (run / "checkpoint.pt").unlink()
+    argv = ["train", "--method", "late-fusion", "--dataset", "synthetic", "--set", "hidden=8", "--no-progress", "--out", run, "--resume", "--epochs", "5"]
+    fails(capsys, argv, "the finished run has no checkpoint.pt to continue from")
+
+
+def test_damaged_checkpoint_on_resume(capsys, broken):
+    run = broken()
+    (run / "checkpoint.pt").write_bytes(b"garbage")
+    argv = ["train", "--method", "late-fusion", "--dataset", "synthetic", "--set", "hidden=8", "--no-progress", "--out", run, "--resume", "--epochs", "5"]
+    fails(capsys, argv, "checkpoint.pt: damaged or not an imer checkpoint")
+
+
 def test_resume_and_overwrite_together(capsys, tmp_path):
     fails(capsys, train_argv("synthetic", tmp_path / "r", "--resume", "--overwrite"), "--resume and --overwrite contradict each other")
 

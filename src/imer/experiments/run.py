@@ -186,6 +186,8 @@ def prepare_out(out: Path, config: RunConfig, resume: bool, overwrite: bool) -> 
             (out / name).unlink(missing_ok=True)
     if not resume:
         return
+    if finished and not interrupted:
+        raise IMERError(f"{out}: the finished run has no checkpoint.pt to continue from; pass --overwrite to train it again, or choose another --out")
     if (out / "config.json").is_file():
         _check_same_run(read_json(out / "config.json", "run config"), config, out)
     if interrupted:
