@@ -547,8 +547,17 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
     return status, " ".join(text.split())
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"imer: warning: {' '.join(str(message).split())}", file=sys.stderr)
+def _warning_printer():
+    """``warnings.showwarning`` replacement: one ``imer: warning: ...`` line per distinct message."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"imer: warning: {text}", file=sys.stderr)
+
+    return show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -558,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     with warnings.catch_warnings():  # restores the warning filters and printer afterwards
         warnings.simplefilter("default")
-        warnings.showwarning = _show_warning
+        warnings.showwarning = _warning_printer()
         try:
             args = build_parser().parse_args(argv)
             return int(args.func(args) or 0)
