@@ -345,6 +345,23 @@ def test_predict_input(capsys, run, tmp_path, arrays, expected):
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("", "empty table; the first line must name the columns"),
+        ("text_0,smell_0\n1,2\n", "unknown column(s) ['smell_0']"),
+        ("text_0,text_1\n1\n", "line 2 has a different number of cells than the header"),
+        ("text_0,text_1\n1,abc\n", "line 2 has a non-numeric 'text' feature"),
+        ("utterance_id\nu1\n", "no feature array"),
+        ("text_0,text_1\n1,2\n", "'x_text' has shape (1, 2), expected (1, 32)"),
+    ],
+)
+def test_predict_csv_table(capsys, run, tmp_path, text, expected):
+    path = tmp_path / "in.csv"
+    path.write_text(text)
+    fails(capsys, ["predict", "--model", run, "--input", path, "--out", tmp_path / "p.csv"], expected)
+
+
 def test_predict_input_not_a_zip(capsys, run, tmp_path):
     path = tmp_path / "in.npz"
     path.write_bytes(b"\x93NUMPY not really")

@@ -256,3 +256,23 @@ def test_a_dataset_given_in_memory_needs_no_registered_name(tmp_path):
     assert train(config, tmp_path / "r", dataset=dataset)["dataset"] == "synthetic"
     np.savez(tmp_path / "in.npz", x_text=np.zeros((2, 32)))
     assert main(["predict", "--model", str(tmp_path / "r"), "--input", str(tmp_path / "in.npz"), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_predict_from_a_csv_table(tmp_path):
+    out = tmp_path / "r"
+    assert main(["train", "--method", "early-fusion", "--dataset", "synthetic", "--epochs", "1", "--set", "hidden=8", "--no-progress", "--out", str(out)]) == 0
+    rng = np.random.default_rng(0)
+    header = ["utterance_id", *[f"text_{j}" for j in range(32)], *[f"video_{j}" for j in range(28)]]
+    lines = [",".join(header)]
+    for i in range(3):
+        video = [""] * 28 if i == 1 else [f"{v:.3f}" for v in rng.normal(size=28)]  # row 1 has no video
+        lines.append(",".join([f"u{i}", *[f"{v:.3f}" for v in rng.normal(size=32)], *video]))
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
+    np.savez(tmp_path / "in.npz", utterance_ids=np.array(["u0", "u1", "u2"]),
+             x_text=np.loadtxt(tmp_path / "in.csv", delimiter=",", skiprows=1, usecols=range(1, 33)),
+             x_video=np.genfromtxt(tmp_path / "in.csv", delimiter=",", skip_header=1, usecols=range(33, 61)))
+    assert main(["predict", "--model", str(out), "--input", str(tmp_path / "in.csv"), "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["predict", "--model", str(out), "--input", str(tmp_path / "in.npz"), "--out", str(tmp_path / "b.csv")]) == 0
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+    rows = list(csv.DictReader((tmp_path / "a.csv").open()))
+    assert [r["has_video"] for r in rows] == ["1", "0", "1"] and [r["utterance_id"] for r in rows] == ["u0", "u1", "u2"]

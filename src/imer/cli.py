@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "  imer predict --model runs/mine --text \"it was really good\" --audio clip.wav",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="run directory")
-    p.add_argument("--input", help="feature file (.npz)")
+    p.add_argument("--input", help="feature file: .npz with x_<modality> arrays, or a .csv table with columns <modality>_0, <modality>_1, ... (empty = absent)")
     p.add_argument("--text", help="raw input: the utterance's transcript")
     p.add_argument("--audio", help="raw input: the utterance's audio file (WAV/FLAC)")
     p.add_argument("--openface", help="raw input: the utterance's OpenFace 2.x CSV (video)")

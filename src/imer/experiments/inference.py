@@ -67,14 +67,80 @@ def _rows_text(rows: np.ndarray, ids: np.ndarray | None = None) -> str:
     return ("row" if len(rows) == 1 else "rows") + " " + ", ".join(shown) + more
 
 
+_TABLE_KEYS = {"utterance_id": "utterance_ids", "group_id": "group_ids", "order": "order", "speaker": "speakers"}
+
+
+def read_prediction_table(path: Path, modalities: list[str]) -> dict[str, np.ndarray]:
+    """A ``.csv`` prediction input as the arrays of the ``.npz`` format.
+
+    One row per utterance; columns ``<modality>_<j>`` (``j`` = 0, 1, ...) hold a
+    modality's features (an empty cell is NaN, so an empty group is an absent
+    modality), optional ``utterance_id``, ``group_id``, ``order``, ``speaker``.
+    """
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = [r for r in reader if r]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the table ({type(exc).__name__})") from None
+    if not header:
+        raise DataError(f"{path}: empty table; the first line must name the columns (e.g. text_0, text_1, ..., utterance_id)")
+    bad = [i + 2 for i, r in enumerate(rows) if len(r) != len(header)]
+    if bad:
+        raise DataError(f"{path}: line {bad[0]} has a different number of cells than the header")
+    columns: dict[str, list[tuple[int, int]]] = {}
+    unknown = []
+    for k, name in enumerate(header):
+        modality, _, index = name.strip().rpartition("_")
+        if modality in modalities and index.isdigit():
+            columns.setdefault(modality, []).append((int(index), k))
+        elif name.strip() not in _TABLE_KEYS:
+            unknown.append(name)
+    if unknown:
+        raise DataError(f"{path}: unknown column(s) {unknown[:5]}; use <modality>_<j> for {modalities} and {sorted(_TABLE_KEYS)}")
+    data: dict[str, np.ndarray] = {}
+    for m, cols in columns.items():
+        order = [k for _, k in sorted(cols)]
+        try:
+            data[f"x_{m}"] = np.array([[float(r[k]) if r[k].strip() else np.nan for k in order] for r in rows], dtype=np.float64).reshape(len(rows), len(order))
+        except ValueError:
+            line = next(i + 2 for i, r in enumerate(rows) if any(r[k].strip() and not _is_number(r[k]) for k in order))
+            raise DataError(f"{path}: line {line} has a non-numeric '{m}' feature") from None
+    for name, key in _TABLE_KEYS.items():
+        if name in header:
+            k = header.index(name)
+            values = [r[k] for r in rows]
+            if key == "order":
+                if not all(v.strip().lstrip("-").isdigit() for v in values):
+                    raise DataError(f"{path}: column 'order' must hold integers (position inside the dialogue)")
+                data[key] = np.array([int(v) for v in values], dtype=np.int64)
+            else:
+                data[key] = np.array(values, dtype=str)
+    return data
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_prediction_input(path: str | Path, modalities: list[str], dims: dict[str, int]) -> dict[str, Any]:
-    """Read the ``imer predict`` input ``.npz``; see :func:`predict` for the format.
+    """Read the ``imer predict`` input (``.npz``, or a ``.csv`` table); see :func:`predict` for the format.
 
     Missing means NaN (a whole row of NaN) or False in ``available``; an
     infinite value or a partly-NaN row is an error naming the rows.
     """
     path = Path(path)
-    data = read_npz(path, "prediction input file")
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise DataError(f"{path}: prediction input file not found")
+        data = read_prediction_table(path, modalities)
+    else:
+        data = read_npz(path, "prediction input file")
     present = [m for m in modalities if f"x_{m}" in data]
     unknown = sorted(k for k in data if k.startswith("x_") and k[2:] not in modalities)
     if unknown:
@@ -149,7 +215,8 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
     ``available`` ``[N, M]`` bool in the model's modality order; optional
     ``utterance_ids``; for dialogue-context methods optional ``group_ids``,
     ``order`` and ``speakers`` (without them each utterance is its own
-    dialogue). Output (``.csv`` or ``.json``, by extension): one row per
+    dialogue). A ``.csv`` table works too (see :func:`read_prediction_table`).
+    Output (``.csv`` or ``.json``, by extension): one row per
     utterance with the predicted class and class probabilities, or the score,
     then ``has_<modality>`` (1 where that modality was used for the row).
     """
