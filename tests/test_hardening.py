@@ -42,10 +42,14 @@ def test_every_json_file_imer_writes_is_strict(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "info", "--dataset", "synthetic", "--json"]) == 0
     strict(capsys.readouterr().out)
+    from imer.experiments.sweep import SweepSpec, run_sweep
+
+    with pytest.warns(UserWarning):  # a cell that fails records failures.jsonl and error.json
+        run_sweep(SweepSpec(["no-such-method"], ["synthetic"], [0.1], [0], epochs=1), tmp_path / "failing", progress=False)
     files = json_files(tmp_path)
     names = {p.name for p in files}
     assert {"metrics.json", "history.jsonl", "config.json", "run_spec.json", "environment.json", "sweep.json", "report.json",
-            "conditions.json", "eval.json", "pred.json"} <= names
+            "conditions.json", "eval.json", "pred.json", "failures.jsonl", "error.json"} <= names
     for path in files:
         for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
             strict(line)
