@@ -356,13 +356,13 @@ def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None
         if isinstance(a, dict):
             diff = sorted(k for k in set(a) | set(b) if (section, k) not in _RESUME_FREE and a.get(k) != b.get(k) and not (section == "data" and k == "fold" and b.get(k) is None))
             if diff:
-                raise IMERError(f"{out}: cannot resume, {section}.{diff[0]} differs from the interrupted run ({a.get(diff[0])!r} vs {b.get(diff[0])!r})")
+                raise IMERError(f"{out}: cannot resume, {section}.{diff[0]} differs from the interrupted run ({a.get(diff[0])!r} vs {b.get(diff[0])!r}); use the same settings, or --overwrite to start again")
         elif a != b:
-            raise IMERError(f"{out}: cannot resume, {section} differs from the interrupted run ({a!r} vs {b!r})")
+            raise IMERError(f"{out}: cannot resume, {section} differs from the interrupted run ({a!r} vs {b!r}); use the same settings, or --overwrite to start again")
     saved_model = saved.get("model", {})
     changed = sorted(k for k, v in config.model.items() if k in saved_model and saved_model[k] != v)
     if changed:
-        raise IMERError(f"{out}: cannot resume, model.{changed[0]} differs from the interrupted run")
+        raise IMERError(f"{out}: cannot resume, model.{changed[0]} differs from the interrupted run ({saved_model[changed[0]]!r} vs {config.model[changed[0]]!r}); use the same settings, or --overwrite to start again")
 
 
 def _config_values(model: IMERModel) -> dict[str, Any]:
