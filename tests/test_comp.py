@@ -99,8 +99,8 @@ def test_missing_modality_prompt_does_not_reach_others() -> None:
     batch = _batch(ds, avail, size=4)
     with torch.no_grad():
         out = model(batch.features, batch.available, batch.mask)
-        gen = model.streams[model.modalities[0]].generator
-        for p in gen.parameters():
+        stream = model.streams[model.modalities[0]]
+        for p in [stream.prototypes, *stream.generator.parameters()]:
             p.add_(torch.randn_like(p))  # a different generator for the missing modality changes nothing
         again = model(batch.features, batch.available, batch.mask)
     torch.testing.assert_close(out.prediction, again.prediction)
@@ -128,7 +128,7 @@ def _prototype_grads(model: Comp, batch, fill_ones: bool) -> dict[str, torch.Ten
     if fill_ones:
         out.aux["modulator_weights"].fill_(1.0)
     sum(terms.values()).backward()
-    return {m: model.streams[m].generator.prototypes.grad.clone() for m in model.modalities}
+    return {m: model.streams[m].prototypes.grad.clone() for m in model.modalities}
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
