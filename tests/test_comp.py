@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -461,3 +462,9 @@ def test_published_preset_trains_across_the_stage_switch(tmp_path) -> None:
     assert [h["stage"] for h in history] == ["warmup", "joint"]
     assert "task" not in history[0]["loss"] and "recon" not in history[0]["loss"] and "reverse" in history[0]["loss"]
     assert {"task", "recon"} <= set(history[1]["loss"])
+
+
+def test_experiment_spec_repeats_the_published_preset_exactly() -> None:
+    """``experiments/comp_published.toml`` spells the preset out (variants take overrides only); it must not drift."""
+    spec = read_config_file(Path(__file__).resolve().parent.parent / "experiments" / "comp_published.toml")
+    assert spec["variants"]["comp-published"]["set"] == PUBLISHED
