@@ -207,6 +207,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
         "seconds_per_epoch": result.seconds_per_epoch,
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
+    if result.fit is not None:
+        metrics["fit"] = result.fit
     write_json(out / "metrics.json", metrics)
     return metrics
 
