@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="seed of initialisation, shuffling, training masks and test masks (default 0)")
     t.add_argument("--epochs", type=int, help="number of training epochs")
     t.add_argument("--fold", type=int, help="test fold for fold-based datasets (IEMOCAP: session 1..5)")
-    t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model)")
+    t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model), or a packaged preset name such as 'published' (comp)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set hidden=128 --set train.lr=1e-4 (repeatable)")
     t.add_argument("--device", help="cpu (default), cuda, or auto")
     t.add_argument("--threads", type=int, help=THREADS_HELP)

@@ -171,6 +171,15 @@ def packaged_defaults(method: str, dataset: str) -> list[Path]:
     return [p for p in (folder / "default.toml", folder / f"{Path(dataset).stem}.toml") if p.is_file()]
 
 
+def resolve_config_file(method: str, config_file: str | Path) -> Path:
+    """``config_file`` as given if it exists, else a packaged preset of that name (``configs/<method>/<name>.toml``)."""
+    path = Path(config_file)
+    preset = CONFIG_ROOT / method / f"{path.name}.toml"
+    if not path.exists() and path.name == str(config_file) and not path.suffix and preset.is_file():
+        return preset
+    return path
+
+
 def parse_value(text: str) -> Any:
     """``--set`` values: a TOML or JSON value (numbers, true/false, "strings", [lists], {inline="tables"}),
     ``none``/``null`` for unset, else the raw text as a string."""
@@ -242,6 +251,7 @@ def build_run_config(
     for path in packaged_defaults(method, dataset):
         merge_into(config, read_config_file(path), source=str(path))
     if config_file:
+        config_file = resolve_config_file(method, config_file)
         values = read_config_file(config_file)
         merge_into(config, values, source=str(config_file))
         if values.get("method", method) != method:
