@@ -70,6 +70,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     eval_test_each_epoch: bool = True
+    log_to: str | None = None
 
 
 @dataclass
@@ -98,6 +99,8 @@ class RunConfig:
             raise ConfigError(f"train.selection must be 'valid' or 'test-published', got {self.train.selection!r}")
         if self.train.optimizer not in ("adam", "adamw", "sgd"):
             raise ConfigError(f"train.optimizer must be adam, adamw or sgd, got {self.train.optimizer!r}")
+        if self.train.log_to not in (None, "tensorboard", "mlflow"):
+            raise ConfigError(f"train.log_to must be tensorboard or mlflow, got {self.train.log_to!r}")
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from imer.data import SplitBatcher, all_conditions, missing_fraction
-from imer.errors import DataError
+from imer.data import MultimodalDataset, SplitBatcher, all_conditions, missing_fraction
+from imer.errors import DataError, IMERError
 from imer.evaluation.metrics import headline_metrics
-from imer.experiments.run import LoadedRun, _softmax, evaluation_protocol, load_run, prepare_data, split_mask
-from imer.io import atomic_write, read_npz
+from imer.experiments.predictions import prediction_rows, write_predictions
+from imer.experiments.run import LoadedRun, dataset_fingerprint, evaluation_protocol, load_run, prepare_data, split_mask
+from imer.io import read_json, read_npz
 from imer.training.trainer import EvalSet, predict_split
 
 
@@ -24,28 +23,47 @@ def evaluate_run(
     condition: str | None = None,
     data_dir: str | None = None,
     loaded: LoadedRun | None = None,
+    dataset: MultimodalDataset | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics of a trained run under a missing rate or a fixed condition.
 
     Masks come from the same seeded function as in training, so evaluating at
-    the training rate reproduces the run's own test numbers exactly.
+    the training rate reproduces the run's own test numbers exactly. A run
+    trained on an in-memory dataset needs that dataset again (``dataset``);
+    its fingerprint in ``run_spec.json`` is checked.
     """
     loaded = loaded or load_run(run_dir)
     config = loaded.config
     if data_dir:
         config.data.data_dir = data_dir
-    data = prepare_data(config, scaler=loaded.scaler)
+    dataset = _checked_dataset(Path(run_dir), dataset)
+    data = prepare_data(config, dataset=dataset, scaler=loaded.scaler)
     protocol = evaluation_protocol(config, data.dataset.modalities, missing_rate, condition)
     mask = split_mask(config, data, "test", protocol)
     acc = predict_split(loaded.model, EvalSet(data.batchers["test"], mask), config.train.batch_size, torch.device("cpu"))
     return {"protocol": protocol.name, "missing_fraction": missing_fraction(mask), "test": acc.compute()}
 
 
-def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
+def _checked_dataset(run_dir: Path, dataset: MultimodalDataset | None) -> MultimodalDataset | None:
+    """The in-memory dataset a run needs, checked against its recorded fingerprint (None for named datasets)."""
+    needed = read_json(run_dir / "run_spec.json").get("in_memory_data") if (run_dir / "run_spec.json").is_file() else None
+    if needed is None:
+        return dataset
+    if dataset is None:
+        raise IMERError(f"{run_dir}: was trained on in-memory data '{needed['name']}' ({needed['utterances']} utterances, "
+                        f"fingerprint {needed['fingerprint']}); pass the same dataset: imer.evaluate(run_dir, dataset=ds)")
+    if dataset_fingerprint(dataset) != needed["fingerprint"]:
+        raise IMERError(f"{run_dir}: the dataset given is not the one the run was trained on (fingerprint "
+                        f"{dataset_fingerprint(dataset)}, expected {needed['fingerprint']})")
+    return dataset
+
+
+def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None, dataset: MultimodalDataset | None = None) -> dict[str, Any]:
     """Metrics under every fixed condition ({a}, {t}, ..., full) and their average."""
     loaded = load_run(run_dir)
     modalities = list(loaded.spec.modalities)
-    results = {c.label: evaluate_run(run_dir, condition=c.label, data_dir=data_dir, loaded=loaded)["test"] for c in all_conditions(modalities)}
+    results = {c.label: evaluate_run(run_dir, condition=c.label, data_dir=data_dir, loaded=loaded, dataset=dataset)["test"]
+               for c in all_conditions(modalities)}
     keys = [k for k in headline_metrics(loaded.spec.task)]
     average = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}
     return {"conditions": results, "average": average}
@@ -53,8 +71,11 @@ def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None) -> dic
 
 def read_prediction_input(path: str | Path, modalities: list[str], dims: dict[str, int]) -> dict[str, Any]:
     """Read the ``imer predict`` input ``.npz``; see :func:`predict` for the format."""
-    path = Path(path)
-    data = read_npz(path, "prediction input file")
+    return check_prediction_input(read_npz(path, "prediction input file"), str(path), modalities, dims)
+
+
+def check_prediction_input(data: dict[str, Any], path: str, modalities: list[str], dims: dict[str, int]) -> dict[str, Any]:
+    """Validate prediction arrays (keys as in the ``.npz``: ``x_<modality>``, ``available``, ...); ``path`` names them in errors."""
     present = [m for m in modalities if f"x_{m}" in data]
     unknown = sorted(k for k in data if k.startswith("x_") and k[2:] not in modalities)
     if unknown:
@@ -108,8 +129,15 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
     utterance with the predicted class and class probabilities, or the score.
     """
     loaded = load_run(run_dir)
+    rows = predict_loaded(loaded, read_prediction_input(input_path, list(loaded.spec.modalities), loaded.spec.dim_of))
+    if out_path is not None:
+        write_predictions(out_path, rows)
+    return rows
+
+
+def predict_loaded(loaded: LoadedRun, given: dict[str, Any]) -> list[dict[str, Any]]:
+    """Prediction rows of a loaded run for checked input (see :func:`check_prediction_input`)."""
     spec = loaded.spec
-    given = read_prediction_input(input_path, list(spec.modalities), spec.dim_of)
     scaled = loaded.scaler.transform(given["features"], given["available"])
     n = len(given["utterance_ids"])
     context = loaded.model.uses_context and given["group_ids"] is not None
@@ -121,29 +149,5 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
         given["speakers"] if context else None,
     )
     acc = predict_split(loaded.model, EvalSet(batcher, given["available"]), loaded.config.train.batch_size, torch.device("cpu"))
-    index, _, preds, _ = acc.ordered()
-    rows = []
-    for k, i in enumerate(index):
-        row: dict[str, Any] = {"utterance_id": str(given["utterance_ids"][i])}
-        if spec.task == "classification":
-            probs = _softmax(preds[k])
-            names = loaded.class_names or [str(c) for c in range(spec.num_classes)]
-            row["prediction"] = names[int(probs.argmax())]
-            row.update({f"p_{c}": float(p) for c, p in zip(names, probs)})
-        else:
-            row["score"] = float(preds[k])
-        rows.append(row)
-    if out_path is not None:
-        _write_rows(Path(out_path), rows)
-    return rows
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    if path.suffix == ".json":
-        with atomic_write(path) as fh:
-            json.dump(rows, fh, indent=2)
-        return
-    with atomic_write(path) as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["utterance_id"])
-        writer.writeheader()
-        writer.writerows(rows)
+    index, _, preds, available = acc.ordered()
+    return prediction_rows(spec.task, preds, given["utterance_ids"][index], list(spec.modalities), available, loaded.class_names)

@@ -104,6 +104,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         progress: bool = True,
         eval_test_each_epoch: bool = True,
+        hooks: list[Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
         self.model = model
         self.epochs, self.batch_size = epochs, batch_size
@@ -114,6 +115,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.progress = progress
         self.eval_test_each_epoch = eval_test_each_epoch or selection == "test-published"
+        self.hooks = list(hooks or [])  # called with each epoch's history record, after it is logged
         self.model.to(self.device)
         self.optimizer = make_optimizer(model, optimizer, lr, weight_decay)
 
@@ -167,6 +169,8 @@ class Trainer:
             history.append(record)
             elapsed.append(seconds)
             self._log(record)
+            for hook in self.hooks:
+                hook(record)
             self._checkpoint(epoch, best, history)
             bar.set_postfix({"loss": f"{losses['total']:.3f}", f"valid_{self.select_metric}": f"{score:.3f}", "best": best["epoch"]})
         bar.close()
