@@ -606,15 +606,16 @@ def report_page(report: "Report") -> str:
     """The whole report as one markdown page (what docs/ links to)."""
     info = report.info
     root = report.root.as_posix()
+    out = "" if report.out_dir == report.root / "report" else f" --out {report.out_dir.as_posix()}"
     title = info.title or (f"Experiment `{info.name}`" if info.name else f"Report of `{root}`")
     lines = [f"# {title}", ""]
     if info.description:
         lines += [info.description.strip(), ""]
     if info.spec_path:
         lines += [f"Spec: `{info.spec_path}`. Reproduce (resumable; finished runs are kept):", "", "```bash",
-                  f"imer sweep {info.spec_path} --out {root}", f"imer report {root}", "```", ""]
+                  f"imer sweep {info.spec_path} --out {root}", f"imer report {root}{out}", "```", ""]
     else:
-        lines += ["Reproduce the tables from the runs:", "", "```bash", f"imer report {root}", "```", ""]
+        lines += ["Reproduce the tables from the runs:", "", "```bash", f"imer report {root}{out}", "```", ""]
     if info.variants:
         from imer.experiments.sweep import overrides_for
 
