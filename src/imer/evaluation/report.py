@@ -34,7 +34,7 @@ import numpy as np
 from imer.errors import IMERError
 from imer.evaluation.metrics import headline_metrics, is_better
 from imer.evaluation.plots import write_plots
-from imer.evaluation.runs import METRIC_LABELS, RunRecord, collect_runs
+from imer.evaluation.runs import METRIC_LABELS, RunRecord, collect_runs, selected_diagnostics
 from imer.io import atomic_write, read_json, write_json
 
 STD_NOTE = "mean ± population std (ddof=0) over seeds, ×100"
@@ -569,6 +569,23 @@ def cost_table(aggregates: list[Aggregate]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def diagnostics_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
+    """Methods' own per-epoch diagnostics on the test split at the selected epoch, mean over seeds (None if no run logs any)."""
+    groups: dict[tuple[str, str, float], list[dict[str, float]]] = defaultdict(list)
+    for r in runs:
+        values = selected_diagnostics(r)
+        if values:
+            groups[(r.dataset, r.variant, r.rate)].append(values)
+    if not groups:
+        return None
+    keys = list(dict.fromkeys(k for group in groups.values() for values in group for k in values))
+    lines = ["| dataset | variant | rate | n | " + " | ".join(keys) + " |", "|---|---|---|---:|" + "---:|" * len(keys)]
+    for (dataset, variant, rate), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2])):
+        cells = [f"{np.mean([g[k] for g in group if k in g]):.3f}" if any(k in g for g in group) else "–" for k in keys]
+        lines.append(f"| {dataset} | {variant} | {_rate(rate)} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class SweepInfo:
     """What the sweep directory says about its experiment (``sweep.json``); empty for a plain run tree."""
@@ -639,6 +656,12 @@ def report_page(report: "Report") -> str:
         lines += [f"## Test {label} (`{k}`)", "", metric_table(report.aggregates, k), f"mean ± population std over seeds, {scale}; best per dataset and column in bold.", ""]
     if report.conditions is not None:
         lines += ["## Fixed conditions", "", report.conditions.markdown()]
+    diagnostics = diagnostics_table(report.runs, info.order)
+    if diagnostics:
+        lines += ["## Method diagnostics at the selected epoch", "", diagnostics,
+                  "What the method logs each epoch (`diagnostics.test` in history.jsonl: e.g. PROMISE's cosine similarity of a "
+                  "generated modality to the real one of the same utterance, `matched`, and of another utterance, `shuffled`), "
+                  "on the test split under its fixed mask, mean over seeds.", ""]
     if any(a.cost for a in report.aggregates):
         lines += ["## Cost", "", cost_table(report.aggregates),
                   "From each run's `metrics.json`: training seconds per epoch (evaluation excluded), wall seconds of the whole run, "

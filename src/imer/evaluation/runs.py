@@ -101,6 +101,31 @@ def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
     return series or None
 
 
+def selected_diagnostics(run: RunRecord, split: str = "test") -> dict[str, float] | None:
+    """The method's ``epoch_diagnostics`` on ``split`` at the selected epoch (flattened ``a/b`` keys); None if not logged."""
+    path = run.path / "history.jsonl"
+    best = (run.metrics or {}).get("selection", {}).get("best_epoch")
+    if best is None or not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if record.get("epoch") == best:
+                values = record.get("diagnostics", {}).get(split)
+                return _flatten(values) if values else None
+    return None
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
 def run_row(run: RunRecord) -> dict[str, Any]:
     """One flat row: identity, every scalar test metric (plain names), ``valid.*``, ``modality_acc.*``, conditions, cost."""
     m = run.metrics or {}
