@@ -564,7 +564,7 @@ def cost_table(aggregates: list[Aggregate]) -> str:
             values = [a.cost[key] for a in members if key in a.cost]
             return fmt.format(reduce(values)) if values else "–"
         runs = sum(a.n_runs for a in members)
-        lines.append(f"| {dataset} | {variant} | {runs} | {pick('seconds_per_epoch', np.mean, '{:.2f}')} | {pick('wall_seconds', np.mean, '{:.0f}')} | "
+        lines.append(f"| {dataset} | {variant} | {runs} | {pick('seconds_per_epoch', np.mean, '{:.2f}')} | {pick('wall_seconds', np.mean, '{:.1f}')} | "
                      f"{pick('peak_rss_mb', np.max, '{:.0f}')} | {pick('parameters', np.max, '{:,.0f}')} |")
     return "\n".join(lines) + "\n"
 
