@@ -23,6 +23,8 @@ examples:
   imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\
              --missing-rates 0.1,0.4,0.7 --seeds 0,1,2 --epochs 20 --workers 2 --out sweeps/mosi
   imer report sweeps/mosi
+  imer sweep experiments/mosi_comp.toml --data-dir ../shared/data --workers 2 --out results/mosi_comp
+  imer list 'comp*' --spec experiments/mosi_comp.toml
 
 Data folder: --data-dir PATH or the IMER_DATA environment variable.
 """
