@@ -18,7 +18,7 @@ examples:
              --missing-rate 0.4 --seed 0 --out runs/mosi-ef-0.4
   imer evaluate --model runs/mosi-ef-0.4 --condition t
   imer predict --model runs/demo --input new.npz --out predictions.csv
-  imer data info --dataset cmu-mosi --data-dir ../shared/data
+  imer data info --dataset cmu-mosi-minilm --data-dir ../shared/data --probe
   imer list
   imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\
              --missing-rates 0.1,0.4,0.7 --seeds 0,1,2 --epochs 20 --workers 2 --out sweeps/mosi
@@ -119,12 +119,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from imer.data import load_dataset
 
-    info = load_dataset(args.dataset, args.data_dir).summary()
+    dataset = load_dataset(args.dataset, args.data_dir)
+    info = dataset.summary()
+    if args.probe:
+        from imer.evaluation.leakage import probe_leakage
+
+        info["leakage_probe"] = probe_leakage(dataset).to_dict()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    probe = info.pop("leakage_probe", None)
     rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in info.items()]
     _table(f"dataset {info['name']}", ["name", "value"], rows)
+    if probe:
+        _table(
+            f"leakage probe: linear probe per modality on train, target {probe['target']}; flagged when valid beats test by > {probe['threshold']:.2f}",
+            ["modality", "C", "train CV", "valid", "test", "valid - test", "flagged"],
+            [[r["modality"], f"{r['C']:g}", r["cv"], r["valid"], r["test"], r["gap"], "yes" if r["flagged"] else "no"] for r in probe["rows"]],
+        )
+        print(f"verdict: {probe['verdict']}")
     return 0
 
 
@@ -279,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--dataset", required=True)
     di.add_argument("--data-dir")
     di.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    di.add_argument("--probe", action="store_true",
+                    help="also run the label-leakage probe: a logistic probe per modality fitted on train, scored on valid and test; "
+                    "'leak suspected' when valid beats test by more than 5 points (see docs/data.md)")
     di.set_defaults(func=cmd_data_info)
     dc = dsub.add_parser("convert", help="write a dataset in the custom .npz format",
                          description="Write any loadable dataset to one .npz (keys: format, name, task, modalities, x_<modality>, labels, "

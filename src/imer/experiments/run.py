@@ -270,6 +270,8 @@ def train(
         "peak_rss_mb": peak_memory_mb(),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
+    if result.fit is not None:
+        metrics["fit"] = result.fit
     write_json(out / "metrics.json", metrics)
     return metrics
 
