@@ -196,8 +196,9 @@ class PaperTable:
 
 
 def table_notes(aggregates: list[Aggregate], runs: list[RunRecord]) -> list[str]:
-    """Facts a reader needs next to the numbers: realised test missing fraction, selection rule, epochs."""
-    notes = []
+    """Facts a reader needs next to the numbers: seeds per cell, realised test missing fraction, selection rule, epochs."""
+    counts = sorted({len(a.seeds) for a in aggregates})
+    notes = [f"seeds per cell: {counts[-1]}" + (f" (cells marked (n=k) have k: {', '.join(map(str, counts[:-1]))})" if len(counts) > 1 else "")] if counts else []
     realised = {r: float(np.mean([a.test_missing_fraction for a in aggregates if a.rate == r])) for r in sorted({a.rate for a in aggregates})}
     if any(abs(v - r) > 5e-4 for r, v in realised.items()):
         notes.append("realised test missing fraction: " + ", ".join(f"{_rate(r)} → {v:.3f}" for r, v in realised.items()))
