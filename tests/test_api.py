@@ -68,7 +68,7 @@ def test_train_does_not_change_the_callers_config(tmp_path):
     metrics = train(config, tmp_path / "run")
     assert config == before
     saved = json.loads((tmp_path / "run/config.json").read_text())
-    assert saved["model"]["hidden"] == 8 and "layers" in saved["model"] and "layers" not in config.model
+    assert saved["model"]["hidden"] == 8 and saved["seed"] == config.seed
     assert metrics["variant"] == "early-fusion" and len(metrics["config_hash"]) == 12
 
 

