@@ -78,10 +78,10 @@ class SweepSpec:
     (``METHOD:key=value`` to one method's variants), before the variant's own.
     """
 
-    datasets: list[str]
-    rates: list[float]
-    seeds: list[int]
     methods: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
     variants: list[Variant] = field(default_factory=list)
     folds: list[int] | None = None
     epochs: int | None = None
