@@ -137,6 +137,7 @@ class Trainer:
         patience: int = 0,
         checkpoint: CheckpointPolicy | None = None,
         bucket: int = 8,
+        hooks: list[Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
         """``patience`` > 0 stops after that many epochs without a better validation score;
         ``bucket`` is the pool (in batches) of length-bucketed batching for dialogue methods (0 = plain shuffling)."""
@@ -152,6 +153,7 @@ class Trainer:
         self.patience = patience
         self.checkpoint_policy = checkpoint or CheckpointPolicy()
         self.bucket = bucket if model.uses_context else 0
+        self.hooks = list(hooks or [])  # called with each epoch's history record, after it is logged
         self.model.to(self.device)
         self.optimizer = make_optimizer(model, optimizer, lr, weight_decay)
 
@@ -314,6 +316,9 @@ class Trainer:
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Append an epoch's record to ``history.jsonl`` and hand it to every hook (tracking sinks)."""
+        for hook in self.hooks:
+            hook(record)
         if self.run_dir is None:
             return
         append_jsonl(self.run_dir / "history.jsonl", record)
