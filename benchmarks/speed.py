@@ -3,6 +3,11 @@ peak RSS and parameter count, on real CMU-MOSI and on synthetic data of paper si
 
 Each (size, method) is measured in a fresh subprocess (so peak RSS is that
 measurement's own) with one torch thread unless ``--threads`` says otherwise.
+Inside it, the ``before`` variant (the pre-issue-10 code path: padded
+computation, unbucketed batches, per-parameter Adam loop, test split and a
+checkpoint after every epoch) and the ``after`` variant (current defaults) run
+their epochs interleaved with the same seed, and the ratio is printed: on a
+shared machine absolute times vary by 2x from run to run, ratios much less.
 
 Sizes (``--sizes``, comma-separated):
 
@@ -62,8 +67,33 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: str | None, threads: int, overrides: list[str]) -> dict[str, Any]:
-    """One measurement (runs inside the worker subprocess)."""
+# What "before" means: the settings of the code before issue 10, reachable only here.
+LEGACY_OVERRIDES = ["packed=false", "train.bucket=0"]
+
+
+def _legacy_optimizer(model, config):
+    """The optimizer as it was before issue 10: torch's default per-parameter loop (no fused kernels)."""
+    import torch
+
+    kwargs = {"lr": config.train.lr, "weight_decay": config.train.weight_decay}
+    if config.train.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), momentum=0.9, foreach=False, **kwargs)
+    cls = torch.optim.AdamW if config.train.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), foreach=False, **kwargs)
+
+
+def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: str | None, threads: int, overrides: list[str],
+            variants: list[str]) -> dict[str, Any]:
+    """One measurement (runs inside the worker subprocess): the variants' epochs interleaved, same seed.
+
+    ``after`` = the current defaults; ``before`` = :data:`LEGACY_OVERRIDES`, the
+    plain optimizer loop, the test split evaluated and a checkpoint written
+    after every epoch (what every epoch cost before issue 10). Interleaving
+    epoch by epoch exposes both variants to the same machine load, so their
+    ratio is meaningful even when absolute times are not.
+    """
+    import tempfile
+
     import numpy as np
     import torch
 
@@ -76,31 +106,59 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     dataset = make_dataset(size, data_dir)
-    config = build_run_config(method, "cmu-mosi" if size == "cmu-mosi" else "synthetic", overrides=overrides,
-                              seed=0, train__epochs=epochs, train__progress=False, train__threads=threads, missing__rate=0.4)
-    data = prepare_data(config, dataset)
     load_seconds = time.perf_counter() - t0
     rss_data = peak_rss_mb()
-    train_available = data.dataset.available[data.indices["train"]]
-
-    def train_mask(epoch: int) -> np.ndarray:
-        return RandomMissing(0.4).apply(train_available, np.random.default_rng(derive_seed("bench", epoch)))
-
-    valid = EvalSet(data.batchers["valid"], split_mask(config, data, "valid", RandomMissing(0.4)))
-    test = EvalSet(data.batchers["test"], split_mask(config, data, "test", RandomMissing(0.4)))
-    model = create_model(method, data.spec, config.model)
-    trainer = Trainer(model, epochs=epochs, batch_size=config.train.batch_size, lr=config.train.lr, weight_decay=config.train.weight_decay,
-                      optimizer=config.train.optimizer, grad_clip=config.train.grad_clip, select_metric=_select(data.spec.task),
-                      seed=0, progress=False, eval_test_each_epoch=False)
-    result = trainer.fit(data.batchers["train"], train_mask, valid)
-    epoch_seconds = [h["seconds"] for h in result.history]
-    eval_seconds = []
-    for _ in range(eval_repeats):
-        t = time.perf_counter()
-        predict_split(model, test, config.train.batch_size, torch.device("cpu"))
-        eval_seconds.append(time.perf_counter() - t)
+    scratch = Path(tempfile.mkdtemp(prefix="imer-speed-"))
+    runs = {}
+    for variant in variants:
+        extra = LEGACY_OVERRIDES if variant == "before" else []
+        config = build_run_config(method, "cmu-mosi" if size == "cmu-mosi" else "synthetic", overrides=[*overrides, *extra],
+                                  seed=0, train__epochs=epochs, train__progress=False, train__threads=threads, missing__rate=0.4)
+        data = prepare_data(config, dataset)
+        torch.manual_seed(0)
+        model = create_model(method, data.spec, config.model)
+        trainer = Trainer(model, epochs=epochs, batch_size=config.train.batch_size, lr=config.train.lr, weight_decay=config.train.weight_decay,
+                          optimizer=config.train.optimizer, grad_clip=config.train.grad_clip, select_metric=_select(data.spec.task),
+                          seed=0, progress=False, bucket=config.train.bucket, run_dir=scratch / variant if variant == "before" else None)
+        if variant == "before":
+            trainer.optimizer = _legacy_optimizer(model, config)
+            (scratch / variant).mkdir()
+        train_available = data.dataset.available[data.indices["train"]]
+        runs[variant] = {
+            "config": config, "data": data, "model": model, "trainer": trainer, "available": train_available,
+            "valid": EvalSet(data.batchers["valid"], split_mask(config, data, "valid", RandomMissing(0.4))),
+            "test": EvalSet(data.batchers["test"], split_mask(config, data, "test", RandomMissing(0.4))),
+            "train": [], "eval_valid": [], "eval_test": [], "checkpoint": [], "stages": [],
+        }
+    for epoch in range(epochs):
+        mask = RandomMissing(0.4).apply(runs[variants[0]]["available"], np.random.default_rng(derive_seed("bench", epoch)))
+        for variant in variants if epoch % 2 == 0 else variants[::-1]:  # alternate who goes first
+            r = runs[variant]
+            trainer, model = r["trainer"], r["model"]
+            model.on_epoch_start(epoch)
+            r["stages"].append(model.stage())
+            t = time.perf_counter()
+            trainer._train_epoch(r["data"].batchers["train"], mask, epoch)
+            r["train"].append(time.perf_counter() - t)
+            for split in ("valid", "test"):
+                t = time.perf_counter()
+                predict_split(model, r[split], r["config"].train.batch_size, torch.device("cpu"))
+                r[f"eval_{split}"].append(time.perf_counter() - t)
+            if variant == "before":
+                t = time.perf_counter()
+                trainer._checkpoint(epoch, {"epoch": epoch, "score": 0.0, "valid": {}, "test": {}, "state": {k: v.clone() for k, v in model.state_dict().items()}}, [])
+                r["checkpoint"].append(time.perf_counter() - t)
+    for _ in range(eval_repeats - 1):
+        for variant in variants:
+            r = runs[variant]
+            t = time.perf_counter()
+            predict_split(r["model"], r["test"], r["config"].train.batch_size, torch.device("cpu"))
+            r["eval_test"].append(time.perf_counter() - t)
+    data = runs[variants[0]]["data"]
+    model = runs[variants[0]]["model"]
     lengths = np.unique(data.dataset.group_ids, return_counts=True)[1]
-    return {
+    steady = slice(1, None) if epochs > 1 else slice(None)
+    result = {
         "method": method,
         "size": size,
         "uses_context": model.uses_context,
@@ -110,16 +168,30 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
         "max_length": int(lengths.max()),
         "dims": dict(data.dataset.dims),
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "batch_size": config.train.batch_size,
+        "batch_size": runs[variants[0]]["config"].train.batch_size,
         "epochs": epochs,
-        "seconds_first_epoch": epoch_seconds[0],
-        "seconds_per_epoch": float(np.mean(epoch_seconds[1:] if len(epoch_seconds) > 1 else epoch_seconds)),
-        "seconds_per_eval": float(np.median(eval_seconds)),
         "seconds_load": load_seconds,
         "peak_rss_mb_data": rss_data,
         "peak_rss_mb": peak_rss_mb(),
         "threads": threads,
+        "variants": {},
     }
+    for variant in variants:
+        r = runs[variant]
+        train_s = float(np.mean(r["train"][steady]))
+        valid_s, test_s = float(np.median(r["eval_valid"])), float(np.median(r["eval_test"]))
+        checkpoint_s = float(np.median(r["checkpoint"])) if r["checkpoint"] else 0.0
+        # what one epoch of `imer train` costs: train + valid (+ test and a checkpoint every epoch before issue 10)
+        total = train_s + valid_s + (test_s + checkpoint_s if variant == "before" else 0.0)
+        result["variants"][variant] = {
+            "seconds_first_epoch": r["train"][0], "seconds_train": train_s, "seconds_valid": valid_s, "seconds_test": test_s,
+            "seconds_checkpoint": checkpoint_s, "seconds_epoch_total": total, "stages": r["stages"],
+        }
+    if "before" in result["variants"] and "after" in result["variants"]:
+        b, a = result["variants"]["before"], result["variants"]["after"]
+        result["speedup_train"] = b["seconds_train"] / a["seconds_train"]
+        result["speedup_epoch_total"] = b["seconds_epoch_total"] / a["seconds_epoch_total"]
+    return result
 
 
 def _select(task: str) -> str:
@@ -141,14 +213,15 @@ def machine() -> dict[str, Any]:
         commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     return {"cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "commit": commit,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": load}
 
 
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) -> str:
-    """Result tables, one per size, plus µs per training utterance for growth comparisons."""
-    lines = [f"Command: `{command}`  ", f"Commit {info['commit']}, {info['date']}, {info['cpu']} ({info['nproc']} cores visible), "
-             f"torch {info['torch']}, {results[0]['threads'] if results else 1} thread(s).", ""]
+    """Result tables, one per size: after (current) and, where measured, before (legacy) and their ratio."""
+    lines = [f"Command: `{command}`  ", f"Commit {info['commit']}, {info['date']}, {info['cpu']} ({info['nproc']} cores visible, "
+             f"load average {info['load']}), torch {info['torch']}, {results[0]['threads'] if results else 1} thread(s).", ""]
     for size in dict.fromkeys(r["size"] for r in results):
         rows = [r for r in results if r["size"] == size]
         ok = next((r for r in rows if "error" not in r), None)
@@ -158,15 +231,19 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
                          f"(mean length {ok['mean_length']:.1f}, max {ok['max_length']}), dims {'/'.join(map(str, ok['dims'].values()))}")
         else:
             lines.append(f"**{size}**")
-        lines += ["", "| method | context | params | s / train epoch | µs / train utterance | s / eval pass (test) | peak RSS MB (data → total) |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "| method | params | s train (before → after) | × train | s valid | s test | s epoch total (before → after) | × epoch | peak RSS MB (data → total) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['method']} | | | failed: {r['error'][:80]} | | | |")
+                lines.append(f"| {r['method']} | | failed: {r['error'][:80]} | | | | | | |")
                 continue
-            per_utt = 1e6 * r["seconds_per_epoch"] / r["utterances"]["train"]
-            lines.append(f"| {r['method']} | {'yes' if r['uses_context'] else 'no'} | {r['parameters']:,} | {r['seconds_per_epoch']:.2f} | {per_utt:.0f} | "
-                         f"{r['seconds_per_eval']:.2f} | {r['peak_rss_mb_data']:.0f} → {r['peak_rss_mb']:.0f} |")
+            a, b = r["variants"].get("after"), r["variants"].get("before")
+            main = a or b
+            pair = lambda key: f"{b[key]:.2f} → {a[key]:.2f}" if a and b else f"{main[key]:.2f}"
+            times = lambda key: f"{b[key] / a[key]:.2f}" if a and b else ""
+            lines.append(f"| {r['method']} ({main['stages'][-1]}) | {r['parameters']:,} | {pair('seconds_train')} | {times('seconds_train')} | "
+                         f"{pair('seconds_valid')} | {pair('seconds_test')} | {pair('seconds_epoch_total')} | {times('seconds_epoch_total')} | "
+                         f"{r['peak_rss_mb_data']:.0f} → {r['peak_rss_mb']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -174,7 +251,7 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
 def run_one(args: argparse.Namespace, method: str, size: str) -> dict[str, Any]:
     """Measure in a fresh interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, __file__, "--worker", "--methods", method, "--sizes", size, "--epochs", str(args.epochs),
-           "--eval-repeats", str(args.eval_repeats), "--threads", str(args.threads)]
+           "--eval-repeats", str(args.eval_repeats), "--threads", str(args.threads), "--variants", args.variants]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     for item in args.set:
@@ -200,11 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every method, e.g. hidden=128")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per measurement")
     parser.add_argument("--out", default="benchmarks/results", help="folder for speed.json and speed.md")
+    parser.add_argument("--variants", default="before,after",
+                        help="before (the pre-issue-10 path: padded, unbucketed, plain Adam loop, test + checkpoint every epoch) "
+                        "and/or after (current defaults); both = interleaved pairs with ratios (default before,after)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(measure(args.methods, args.sizes, args.epochs, args.eval_repeats, args.data_dir, args.threads, args.set)))
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        print(json.dumps(measure(args.methods, args.sizes, args.epochs, args.eval_repeats, args.data_dir, args.threads, args.set, variants)))
         return 0
 
     from imer.models import list_models
@@ -222,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             r = run_one(args, method, size)
             results.append(r)
-            status = r.get("error") or f"{r['seconds_per_epoch']:.2f} s/epoch, {r['seconds_per_eval']:.2f} s/eval, {r['peak_rss_mb']:.0f} MB"
+            status = r.get("error") or ", ".join(f"{v}: {x['seconds_train']:.2f} s train, {x['seconds_epoch_total']:.2f} s epoch" for v, x in r["variants"].items())
+            if "speedup_train" in r:
+                status += f"; × {r['speedup_train']:.2f} train, × {r['speedup_epoch_total']:.2f} epoch; {r['peak_rss_mb']:.0f} MB"
             print(f"{size:>10} {method:>18}: {status}", flush=True)
             (out / "speed.json").write_text(json.dumps({"machine": info, "command": command, "results": results}, indent=2) + "\n")
             (out / "speed.md").write_text(markdown(results, info, command))

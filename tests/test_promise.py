@@ -289,13 +289,18 @@ def test_cccl_bins_for_regression():
 
 def test_generation_similarity_and_end_to_end_run(tmp_path):
     data = make_synthetic(task="regression", num_groups=8, seed=1)
-    metrics = train(_run_config(2, encoder_epochs=1), tmp_path / "run", dataset=data)
+    with_test = _run_config(2, encoder_epochs=1)
+    with_test.train.eval_test_each_epoch = True
+    metrics = train(with_test, tmp_path / "run", dataset=data)
     assert np.isfinite(metrics["test"]["mae"]) and set(metrics["test"]["modality_acc"]) == set(data.modalities)
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
-    for record in history:  # the trainer logs the diagnostic every epoch, on valid and test
+    for record in history:  # the trainer logs the diagnostic every epoch, on valid (and test when asked)
         logged = record["diagnostics"]["test"]["generation_similarity"]
         assert set(logged) == set(data.modalities) and all(v["count"] > 0 for v in logged.values())
         assert "valid" in record["diagnostics"]
+    train(_run_config(2, encoder_epochs=1), tmp_path / "plain", dataset=data)
+    plain = [json.loads(line) for line in (tmp_path / "plain" / "history.jsonl").read_text().splitlines()]
+    assert all(set(record["diagnostics"]) == {"valid"} for record in plain)
     model = create_model("promise", spec_of(data), SMALL)
     batcher = SplitBatcher(data.features, data.labels, None)
     sims = generation_similarity(model, batcher, data.available)

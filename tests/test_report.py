@@ -27,7 +27,7 @@ def write_run(root: Path, dataset: str, method: str, rate: float, seed: int, tes
     if conditions is not None:
         (run / "conditions.json").write_text(json.dumps({"conditions": conditions, "average": {}}))
     if history is not None:
-        (run / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "test": h}) + "\n" for e, h in enumerate(history)))
+        (run / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "valid": h}) + "\n" for e, h in enumerate(history)))
     return run
 
 

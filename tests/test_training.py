@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from imer.data import make_synthetic
 from imer.errors import ConfigError, IMERError
 from imer.experiments.config import RunConfig, apply_override, build_run_config
 from imer.experiments.inference import evaluate_run
@@ -45,9 +46,47 @@ def test_run_directory_contents(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
     assert "modality_acc" in json.loads(lines[0])["valid"]
     assert metrics["selection"]["best_epoch"] in range(4)
-    # the stored test numbers are those of the selected epoch
+    # no test-set work during training; the stored valid numbers are those of the selected epoch
     best = json.loads(lines[metrics["selection"]["best_epoch"]])
-    assert best["test"]["acc"] == pytest.approx(metrics["test"]["acc"])
+    assert all("test" not in json.loads(line) for line in lines)
+    assert best["valid"]["acc"] == pytest.approx(metrics["valid"]["acc"])
+    assert metrics["selection"]["epochs_run"] == 4 and metrics["selection"]["stopped_early"] is False
+
+
+def test_per_epoch_test_curves_behind_a_flag(tmp_path):
+    tiny = make_synthetic(task="classification", num_groups=30, min_len=1, max_len=1, seed=0)
+    metrics = train(_config(**{"train.eval_test_each_epoch": True}), tmp_path / "r", dataset=tiny)
+    lines = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert all("test" in h for h in lines)
+    assert lines[metrics["selection"]["best_epoch"]]["test"]["acc"] == pytest.approx(metrics["test"]["acc"])
+    plain = train(_config(), tmp_path / "plain", dataset=tiny)
+    assert _strip(plain)["test"] == _strip(metrics)["test"]  # evaluating test every epoch changes nothing
+
+
+def test_early_stopping_on_validation(tmp_path):
+    metrics = train(_config(epochs=40, **{"train.patience": 2, "train.lr": 0.3}), tmp_path / "r")
+    sel = metrics["selection"]
+    assert sel["stopped_early"] is True and sel["patience"] == 2
+    assert sel["epochs_run"] == sel["best_epoch"] + 3 < 40
+    lines = (tmp_path / "r" / "history.jsonl").read_text().splitlines()
+    assert len(lines) == sel["epochs_run"]
+    again = train(_config(epochs=40, **{"train.patience": 2, "train.lr": 0.3}), tmp_path / "r", resume=True)
+    assert _strip(again) == _strip(metrics)  # resuming a stopped run trains nothing more
+
+
+def test_checkpoint_interval_stages_and_end(tmp_path, monkeypatch):
+    saved = []
+    original = Trainer._checkpoint
+
+    def record(self, epoch, best, history):
+        saved.append(epoch)
+        return original(self, epoch, best, history)
+
+    monkeypatch.setattr(Trainer, "_checkpoint", record)
+    tiny = make_synthetic(task="classification", num_groups=8, min_len=2, max_len=4, dims={"a": 3, "b": 4}, seed=0)
+    config = _config(method="momke", epochs=7, stage_epochs=4, depth=1, **{"train.checkpoint_every": 3, "train.checkpoint_minutes": 0})
+    train(config, tmp_path / "r", dataset=tiny)
+    assert saved == [0, 2, 4, 5, 6]  # first epoch of each stage (0, 4), every 3rd epoch (2, 5), the last (6)
 
 
 def test_evaluate_reproduces_training_numbers(tmp_path):
@@ -59,7 +98,9 @@ def test_evaluate_reproduces_training_numbers(tmp_path):
 
 
 def test_resume_after_interruption_gives_same_result(tmp_path, monkeypatch):
-    full = train(_config(epochs=6, dropout=0.3), tmp_path / "full")
+    """Checkpoints every 2 epochs: the epoch after the last checkpoint is trained again, to the same numbers."""
+    interval = {"train.checkpoint_every": 2, "train.checkpoint_minutes": 0}
+    full = train(_config(epochs=6, dropout=0.3, **interval), tmp_path / "full")
     original = Trainer._train_epoch
 
     def interrupted(self, train_set, available, epoch):
@@ -69,11 +110,12 @@ def test_resume_after_interruption_gives_same_result(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train(_config(epochs=6, dropout=0.3), tmp_path / "cut")
+        train(_config(epochs=6, dropout=0.3, **interval), tmp_path / "cut")
     assert not (tmp_path / "cut" / "metrics.json").exists()
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 3
     monkeypatch.setattr(Trainer, "_train_epoch", original)
-    resumed = train(_config(epochs=6, dropout=0.3), tmp_path / "cut", resume=True)
+    resumed = train(_config(epochs=6, dropout=0.3, **interval), tmp_path / "cut", resume=True)
     assert _strip(resumed) == _strip(full)
     a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -18,7 +18,15 @@ and works in memory::
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
+
+# OpenMP threads that spin while waiting made 2 torch threads 10-12x slower than 1 on a busy 2-core machine;
+# passive waiting made them 1.6x faster (docs/benchmarks.md). The policy is read when torch loads OpenMP, so
+# it is set here, before imer imports torch, unless the user chose one or imported torch first.
+if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,9 @@ Data folder: --data-dir PATH or the IMER_DATA environment variable.
 """
 
 
+THREADS_HELP = "torch CPU threads (default: the cores this process may use; more than that is slower and warns)"
+
+
 def _console():
     from rich.console import Console
 
@@ -92,6 +95,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from imer.experiments.inference import evaluate_conditions, evaluate_run
+    from imer.training.threads import configure_threads
+
+    configure_threads(args.threads)
 
     if args.all_conditions:
         result = evaluate_conditions(args.model, data_dir=args.data_dir, dataset=args.dataset)
@@ -117,6 +123,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out is None:
         raise IMERError("predict --input: --out is required (a .csv or .json file)")
     from imer.experiments.inference import predict
+    from imer.training.threads import configure_threads
+
+    configure_threads(args.threads)
 
     rows = predict(args.model, args.input, args.out)
     print(f"{len(rows)} predictions written to {args.out}")
@@ -278,6 +287,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from imer.experiments.spec import load_spec
     from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
     from imer.experiments.validation import validate_sweep
+    from imer.training.threads import resolve_threads
 
     grid = {"--methods": args.methods, "--datasets": args.datasets, "--missing-rates": args.missing_rates, "--seeds": args.seeds,
             "--folds": args.folds, "--epochs": args.epochs, "--set": args.set or None}
@@ -308,6 +318,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             threads=args.threads,
             log_to=args.log_to,
         )
+    spec.threads = resolve_threads(spec.threads, max(1, args.workers))
     validate_sweep(spec)  # every variant × dataset config is checked before the first cell starts
     try:
         manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
@@ -386,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model), or a packaged preset name such as 'published' (comp)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set hidden=128 --set train.lr=1e-4 (repeatable)")
     t.add_argument("--device", help="cpu (default), cuda, or auto")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--threads", type=int, help=THREADS_HELP)
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in --out (otherwise refused)")
@@ -406,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", help="data folder, if it moved since training")
     e.add_argument("--dataset", help="path of the run's custom .npz dataset, if it moved since training")
     e.add_argument("--json", help="also write the result to this JSON file")
+    e.add_argument("--threads", type=int, help=THREADS_HELP)
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict new utterances with a trained run",
@@ -423,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="raw input: the utterance's audio file (WAV/FLAC)")
     p.add_argument("--openface", help="raw input: the utterance's OpenFace 2.x CSV (video)")
     p.add_argument("--out", help="output file (.csv or .json); required with --input")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.set_defaults(func=cmd_predict)
 
     f = sub.add_parser(
@@ -533,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--folds", help="comma-separated test folds for fold-based datasets (IEMOCAP sessions 1..5); default: the dataset's first")
     sw.add_argument("--out", required=True, help="sweep directory (created; rerun with the same --out to resume)")
     sw.add_argument("--workers", type=int, default=1, help="cells run at once in worker processes (1 = in this process; default 1)")
-    sw.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    sw.add_argument("--threads", type=int, help="torch threads per worker (default: the cores available divided by --workers, at least 1)")
     sw.add_argument("--epochs", type=int, help="training epochs of every cell (default: each method's config)")
     sw.add_argument("--data-dir", help="data folder (default: $IMER_DATA)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -85,12 +85,23 @@ class SplitBatcher:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def batches(self, available: np.ndarray, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
-        """Yield batches under availability ``available`` (``[n, M]``); shuffled if ``rng`` is given."""
+    def batches(self, available: np.ndarray, batch_size: int, rng: np.random.Generator | None = None, bucket: int = 0) -> Iterator[Batch]:
+        """Yield batches under availability ``available`` (``[n, M]``); shuffled if ``rng`` is given.
+
+        ``bucket`` > 0 groups dialogues of similar length: with ``rng`` see
+        :func:`bucketed_order`; without (evaluation) the groups go in order of
+        length, which changes no prediction (models are batch-independent).
+        """
         available_t = torch.as_tensor(np.asarray(available, dtype=bool))
-        groups = rng.permutation(self.num_groups) if rng is not None else np.arange(self.num_groups)
-        for start in range(0, self.num_groups, batch_size):
-            chosen = groups[start : start + batch_size]
+        if rng is None:
+            groups = np.argsort(self.lengths, kind="stable") if bucket > 0 else np.arange(self.num_groups)
+            order = [groups[start : start + batch_size] for start in range(0, self.num_groups, batch_size)]
+        elif bucket > 0:
+            order = bucketed_order(self.lengths, batch_size, bucket, rng)
+        else:
+            groups = rng.permutation(self.num_groups)
+            order = [groups[start : start + batch_size] for start in range(0, self.num_groups, batch_size)]
+        for chosen in order:
             longest = int(self.lengths[chosen].max())
             yield self._gather(torch.as_tensor(self.table[chosen, :longest]), available_t)
 
@@ -105,6 +116,24 @@ class SplitBatcher:
         labels = torch.where(mask, self.labels[safe], torch.zeros((), dtype=self.labels.dtype))
         speakers = None if self.speakers is None else torch.where(mask, self.speakers[safe], -1)
         return Batch(features, available, mask, labels, torch.where(mask, index, -1), speakers)
+
+
+def bucketed_order(lengths: np.ndarray, batch_size: int, pool_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Seeded length-bucketed batches: little padding, still shuffled every epoch.
+
+    The groups are permuted; each run of ``pool_batches * batch_size`` of them
+    is sorted by length (ties in the random order) and cut into batches; the
+    batches are then shuffled. Every group appears exactly once; which groups
+    share a batch changes from epoch to epoch within a pool's length ranks.
+    """
+    perm = rng.permutation(len(lengths))
+    pool = pool_batches * batch_size
+    batches = []
+    for start in range(0, len(perm), pool):
+        chunk = perm[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _group_table(groups: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@
   line per variant with a ± std band over seeds, one column per dataset.
 * ``modality_balance.png`` — per-modality accuracy of the unimodal heads
   (``modality_acc``) per variant, grouped by missing rate: the "balance" view.
-* ``modality_over_epochs.png`` — per-modality test accuracy over epochs from
+* ``modality_over_epochs.png`` — per-modality validation accuracy over epochs from
   ``history.jsonl``, for methods that report ``modality_acc`` (ComP-style).
 
 Colours are fixed per variant and per modality across all figures.
@@ -161,7 +161,7 @@ def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
     handles = [Line2D([], [], color=colour[m], linewidth=2.5, label=m) for m in modalities]
     handles += [Line2D([], [], color="black", linestyle=ls, label=f"rate {r:g}") for r, ls in style.items()]
     fig.legend(handles=handles, loc="center right", frameon=False, title="modality / rate")
-    fig.suptitle("Per-modality test accuracy over epochs\n(mean over seeds)")
+    fig.suptitle("Per-modality validation accuracy over epochs\n(mean over seeds)")
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, dpi=120, format="png")

@@ -85,7 +85,12 @@ def collect_runs(root: str | Path) -> list[RunRecord]:
 
 
 def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
-    """Per-epoch test (else valid) ``modality_acc`` from ``history.jsonl``; None if the run has none."""
+    """Per-epoch validation ``modality_acc`` from ``history.jsonl``; None if the run has none.
+
+    Validation, not test: the test split is not evaluated during training
+    unless ``train.eval_test_each_epoch`` is set, and curves over epochs are
+    a model-selection view anyway.
+    """
     path = run_dir / "history.jsonl"
     if not path.is_file():
         return None
@@ -94,7 +99,7 @@ def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
         if not line.strip():
             continue
         record = json.loads(line)
-        split = record.get("test") or record.get("valid") or {}
+        split = record.get("valid") or {}
         if "modality_acc" not in split:
             return None
         series.append(split["modality_acc"])
@@ -102,7 +107,7 @@ def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
 
 
 def selected_diagnostics(run: RunRecord, split: str = "test") -> dict[str, float] | None:
-    """The method's ``epoch_diagnostics`` on ``split`` at the selected epoch (flattened ``a/b`` keys); None if not logged."""
+    """The method's ``epoch_diagnostics`` on ``split`` (else validation) at the selected epoch (flattened ``a/b`` keys); None if not logged."""
     path = run.path / "history.jsonl"
     best = (run.metrics or {}).get("selection", {}).get("best_epoch")
     if best is None or not path.is_file():
@@ -111,7 +116,8 @@ def selected_diagnostics(run: RunRecord, split: str = "test") -> dict[str, float
         if line.strip():
             record = json.loads(line)
             if record.get("epoch") == best:
-                values = record.get("diagnostics", {}).get(split)
+                logged = record.get("diagnostics", {})
+                values = logged.get(split) or logged.get("valid")  # test is logged only with train.eval_test_each_epoch
                 return _flatten(values) if values else None
     return None
 

@@ -56,7 +56,18 @@ class MissingConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and model selection."""
+    """Optimisation, model selection and run mechanics.
+
+    ``threads``: torch intra-op threads (None = the cores available, see
+    :mod:`imer.training.threads`). ``eval_test_each_epoch``: also evaluate the
+    test split after every epoch (per-epoch test curves in ``history.jsonl``;
+    off by default: selection never needs it). ``patience``: early stopping
+    after that many epochs without a better validation score (0 = off).
+    ``checkpoint_every`` / ``checkpoint_minutes``: resume checkpoint interval
+    (also written at the first epoch of each stage and at the end).
+    ``bucket``: length-bucketed batches for dialogue methods, pooled over
+    this many batches (0 = plain shuffling).
+    """
 
     epochs: int = 30
     batch_size: int = 32
@@ -69,7 +80,11 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None
     progress: bool = True
-    eval_test_each_epoch: bool = True
+    eval_test_each_epoch: bool = False
+    patience: int = 0
+    checkpoint_every: int = 10
+    checkpoint_minutes: float = 10.0
+    bucket: int = 8
     log_to: str | None = None
 
 

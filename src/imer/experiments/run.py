@@ -3,8 +3,9 @@
 A run directory holds ``config.json``, ``environment.json``, ``metrics.json``,
 ``history.jsonl``, ``model.safetensors`` (best weights), ``scaler.npz``,
 ``masks.npz`` (the fixed valid/test masks), ``predictions_test.csv`` and
-``checkpoint.pt`` (last epoch, for ``--resume``), and ``features.json`` (which
-extractor made each modality) when the dataset's feature origin is known.
+``checkpoint.pt`` (resume state, written every ``train.checkpoint_every`` epochs or
+``train.checkpoint_minutes`` minutes, at stage starts and at the end, for ``--resume``), and
+``features.json`` (which extractor made each modality) when the dataset's feature origin is known.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ from imer.experiments.validation import check_select_metric
 from imer.io import atomic_write, read_json, write_json
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
 from imer.training.checkpoint import load_weights, save_weights
+from imer.training.threads import configure_threads
 from imer.training.tracking import tracking_hooks
-from imer.training.trainer import EvalSet, Trainer, predict_split
+from imer.training.trainer import CheckpointPolicy, EvalSet, Trainer, predict_split
 
 
 @dataclass
@@ -287,8 +289,7 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
     device = _device(config.train.device)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     prepare_out(out, config, resume, overwrite)
-    if config.train.threads:
-        torch.set_num_threads(int(config.train.threads))
+    configure_threads(config.train.threads)
     torch.manual_seed(config.seed)
     data = prepare_data(config, dataset)
     modalities = data.dataset.modalities
@@ -340,6 +341,9 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         run_dir=out,
         progress=config.train.progress,
         eval_test_each_epoch=config.train.eval_test_each_epoch,
+        patience=config.train.patience,
+        checkpoint=CheckpointPolicy(config.train.checkpoint_every, config.train.checkpoint_minutes),
+        bucket=config.train.bucket,
         hooks=list(hooks or []) + tracking_hooks(config.train.log_to, out, config.to_dict(), variant or config.method),
     )
     if not resume and (out / "history.jsonl").exists():
@@ -379,8 +383,16 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         "seed": config.seed,
         "fold": config.data.fold,
         "task": data.spec.task,
-        "selection": {"rule": config.train.selection, "metric": select, "best_epoch": result.best_epoch, "epochs": config.train.epochs,
-                      "constant_baseline": {"valid": baseline, "prediction": baseline_name}},
+        "selection": {
+            "rule": config.train.selection,
+            "metric": select,
+            "best_epoch": result.best_epoch,
+            "epochs": config.train.epochs,
+            "epochs_run": len(result.history),
+            "patience": config.train.patience,
+            "stopped_early": result.stopped_early,
+            "constant_baseline": {"valid": baseline, "prediction": baseline_name},
+        },
         "missing": {
             "train_rate": config.missing.rate,
             "test_protocol": eval_protocol.name,
@@ -401,7 +413,8 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
 
 
 # Fields that may differ between an interrupted run and its resumption (more epochs extend a run).
-_RESUME_FREE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("train", "epochs"), ("data", "data_dir")}
+_RESUME_FREE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("train", "epochs"), ("train", "checkpoint_every"),
+                ("train", "checkpoint_minutes"), ("data", "data_dir")}
 
 
 def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None:

@@ -86,6 +86,10 @@ RUN_RANGES: dict[str, Range] = {
     "train.weight_decay": NON_NEGATIVE,
     "train.grad_clip": NON_NEGATIVE,
     "train.threads": AT_LEAST_1,
+    "train.patience": NON_NEGATIVE,
+    "train.checkpoint_every": NON_NEGATIVE,
+    "train.checkpoint_minutes": NON_NEGATIVE,
+    "train.bucket": NON_NEGATIVE,
 }
 RUN_CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adam", "adamw", "sgd"),

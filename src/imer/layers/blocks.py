@@ -7,6 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from imer.layers.packing import on_valid
+
 
 class MLP(nn.Sequential):
     """``in -> hidden (-> hidden ...) -> out`` with ReLU and dropout between layers."""
@@ -38,19 +40,27 @@ class ModalityEmbedding(nn.Module):
     The input of a missing modality is replaced by 0 *before* the projection
     and the projection's output is zeroed there too, so neither the feature
     values nor the bias of an absent modality reach the rest of the model.
+    ``packed=True`` projects only the available entries (see
+    :func:`imer.layers.packing.on_valid`): worth it for dialogue batches, where
+    padding and missing entries are many; for utterance batches (``L = 1``) the
+    gather costs more than it saves (measured), so the default is ``False``.
     """
 
-    def __init__(self, dims: Mapping[str, int], hidden: int, dropout: float = 0.0) -> None:
+    def __init__(self, dims: Mapping[str, int], hidden: int, dropout: float = 0.0, packed: bool = False) -> None:
         super().__init__()
         self.modalities = list(dims)
         self.proj = nn.ModuleDict({m: nn.Linear(d, hidden) for m, d in dims.items()})
         self.dropout = nn.Dropout(dropout)
+        self.packed = packed
 
     def forward(self, features: Mapping[str, Tensor], available: Tensor) -> Tensor:
         """``[B, L, M, hidden]`` embeddings, zero where ``available`` is False."""
         out = []
         for j, m in enumerate(self.modalities):
             keep = available[..., j : j + 1]
+            if self.packed and keep.dim() == 3:
+                out.append(on_valid(lambda x, m=m: self.dropout(self.proj[m](x)), features[m], keep))
+                continue
             x = torch.where(keep, features[m], torch.zeros((), dtype=features[m].dtype))
             out.append(torch.where(keep, self.dropout(self.proj[m](x)), torch.zeros((), dtype=x.dtype)))
         return torch.stack(out, dim=-2)

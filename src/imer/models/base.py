@@ -52,11 +52,17 @@ class DataSpec:
 
 @dataclass
 class ModelConfig:
-    """Fields shared by every method's config; subclasses add their own."""
+    """Fields shared by every method's config; subclasses add their own.
+
+    ``packed``: run utterance-wise layers on the present entries only
+    (:mod:`imer.layers.packing`); the same function as the padded computation
+    (``packed=false``, kept as the reference that tests and benchmarks compare with).
+    """
 
     hidden: int = 128
     dropout: float = 0.3
     regression_loss: str = "mse"
+    packed: bool = True
 
 
 @dataclass

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from imer.errors import ConfigError
 from imer.layers import MLP, MaskedTransformer, ModalityEmbedding
+from imer.layers.packing import on_valid
 from imer.layers.plain_transformer import PlainTransformer
 from imer.models._comp_modulator import GradScale, modulator_weights
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
@@ -248,7 +249,7 @@ class ModalityStream(nn.Module):
     def _blocks(config: CompConfig, depth: int) -> nn.Module:
         if config.block_style == "plain":
             return PlainTransformer(config.hidden, depth, config.heads, config.dropout, ff_mult=1)
-        return MaskedTransformer(config.hidden, depth, config.heads, config.dropout)
+        return MaskedTransformer(config.hidden, depth, config.heads, config.dropout, packed=config.packed)
 
     def generate(self, code: Tensor, valid: Tensor, level: str) -> tuple[Tensor, Tensor]:
         """Prompt and prototype attention at ``level`` ("1" or "2")."""
@@ -272,7 +273,7 @@ class Comp(IMERModel):
         if len(spec.modalities) < 2:
             raise ValueError("comp needs at least 2 modalities")
         m, h = len(spec.modalities), config.hidden
-        self.embed = ModalityEmbedding(spec.dim_of, h, config.dropout)
+        self.embed = ModalityEmbedding(spec.dim_of, h, config.dropout, packed=config.packed)
         self.streams = nn.ModuleDict({name: ModalityStream(config, m, spec.output_size) for name in spec.modalities})
         if config.coordinator:
             self.coordinator = MLP(m * h, h, m, layers=2, dropout=config.dropout)
@@ -313,9 +314,9 @@ class Comp(IMERModel):
         for j, m in enumerate(names):
             stream, v = self.streams[m], valid[..., j : j + 1]
             if cfg.disentangle:
-                codes[m] = torch.where(v, stream.shared(z[..., j, :]), zero)
-                private[m] = torch.where(v, stream.private(z[..., j, :]), zero)
-                aux[f"recon_{m}"] = stream.decoder(torch.cat([codes[m], private[m]], dim=-1))
+                codes[m] = on_valid(stream.shared, z[..., j, :], v, cfg.packed)
+                private[m] = on_valid(stream.private, z[..., j, :], v, cfg.packed)
+                aux[f"recon_{m}"] = on_valid(stream.decoder, torch.cat([codes[m], private[m]], dim=-1), v, cfg.packed)
                 if not bool(self.stage2):  # the reverse loss exists only in the warm-up
                     aux[f"private_pred_{m}"] = scores(self._private_prediction(stream, private[m], valid[..., j]), self.spec.task)
             else:
@@ -329,7 +330,7 @@ class Comp(IMERModel):
             outputs = {m: self.streams[m].unimodal(codes[m], valid[..., j]) for j, m in enumerate(names)}
         else:
             outputs = self._prompted(codes, valid, weights, aux)
-        heads = {m: self.streams[m].head(outputs[m]) for m in names}
+        heads = {m: on_valid(self.streams[m].head, outputs[m], valid[..., j], cfg.packed) for j, m in enumerate(names)}
         per_modality = {m: scores(heads[m], self.spec.task) for m in names}
 
         stacked = torch.stack([outputs[m] for m in names], dim=2)  # [B, L, M, H]
@@ -355,7 +356,7 @@ class Comp(IMERModel):
         for j, m in enumerate(names):
             stream = self.streams[m]
             x = self._with_prompts(codes[m], new_prompts, j)
-            out = stream.out1(stream.block1(stream.in1(x), valid[..., j]))
+            out = on_valid(stream.out1, stream.block1(on_valid(stream.in1, x, valid[..., j], cfg.packed), valid[..., j]), valid[..., j], cfg.packed)
             hidden[m], carried[m] = out[..., : cfg.hidden], out[..., cfg.hidden :]
         if prompting:
             regenerated = self._prompts(hidden, valid, weights, aux, "2")
@@ -370,13 +371,13 @@ class Comp(IMERModel):
                 x = torch.cat([hidden[m], aux[f"received_{m}"].flatten(-2)], dim=-1)
             else:
                 x = self._with_prompts(hidden[m], None, j)
-            outputs[m] = stream.block2(stream.in2(x), valid[..., j])
+            outputs[m] = stream.block2(on_valid(stream.in2, x, valid[..., j], cfg.packed), valid[..., j])
         return outputs
 
     def _private_prediction(self, stream: ModalityStream, private: Tensor, valid: Tensor) -> Tensor:
         """The private path's prediction for the reverse loss: own Linear, or the shared blocks and head."""
         if self.config.reverse_target == "normal":
-            return stream.private_head(private)
+            return on_valid(stream.private_head, private, valid, self.config.packed)
         if self.config.warmup == "encoders":
             return stream.head(stream.unimodal(private, valid))
         x = self._with_prompts(private, None, 0)

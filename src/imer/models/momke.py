@@ -57,8 +57,8 @@ class MoMKE(IMERModel):
     def __init__(self, config: MoMKEConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
         m, h = len(spec.modalities), config.hidden
-        self.embed = ModalityEmbedding(spec.dim_of, h, config.dropout)
-        self.experts = nn.ModuleList([MaskedTransformer(h, config.depth, config.heads, config.dropout, ff_mult=config.mlp_ratio) for _ in range(m)])
+        self.embed = ModalityEmbedding(spec.dim_of, h, config.dropout, packed=config.packed)
+        self.experts = nn.ModuleList([MaskedTransformer(h, config.depth, config.heads, config.dropout, ff_mult=config.mlp_ratio, packed=config.packed) for _ in range(m)])
         self.expert_heads = nn.ModuleList([nn.Linear(h, spec.output_size) for _ in range(m)])
         self.routers = nn.ModuleList(
             [nn.Sequential(nn.Linear(h, h * config.mlp_ratio), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(h * config.mlp_ratio, m)) for _ in range(m)]

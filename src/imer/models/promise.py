@@ -258,7 +258,16 @@ class Promise(IMERModel):
         flat = {name: x.reshape(b * length, -1) for name, x in features.items()}
         encoded = self.encode(flat, available)
         downstream = encoded.detach() if self.encoder_stage else encoded
-        main = self.fuse(downstream, available)
+        copy = None
+        if self.training and self.config.fncl and self.config.lambda_1 > 0:
+            copy_available = self.more_masked(available)
+            if self.config.packed:  # one pass over both copies: half the (many, small) operations
+                both = self.fuse(torch.cat([downstream, downstream]), torch.cat([available, copy_available]))
+                main, copy = {k: v[: b * length] for k, v in both.items()}, {k: v[b * length :] for k, v in both.items()}
+            else:
+                main, copy = self.fuse(downstream, available), self.fuse(downstream, copy_available)
+        else:
+            main = self.fuse(downstream, available)
         unimodal = {
             name: scores(self.unimodal_heads[name](encoded[:, j]).reshape(b, length, -1), self.spec.task) for j, name in enumerate(self.modalities)
         }
@@ -273,9 +282,7 @@ class Promise(IMERModel):
             "generation_valid": (available & main["has_source"]).reshape(b, length, m),
             "generation_cosine": similarity.reshape(b, length, m),
         }
-        if self.training and self.config.fncl and self.config.lambda_1 > 0:
-            copy_available = self.more_masked(available)
-            copy = self.fuse(downstream, copy_available)
+        if copy is not None:
             aux["copy_tokens"] = copy["tokens"].reshape(b, length, m, -1)
             aux["copy_token_valid"] = copy["token_valid"].reshape(b, length, m)
             aux["copy_fused"] = copy["fused"].reshape(b, length, -1)

@@ -1,15 +1,18 @@
 """The training loop shared by every method.
 
-Seeded; fresh training masks every epoch; validation after every epoch with
-the best epoch chosen by a validation metric; per-epoch metrics appended to
-``history.jsonl``; a checkpoint after every epoch so an interrupted run
-resumes to the same result. Methods with stages hook in through
-``model.on_epoch_start(epoch)``; the loop itself is never copied.
+Seeded; fresh training masks every epoch; validation (only) after every
+epoch with the best epoch chosen by a validation metric; per-epoch metrics
+appended to ``history.jsonl``; optional early stopping on that metric; a
+resume checkpoint every ``checkpoint_every`` epochs or ``checkpoint_minutes``
+minutes, at the first epoch of every stage and at the end, so an interrupted
+run resumes to the same result. The test split is not touched during
+training unless ``eval_test_each_epoch`` (per-epoch test curves) or the
+``test-published`` selection rule asks for it. Methods with stages hook in
+through ``model.on_epoch_start(epoch)``; the loop itself is never copied.
 """
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 from collections.abc import Callable
@@ -51,24 +54,50 @@ class FitResult:
     train_missing_fraction: float
     seconds_per_epoch: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
     fit: dict[str, Any] | None = None  # the chosen candidate of a convex fit (e.g. its regularisation)
 
 
+@dataclass
+class CheckpointPolicy:
+    """When the resume checkpoint is written: every ``every`` epochs or ``minutes`` minutes
+    (0 disables either), and always at the first epoch of a stage and at the last epoch."""
+
+    every: int = 10
+    minutes: float = 10.0
+
+    def due(self, epoch: int, last_epoch: bool, new_stage: bool, seconds_since: float) -> bool:
+        by_epoch = self.every > 0 and (epoch + 1) % self.every == 0
+        by_time = self.minutes > 0 and seconds_since >= 60.0 * self.minutes
+        return last_epoch or new_stage or by_epoch or by_time
+
+
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam / AdamW (fused kernels) or SGD (multi-tensor ``foreach``) over all parameters.
+
+    Same update rule as the plain per-parameter loop, computed by one fused
+    kernel over all parameters: on CPU, Adam's step took 35 instead of 164 ms
+    for ComP's 9.7 M parameters (docs/benchmarks.md).
+    """
     params = [p for p in model.parameters()]
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9, foreach=True)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
-@torch.no_grad()
+def copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's tensors (cheaper than deep-copying the module tree)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@torch.inference_mode()
 def predict_split(model: IMERModel, evalset: EvalSet, batch_size: int, device: torch.device) -> MetricAccumulator:
-    """Run the model over a split in eval mode; returns the filled accumulator."""
+    """Run the model over a split in eval mode (no autograd); returns the filled accumulator."""
     model.eval()
     acc = MetricAccumulator(model.spec.task, model.spec.num_classes, list(model.modalities))
-    for batch in evalset.batcher.batches(evalset.available, batch_size):
+    for batch in evalset.batcher.batches(evalset.available, batch_size, bucket=1):
         batch = batch.to(device)
         out = model(batch.features, batch.available, batch.mask, batch.speakers)
         keep = batch.mask
@@ -104,9 +133,14 @@ class Trainer:
         device: str | torch.device = "cpu",
         run_dir: str | Path | None = None,
         progress: bool = True,
-        eval_test_each_epoch: bool = True,
+        eval_test_each_epoch: bool = False,
+        patience: int = 0,
+        checkpoint: CheckpointPolicy | None = None,
+        bucket: int = 8,
         hooks: list[Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
+        """``patience`` > 0 stops after that many epochs without a better validation score;
+        ``bucket`` is the pool (in batches) of length-bucketed batching for dialogue methods (0 = plain shuffling)."""
         self.model = model
         self.epochs, self.batch_size = epochs, batch_size
         self.grad_clip = grad_clip
@@ -116,6 +150,9 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.progress = progress
         self.eval_test_each_epoch = eval_test_each_epoch or selection == "test-published"
+        self.patience = patience
+        self.checkpoint_policy = checkpoint or CheckpointPolicy()
+        self.bucket = bucket if model.uses_context else 0
         self.hooks = list(hooks or [])  # called with each epoch's history record, after it is logged
         self.model.to(self.device)
         self.optimizer = make_optimizer(model, optimizer, lr, weight_decay)
@@ -139,9 +176,11 @@ class Trainer:
         if resume and self.checkpoint_path and self.checkpoint_path.is_file():
             start, best, history = self._restore()
         elapsed: list[float] = [h["seconds"] for h in history]
-        epochs = range(start, self.epochs)
+        stopped_early = self._patience_exhausted(len(history) - 1, best) if history else False
+        epochs = range(start, self.epochs) if not stopped_early else range(0)
         plain = self.progress and not sys.stderr.isatty()  # logs and pipes get one line per epoch, no carriage returns
         bar = tqdm(epochs, desc="epochs", disable=not self.progress or plain, leave=False, initial=start, total=self.epochs)
+        last_saved = time.monotonic()
         for epoch in bar:
             t0 = time.perf_counter()
             self.model.on_epoch_start(epoch)
@@ -152,13 +191,13 @@ class Trainer:
             test_metrics = None
             if test is not None and self.eval_test_each_epoch:
                 test_metrics = predict_split(self.model, test, self.batch_size, self.device).compute()
-            diagnostics = self._diagnostics(valid, test)
+            diagnostics = self._diagnostics(valid, test if self.eval_test_each_epoch else None)
             judged = test_metrics if self.selection == "test-published" else valid_metrics
             if self.select_metric not in judged:
                 raise TrainingError(f"selection metric '{self.select_metric}' is not computed for this task; available: {sorted(judged)}")
             score = float(judged[self.select_metric])
             if is_better(self.select_metric, score, best["score"]):
-                best = {"epoch": epoch, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy.deepcopy(self.model.state_dict())}
+                best = {"epoch": epoch, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy_state(self.model)}
             record = {
                 "epoch": epoch,
                 "stage": self.model.stage(),
@@ -166,18 +205,26 @@ class Trainer:
                 "train_missing_fraction": missing_fraction(available),
                 "loss": losses,
                 "valid": valid_metrics,
-                "test": test_metrics,
             }
+            if test_metrics is not None:
+                record["test"] = test_metrics
             if diagnostics:
                 record["diagnostics"] = diagnostics
+            new_stage = not history or history[-1]["stage"] != record["stage"]
             history.append(record)
             elapsed.append(seconds)
             self._log(record)
-            self._checkpoint(epoch, best, history)
+            stopped_early = self._patience_exhausted(epoch, best)
+            last_epoch = epoch == self.epochs - 1 or stopped_early
+            if self.checkpoint_policy.due(epoch, last_epoch, new_stage, time.monotonic() - last_saved):
+                self._checkpoint(epoch, best, history)
+                last_saved = time.monotonic()
             bar.set_postfix({"loss": f"{losses['total']:.3f}", f"valid_{self.select_metric}": f"{score:.3f}", "best": best["epoch"]})
             if plain:
                 print(f"epoch {epoch + 1}/{self.epochs}: loss {losses['total']:.4f}, valid {self.select_metric} {score:.4f}, "
                       f"best epoch {best['epoch']}, {seconds:.1f}s", file=sys.stderr, flush=True)
+            if stopped_early:
+                break
         bar.close()
         if best["state"] is None:
             raise TrainingError("no epoch was trained (epochs <= resumed epoch?)")
@@ -189,7 +236,12 @@ class Trainer:
             train_missing_fraction=float(np.mean([h["train_missing_fraction"] for h in history])),
             seconds_per_epoch=float(np.mean(elapsed)) if elapsed else 0.0,
             history=history,
+            stopped_early=stopped_early,
         )
+
+    def _patience_exhausted(self, epoch: int, best: dict[str, Any]) -> bool:
+        """Early stopping: ``patience`` epochs in a row without a better selection score."""
+        return self.patience > 0 and epoch - best["epoch"] >= self.patience
 
     def _fit_convex(self, train: SplitBatcher, train_mask: Callable[[int], np.ndarray], valid: EvalSet, test: EvalSet | None) -> FitResult:
         """Methods fitted by a convex solver: each regularisation candidate is scored on validation like an epoch.
@@ -208,8 +260,10 @@ class Trainer:
             judged = test_metrics if self.selection == "test-published" else valid_metrics
             score = float(judged[self.select_metric])
             if is_better(self.select_metric, score, best["score"]):
-                best = {"epoch": k, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy.deepcopy(self.model.state_dict()), "fit": candidate}
-            record = {"epoch": k, "stage": "convex", "seconds": seconds, "train_missing_fraction": float(np.mean([missing_fraction(m) for m in masks])), "fit": candidate, "loss": {}, "valid": valid_metrics, "test": test_metrics}
+                best = {"epoch": k, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy_state(self.model), "fit": candidate}
+            record = {"epoch": k, "stage": "convex", "seconds": seconds, "train_missing_fraction": float(np.mean([missing_fraction(m) for m in masks])), "fit": candidate, "loss": {}, "valid": valid_metrics}
+            if test_metrics is not None:
+                record["test"] = test_metrics
             history.append(record)
             self._log(record)
             t0 = time.perf_counter()
@@ -226,7 +280,7 @@ class Trainer:
             fit=best["fit"],
         )
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _diagnostics(self, valid: EvalSet, test: EvalSet | None) -> dict[str, Any]:
         self.model.eval()
         found = {}
@@ -242,7 +296,7 @@ class Trainer:
         rng = np.random.default_rng(derive_seed("shuffle", self.seed, epoch))
         sums: dict[str, float] = {}
         steps = 0
-        for batch in train.batches(available, self.batch_size, rng):
+        for batch in train.batches(available, self.batch_size, rng, bucket=self.bucket):
             batch = batch.to(self.device)
             out = self.model(batch.features, batch.available, batch.mask, batch.speakers)
             terms = self.model.loss(out, batch.labels, batch.mask, batch.available)
