@@ -19,7 +19,8 @@ must never influence any output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,7 @@ class ModelConfig:
     hidden: int = 128
     dropout: float = 0.3
     regression_loss: str = "mse"
+    sign_weight: float = 0.0
 
 
 @dataclass
@@ -86,6 +88,15 @@ class IMERModel(nn.Module):
         self.config = config
         self.spec = spec
 
+    @classmethod
+    def reads_dialogues(cls, options: Mapping[str, Any]) -> bool:
+        """Whether a model built with config values ``options`` needs whole dialogues per batch.
+
+        ``uses_context`` by default; utterance-level methods with an opt-in
+        dialogue-context input (e.g. ``context_mean``) override it.
+        """
+        return cls.uses_context
+
     @property
     def modalities(self) -> tuple[str, ...]:
         return self.spec.modalities
@@ -102,6 +113,8 @@ class IMERModel(nn.Module):
         else:
             per = (prediction.reshape(-1) - labels.reshape(-1).float()).pow(2)
         w = weight.reshape(-1).to(per.dtype)
+        if self.spec.task == "regression" and self.config.sign_weight > 0:
+            per = per + self.config.sign_weight * sign_loss(prediction.reshape(-1), labels.reshape(-1).float())
         return (per * w).sum() / w.sum().clamp(min=1.0)
 
     def loss(self, out: ModelOutput, labels: Tensor, mask: Tensor, available: Tensor) -> dict[str, Tensor]:
@@ -129,6 +142,17 @@ class IMERModel(nn.Module):
     def stage(self) -> str:
         """Name of the current training stage (logged with every epoch)."""
         return "main"
+
+
+def sign_loss(score: Tensor, label: Tensor) -> Tensor:
+    """Logistic loss of the score's sign against the label's sign, per element; 0 where the label is 0.
+
+    ``log(1 + exp(-sign(y) * s))``: the surrogate of binary accuracy (acc2)
+    that logistic regression minimises. Added to the regression loss with
+    weight ``sign_weight``; the squared/absolute error keeps the score on the
+    label's scale for MAE, correlation and acc7.
+    """
+    return F.softplus(-torch.sign(label) * score) * (label != 0).to(score.dtype)
 
 
 def scores(prediction: Tensor, task: str) -> Tensor:
