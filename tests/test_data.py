@@ -54,6 +54,64 @@ def test_mosi_order_follows_segments(mosi):
     assert len(ids) == first.sum() and len(set(mosi.order[first])) == first.sum()
 
 
+# ----------------------------------------------------------------------------- CMU-MOSI, MiniLM + openSMILE
+@pytest.fixture(scope="module")
+def minilm(data_dir):
+    return load_dataset("cmu-mosi-minilm", data_dir)
+
+
+def test_minilm_sizes_dims_and_labels(minilm):
+    assert len(minilm) == 2199 and len(np.unique(minilm.group_ids)) == 93
+    assert minilm.dims == {"audio": 73, "text": 384}
+    assert minilm.task == "regression" and minilm.speakers is None
+    assert minilm.labels.min() >= -3 and minilm.labels.max() <= 3
+    assert np.isfinite(minilm.features["text"]).all() and np.isfinite(minilm.features["audio"]).all()
+    np.testing.assert_allclose(np.linalg.norm(minilm.features["text"], axis=1), 1.0, atol=1e-4)
+
+
+def test_minilm_uses_standard_split_with_its_validation_part(minilm, data_dir):
+    parts = minilm.split_indices()
+    assert {s: len(idx) for s, idx in parts.items()} == {"train": 1284, "valid": 229, "test": 686}
+    groups = {s: set(minilm.group_ids[idx]) for s, idx in parts.items()}
+    assert {s: len(g) for s, g in groups.items()} == {"train": 52, "valid": 10, "test": 31}
+    assert not groups["train"] & groups["valid"] and not groups["train"] & groups["test"] and not groups["valid"] & groups["test"]
+    meta = safe_load_pickle(data_dir / "gcnet-meta" / "CMUMOSI_features_raw_2way.pkl")
+    assert groups["valid"] == {str(v) for v in meta[5]} and groups["test"] == {str(v) for v in meta[6]}
+    # the carving options do not apply: the validation part is the dataset's own
+    assert np.array_equal(minilm.split_indices(split_seed=3)["valid"], parts["valid"])
+
+
+def test_minilm_ids_features_and_labels_are_aligned(minilm, data_dir):
+    raw = np.load(data_dir / "cmu-mosi-minilm" / "features.npz", allow_pickle=False)
+    row_of = {u: i for i, u in enumerate(raw["ids"])}
+    rows = np.array([row_of[u] for u in minilm.utterance_ids])
+    np.testing.assert_array_equal(minilm.features["text"], raw["text"][rows])
+    np.testing.assert_array_equal(minilm.features["audio"], raw["audio"][rows])
+    meta = safe_load_pickle(data_dir / "gcnet-meta" / "CMUMOSI_features_raw_2way.pkl")
+    for k in (0, 700, 2198):
+        vid, pos = minilm.group_ids[k], minilm.order[k]
+        assert meta[0][vid][pos] == minilm.utterance_ids[k] and meta[1][vid][pos] == pytest.approx(minilm.labels[k])
+    # same utterances as the bc-LSTM set, and the audio features are that release's, row for row
+    mosi = load_dataset("cmu-mosi", data_dir)
+    assert set(mosi.utterance_ids) == set(minilm.utterance_ids)
+    where = {u: i for i, u in enumerate(mosi.utterance_ids)}
+    np.testing.assert_allclose(minilm.features["audio"], mosi.features["audio"][[where[u] for u in minilm.utterance_ids]], rtol=1e-5, atol=1e-4)
+
+
+def test_minilm_missing_file_and_bad_content_are_named(tmp_path, data_dir):
+    with pytest.raises(DataError, match="features.npz: cmu-mosi-minilm feature file not found"):
+        load_dataset("cmu-mosi-minilm", tmp_path)
+    (tmp_path / "cmu-mosi-minilm").mkdir()
+    np.savez(tmp_path / "cmu-mosi-minilm" / "features.npz", ids=np.array(["a_1"]), text=np.zeros((1, 3), np.float32))
+    with pytest.raises(DataError, match="key 'audio' missing"):
+        load_dataset("cmu-mosi-minilm", tmp_path)
+    np.savez(tmp_path / "cmu-mosi-minilm" / "features.npz", ids=np.array(["a_1"]), text=np.zeros((1, 3), np.float32), audio=np.zeros((1, 2), np.float32))
+    (tmp_path / "gcnet-meta").mkdir()
+    (tmp_path / "gcnet-meta" / "CMUMOSI_features_raw_2way.pkl").write_bytes((data_dir / "gcnet-meta" / "CMUMOSI_features_raw_2way.pkl").read_bytes())
+    with pytest.raises(DataError, match="no features for utterance"):
+        load_dataset("cmu-mosi-minilm", tmp_path)
+
+
 # ----------------------------------------------------------------------------- restricted unpickler
 def test_real_gcnet_pickles_load(data_dir):
     for name in ("CMUMOSI_features_raw_2way.pkl", "IEMOCAP_features_raw_4way.pkl", "IEMOCAP_features_raw_6way.pkl"):

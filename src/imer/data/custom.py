@@ -21,12 +21,16 @@ key                 content
 ``available``       ``[N, M]`` optional bool, False where a modality is absent
 ==================  =========================================================
 
+Optional ``features_manifest``: a JSON string saying which extractor made each
+modality (written by ``imer features build``, copied into every run).
+
 Strings are stored as numpy unicode arrays. ``imer data convert`` writes
 this format from any other loader.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +61,8 @@ def save_custom(dataset: MultimodalDataset, path: str | Path) -> Path:
         arrays[f"x_{m}"] = x
     if dataset.class_names:
         arrays["class_names"] = np.array(dataset.class_names)
+    if dataset.manifest is not None:
+        arrays["features_manifest"] = np.array(json.dumps(dataset.manifest))
     for key in ("split", "fold", "speakers"):
         value = getattr(dataset, key)
         if value is not None:
@@ -81,6 +87,7 @@ def load_custom(path: str | Path) -> MultimodalDataset:
         raise DataError(f"{path}: feature array(s) {absent} missing for the listed modalities")
     if "split" not in data and "fold" not in data:
         raise DataError(f"{path}: needs a 'split' or a 'fold' array")
+    manifest = _manifest(data, path)
     try:
         return MultimodalDataset(
             name=str(data["name"]),
@@ -96,6 +103,20 @@ def load_custom(path: str | Path) -> MultimodalDataset:
             class_names=[str(c) for c in data["class_names"]] if "class_names" in data else None,
             available=data.get("available"),
             source=str(path),
+            manifest=manifest,
         )
     except (ValueError, TypeError) as exc:
         raise DataError(f"{path}: bad array ({exc})") from None
+
+
+def _manifest(data: dict[str, np.ndarray], path: Path) -> dict | None:
+    """The embedded feature manifest (``imer features build``), if any."""
+    if "features_manifest" not in data:
+        return None
+    try:
+        manifest = json.loads(str(data["features_manifest"]))
+    except ValueError as exc:
+        raise DataError(f"{path}: 'features_manifest' is not JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: 'features_manifest' is not a JSON object")
+    return manifest

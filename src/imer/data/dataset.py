@@ -40,6 +40,8 @@ class MultimodalDataset:
         class_names: names of the classes (classification only).
         available: ``[N, M]`` bool, modalities really present in the data
             (all True for complete data); simulated missingness comes on top.
+        manifest: optional feature manifest (``features.json`` content: which
+            extractor made each modality), copied into every run.
     """
 
     name: str
@@ -56,6 +58,7 @@ class MultimodalDataset:
     available: np.ndarray | None = None
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    manifest: dict | None = None
 
     def __post_init__(self) -> None:
         self.features = {m: np.ascontiguousarray(x, dtype=np.float32) for m, x in self.features.items()}

@@ -110,6 +110,15 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
     loaded = load_run(run_dir)
     spec = loaded.spec
     given = read_prediction_input(input_path, list(spec.modalities), spec.dim_of)
+    rows = predict_given(loaded, given)
+    if out_path is not None:
+        _write_rows(Path(out_path), rows)
+    return rows
+
+
+def predict_given(loaded: LoadedRun, given: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of predictions for input already read (the dict :func:`read_prediction_input` returns)."""
+    spec = loaded.spec
     scaled = loaded.scaler.transform(given["features"], given["available"])
     n = len(given["utterance_ids"])
     context = loaded.model.uses_context and given["group_ids"] is not None
@@ -133,8 +142,6 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
         else:
             row["score"] = float(preds[k])
         rows.append(row)
-    if out_path is not None:
-        _write_rows(Path(out_path), rows)
     return rows
 
 

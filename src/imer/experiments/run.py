@@ -3,7 +3,8 @@
 A run directory holds ``config.json``, ``environment.json``, ``metrics.json``,
 ``history.jsonl``, ``model.safetensors`` (best weights), ``scaler.npz``,
 ``masks.npz`` (the fixed valid/test masks), ``predictions_test.csv`` and
-``checkpoint.pt`` (last epoch, for ``--resume``).
+``checkpoint.pt`` (last epoch, for ``--resume``), and ``features.json`` (which
+extractor made each modality) when the dataset's feature origin is known.
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ def environment_info() -> dict[str, Any]:
     }
 
 
+def feature_manifest(config: RunConfig, dataset: MultimodalDataset) -> dict[str, Any] | None:
+    """The dataset's feature manifest: carried by the data (``imer features build``) or known for a built-in dataset."""
+    from imer.features.manifest import builtin_manifest
+
+    return dataset.manifest if dataset.manifest is not None else builtin_manifest(config.data.name)
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -158,6 +166,9 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
         "uses_context": model.uses_context,
     })
     write_json(out / "environment.json", environment_info())
+    manifest = feature_manifest(config, data.dataset)
+    if manifest is not None:
+        write_json(out / "features.json", manifest)
     data.scaler.save(out / "scaler.npz")
     with atomic_write(out / "masks.npz", "wb") as fh:
         np.savez(fh, **{f"{s}_available": m for s, m in masks.items()}, **{f"{s}_index": data.indices[s] for s in masks})
@@ -207,6 +218,8 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
         "seconds_per_epoch": result.seconds_per_epoch,
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
+    if result.fit is not None:
+        metrics["fit"] = result.fit
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -18,8 +18,8 @@ must never influence any output.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -142,6 +142,25 @@ class IMERModel(nn.Module):
     def stage(self) -> str:
         """Name of the current training stage (logged with every epoch)."""
         return "main"
+
+    def convex_mask_draws(self) -> int:
+        """Training-mask draws a convex method is fitted on at once; 0 = trained by gradient epochs.
+
+        A method returning ``K > 0`` is fitted by :meth:`convex_fits` instead
+        of the trainer's epochs, on the training split stacked under the
+        masks of epochs ``0 .. K-1`` (the same seeded draws a deep method sees
+        first), so it meets the same missingness distribution.
+        """
+        return 0
+
+    def convex_fits(self, train: "SplitBatcher", masks: list["np.ndarray"]) -> Iterator[dict[str, Any]]:
+        """Fit in closed form / by a convex solver, once per regularisation candidate.
+
+        Sets the weights of each candidate in turn and yields a JSON-able
+        description of it (e.g. ``{"strength": 0.01}``); the trainer scores
+        each candidate on validation exactly like an epoch and keeps the best.
+        """
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient epochs")
 
 
 def sign_loss(score: Tensor, label: Tensor) -> Tensor:

@@ -51,6 +51,7 @@ class FitResult:
     train_missing_fraction: float
     seconds_per_epoch: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    fit: dict[str, Any] | None = None  # the chosen candidate of a convex fit (e.g. its regularisation)
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -130,6 +131,8 @@ class Trainer:
         resume: bool = False,
     ) -> FitResult:
         """Train for ``epochs``; ``train_mask(epoch)`` gives that epoch's training availability."""
+        if self.model.convex_mask_draws():
+            return self._fit_convex(train, train_mask, valid, test)
         start, best, history = 0, {"epoch": -1, "score": None, "valid": None, "test": None, "state": None}, []
         if resume and self.checkpoint_path and self.checkpoint_path.is_file():
             start, best, history = self._restore()
@@ -180,6 +183,41 @@ class Trainer:
             train_missing_fraction=float(np.mean([h["train_missing_fraction"] for h in history])),
             seconds_per_epoch=float(np.mean(elapsed)) if elapsed else 0.0,
             history=history,
+        )
+
+    def _fit_convex(self, train: SplitBatcher, train_mask: Callable[[int], np.ndarray], valid: EvalSet, test: EvalSet | None) -> FitResult:
+        """Methods fitted by a convex solver: each regularisation candidate is scored on validation like an epoch.
+
+        The fit takes seconds, so it is always redone from scratch (no checkpoint; ``--resume`` refits).
+        """
+        if self.run_dir is not None:
+            (self.run_dir / "history.jsonl").unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        masks = [train_mask(k) for k in range(self.model.convex_mask_draws())]
+        best, history = {"epoch": -1, "score": None}, []
+        for k, candidate in enumerate(self.model.convex_fits(train, masks)):
+            seconds = time.perf_counter() - t0
+            valid_metrics = predict_split(self.model, valid, self.batch_size, self.device).compute()
+            test_metrics = predict_split(self.model, test, self.batch_size, self.device).compute() if test is not None and self.eval_test_each_epoch else None
+            judged = test_metrics if self.selection == "test-published" else valid_metrics
+            score = float(judged[self.select_metric])
+            if is_better(self.select_metric, score, best["score"]):
+                best = {"epoch": k, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy.deepcopy(self.model.state_dict()), "fit": candidate}
+            record = {"epoch": k, "stage": "convex", "seconds": seconds, "train_missing_fraction": float(np.mean([missing_fraction(m) for m in masks])), "fit": candidate, "loss": {}, "valid": valid_metrics, "test": test_metrics}
+            history.append(record)
+            self._log(record)
+            t0 = time.perf_counter()
+        if best["score"] is None:
+            raise TrainingError("the convex fit produced no candidate (empty regularisation grid?)")
+        return FitResult(
+            best_epoch=best["epoch"],
+            best_state=best["state"],
+            best_valid=best["valid"],
+            best_test=best["test"],
+            train_missing_fraction=history[0]["train_missing_fraction"],
+            seconds_per_epoch=float(np.mean([h["seconds"] for h in history])),
+            history=history,
+            fit=best["fit"],
         )
 
     @torch.no_grad()

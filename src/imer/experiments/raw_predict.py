@@ -1,0 +1,77 @@
+"""Predict one utterance from raw input (a transcript, an audio file, an OpenFace CSV).
+
+The run's ``features.json`` says which extractor made each modality; the same
+extractor makes the new utterance's features. A modality not given is
+missing, which is the case these methods are made for; a modality whose
+training features imer cannot make again (e.g. a published feature release)
+is refused, so a model never sees features from another extractor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imer.errors import DataError
+from imer.experiments.inference import _write_rows, predict_given
+from imer.experiments.run import load_run
+from imer.features import extract_one, read_manifest, why_not_reproducible
+
+FLAGS = {"text": "--text", "audio": "--audio", "video": "--openface"}
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    if not (run_dir / "features.json").is_file():
+        raise DataError(f"{run_dir}: the run has no features.json, so imer does not know which extractor made its features; "
+                        "train on a dataset made by `imer features build` to predict from raw input, or use --input FILE.npz")
+    return read_manifest(run_dir / "features.json")
+
+
+def predict_raw(run_dir: str | Path, raw: dict[str, str | None], out_path: str | Path | None = None) -> dict[str, Any]:
+    """Predict one utterance from ``raw`` (modality -> transcript or file path; ``None`` = not given).
+
+    Returns the prediction row plus ``used`` (modalities extracted) and
+    ``missing`` (modality -> why it is missing).
+    """
+    run_dir = Path(run_dir)
+    loaded = load_run(run_dir)
+    manifest = _manifest(run_dir)
+    modalities = list(loaded.spec.modalities)
+    given = {m: v for m, v in raw.items() if v is not None}
+    unknown = [m for m in given if m not in modalities]
+    if unknown:
+        raise DataError(f"{FLAGS.get(unknown[0], unknown[0])}: this model has no {unknown[0]} modality (it uses {', '.join(modalities)})")
+    blocked = {m: why_not_reproducible(manifest["modalities"].get(m)) for m in modalities}
+    extractable = [m for m in modalities if blocked[m] is None]
+    for m in given:
+        if blocked[m]:
+            hint = f"give only {', '.join(FLAGS[e] for e in extractable)}" if extractable else "use --input FILE.npz with features made the same way"
+            raise DataError(f"{FLAGS[m]}: this model's {m} features cannot be made from raw input ({blocked[m]}); {hint}")
+    if not given:
+        if not extractable:
+            raise DataError(f"{run_dir}: none of this model's modalities can be made from raw input; use --input FILE.npz")
+        raise DataError(f"give at least one of {', '.join(FLAGS[m] for m in extractable)} (this model predicts from any subset)")
+    features: dict[str, np.ndarray] = {}
+    available = np.zeros((1, len(modalities)), dtype=bool)
+    missing: dict[str, str] = {}
+    for j, m in enumerate(modalities):
+        dim = loaded.spec.dim_of[m]
+        if m in given:
+            vector = extract_one(manifest["modalities"][m], m, str(given[m]))
+            if vector.shape[0] != dim:
+                raise DataError(f"{FLAGS[m]}: extracted {vector.shape[0]} {m} values, the model was trained on {dim}")
+            features[m] = vector[None, :]
+            available[0, j] = True
+        else:
+            features[m] = np.zeros((1, dim), dtype=np.float32)
+            missing[m] = "not given" if blocked[m] is None else f"cannot be made from raw input: {blocked[m]}"
+    rows = predict_given(loaded, {"features": features, "available": available, "utterance_ids": np.array(["input"]),
+                                  "group_ids": None, "order": None, "speakers": None})
+    row = {**rows[0], "used": [m for m in modalities if m in given], "missing": missing}
+    if out_path is not None:
+        flat = {**{k: v for k, v in row.items() if k not in ("used", "missing")}, "used": " ".join(row["used"]),
+                "missing": "; ".join(f"{m}: {why}" for m, why in missing.items())}
+        _write_rows(Path(out_path), [row] if Path(out_path).suffix == ".json" else [flat])
+    return row
