@@ -68,7 +68,7 @@ def test_predict_bad_input_is_reported(trained, tmp_path, capsys):
     empty = tmp_path / "empty.npz"
     np.savez(empty, x_text=np.full((2, 32), np.nan))
     assert main(["predict", "--model", str(trained), "--input", str(empty), "--out", str(tmp_path / "o.csv")]) == 2
-    assert "has no modality at all" in capsys.readouterr().err
+    assert "no modality at all" in capsys.readouterr().err
 
 
 def test_data_info_and_convert_then_train_on_file(tmp_path, capsys):

@@ -1,18 +1,25 @@
-"""ComP: the properties issue 3 asks for, on small synthetic data."""
+"""ComP: the properties issues 3 and 13 ask for (defect fixes, fidelity switches, published preset), on small synthetic data."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from imer.data import SplitBatcher, make_synthetic
-from imer.experiments.config import build_run_config
+from imer.errors import ConfigError
+from imer.experiments.config import build_run_config, read_config_file, resolve_config_file
 from imer.experiments.run import spec_of, train
+from imer.layers import MaskedTransformer
+from imer.layers.plain_transformer import PlainTransformer
 from imer.models import create_model
-from imer.models.comp import Comp, bernoulli_js, modulator_weights
+from imer.models._comp_modulator import published_weights
+from imer.models.base import DataSpec
+from imer.models.comp import CHOICES, Comp, bernoulli_js, modulator_weights
 
 SMALL = {"hidden": 16, "heads": 2, "prompt_size": 4, "num_prototypes": 3, "dropout": 0.1}
 
@@ -99,8 +106,8 @@ def test_missing_modality_prompt_does_not_reach_others() -> None:
     batch = _batch(ds, avail, size=4)
     with torch.no_grad():
         out = model(batch.features, batch.available, batch.mask)
-        gen = model.streams[model.modalities[0]].generator
-        for p in gen.parameters():
+        stream = model.streams[model.modalities[0]]
+        for p in [stream.prototypes, *stream.generator.parameters()]:
             p.add_(torch.randn_like(p))  # a different generator for the missing modality changes nothing
         again = model(batch.features, batch.available, batch.mask)
     torch.testing.assert_close(out.prediction, again.prediction)
@@ -128,7 +135,7 @@ def _prototype_grads(model: Comp, batch, fill_ones: bool) -> dict[str, torch.Ten
     if fill_ones:
         out.aux["modulator_weights"].fill_(1.0)
     sum(terms.values()).backward()
-    return {m: model.streams[m].generator.prototypes.grad.clone() for m in model.modalities}
+    return {m: model.streams[m].prototypes.grad.clone() for m in model.modalities}
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -223,3 +230,241 @@ def test_finite_on_raw_unscaled_inputs() -> None:
         optimizer.step()
     big = torch.tensor([[-1e4, 0.0, 1e4]])
     assert torch.isfinite(bernoulli_js(big, -big)).all() and torch.isfinite(bernoulli_js(big, big)).all()
+
+
+# ----- fidelity switches (issue 13): each changes what it claims -------------------------------------
+
+
+ABC = {"a": 5, "b": 6, "c": 7}
+PUBLISHED = read_config_file(resolve_config_file("comp", "published"))["model"]
+
+
+def _stage1_model(ds, **overrides) -> Comp:
+    model = _model(ds, single_stage=False, stage_epoch=3, **overrides)
+    model.on_epoch_start(0)
+    return model
+
+
+def _grads(model: Comp, batch, terms_wanted: tuple[str, ...] | None = None) -> dict[str, torch.Tensor | None]:
+    model.zero_grad(set_to_none=True)
+    out = model(batch.features, batch.available, batch.mask)
+    terms = model.loss(out, batch.labels, batch.mask, batch.available)
+    sum(v for k, v in terms.items() if terms_wanted is None or k in terms_wanted).backward()
+    return {name: (None if p.grad is None else p.grad.clone()) for name, p in model.named_parameters()}
+
+
+def _has_grad(grads: dict, prefix: str) -> bool:
+    return any(g is not None and g.abs().sum() > 0 for name, g in grads.items() if name.startswith(prefix))
+
+
+def test_published_preset_selects_every_published_value() -> None:
+    for name, (_, published) in CHOICES.items():
+        assert PUBLISHED[name] == published, name
+    assert PUBLISHED["temperature"] == 1.0 and PUBLISHED["disentangle_weight"] == 1.0 and PUBLISHED["reverse_weight"] == 1.0
+    config = build_run_config("comp", "synthetic", config_file="published")
+    assert {k: config.model[k] for k in PUBLISHED} == PUBLISHED
+
+
+def test_published_preset_parameter_count() -> None:
+    """Widths 73/100/100, hidden 256, depth 4, 2 heads: the published code has 7,527,155 parameters.
+
+    421,734 of them are never used (the level-2 out-projections ``prop_proj_rev_*_2``, 3 x 139,808, and
+    the level-2 generators' ``proj_n``, 3 x 770); the preset has no unused parameters, and its K x hidden
+    learned prototypes replace the published sequence-length MLP ``proj_n`` (3 x (2,560 - 770) = 5,370 more).
+    """
+    spec = DataSpec(("audio", "text", "video"), (73, 100, 100), "regression", 0)
+    published = create_model("comp", spec, PUBLISHED)
+    assert _count(published) == 7_527_155 - 421_734 + 5_370
+    assert _count(create_model("comp", spec, {})) == 9_664_458  # imer defaults
+
+
+@pytest.mark.parametrize(
+    ("switch", "holder", "check"),
+    [
+        ("block_style", lambda m: m.streams["a"].block1, lambda mod: isinstance(mod, PlainTransformer)),
+        ("unimodal_head", lambda m: m.streams["a"].head, lambda mod: isinstance(mod, torch.nn.Linear)),
+        ("prompt_generator", lambda m: m.streams["a"].generator.query, lambda mod: isinstance(mod, torch.nn.Identity)),
+        ("level2_generator", lambda m: m.streams["a"], lambda mod: hasattr(mod, "generator2")),
+        ("carry_projection", lambda m: m.streams["a"].out1, lambda mod: not isinstance(mod, torch.nn.Linear)),
+        ("fusion_head", lambda m: m.fusion, lambda mod: isinstance(mod[0], torch.nn.Linear) and mod[0].out_features == 3 * SMALL["hidden"]),
+        ("reverse_target", lambda m: m.streams["a"], lambda mod: not hasattr(mod, "private_head")),
+    ],
+)
+def test_architecture_switches_change_the_parameters(switch, holder, check) -> None:
+    ds = _data(dims=ABC)
+    imer_value, published = CHOICES[switch]
+    ours, theirs = _model(ds, **{switch: imer_value}), _model(ds, **{switch: published})
+    assert _count(ours) != _count(theirs), switch
+    assert check(holder(theirs)) and not check(holder(ours)), switch
+
+
+def test_plain_blocks_have_no_layernorm_and_unit_feed_forward() -> None:
+    h, heads = 16, 2
+    plain, prenorm = PlainTransformer(h, 2, heads, 0.5), MaskedTransformer(h, 2, heads, 0.5)
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in plain.modules())
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in prenorm.modules())
+    per_layer = 3 * (h * h + h) + 2 * (h * h + h)  # q, k, v; feed-forward h -> h -> h; no output projection
+    assert _count(plain) == 2 * per_layer
+    x, valid = torch.randn(3, 5, h), torch.tensor([[True] * 5, [True, True, False, False, False], [False] * 5])
+    out = plain.eval()(x, valid)
+    assert torch.all(out[~valid] == 0) and torch.isfinite(out).all()
+    garbage = x.clone()
+    garbage[~valid] = 1e4
+    torch.testing.assert_close(plain(garbage, valid), out)
+
+
+def test_separate_level2_generator_shares_only_the_prototypes() -> None:
+    ds = _data()
+    model = _model(ds, level2_generator="separate").eval()
+    stream = model.streams[model.modalities[0]]
+    assert sum(1 for name, _ in stream.named_parameters() if "prototypes" in name) == 1
+    batch = _batch(ds, size=4)
+    grads = _grads(model, batch)
+    name = model.modalities[0]
+    assert _has_grad(grads, f"streams.{name}.generator2.") and _has_grad(grads, f"streams.{name}.generator.")
+    with torch.no_grad():
+        before = model(batch.features, batch.available, batch.mask)
+        for p in stream.generator2.parameters():
+            p.add_(torch.randn_like(p))
+        after = model(batch.features, batch.available, batch.mask)
+    torch.testing.assert_close(before.aux[f"prompt1_{name}"], after.aux[f"prompt1_{name}"])
+    assert not torch.allclose(before.aux[f"prompt2_{name}"], after.aux[f"prompt2_{name}"])
+
+
+def _disentangle(ds, **overrides) -> tuple[Comp, torch.Tensor, object]:
+    model = _model(ds, **overrides).eval()
+    batch = _batch(ds, size=5)
+    out = model(batch.features, batch.available, batch.mask)
+    return model, out, batch
+
+
+def test_js_reduction_sum_scales_the_js_term_by_the_width() -> None:
+    ds = _data()
+    mean_model, out, batch = _disentangle(ds)
+    sum_model = _model(ds, js_reduction="sum").eval()
+    valid = out.aux["valid"]
+    shared, private = out.aux["shared"], out.aux["private"]
+    js = sum(
+        torch.where(valid[..., i] & valid[..., j], bernoulli_js(shared[..., i, :], shared[..., j, :]).mean(-1), torch.zeros(())).sum()
+        / (valid[..., i] & valid[..., j]).sum()
+        for i in range(3)
+        for j in range(i + 1, 3)
+    )
+    difference = sum_model._disentangle_loss(shared, private, valid) - mean_model._disentangle_loss(shared, private, valid)
+    torch.testing.assert_close(difference, (SMALL["hidden"] - 1) * js)
+
+
+def test_private_shared_terms_per_pair_counts_each_modality_once_per_pair() -> None:
+    ds = _data()  # every modality present: each is in M - 1 = 2 pairs
+    once, out, _ = _disentangle(ds)
+    per_pair = _model(ds, private_shared_terms="per_pair").eval()
+    shared, private, valid = out.aux["shared"], out.aux["private"], out.aux["valid"]
+    cos = sum(F.cosine_similarity(private[..., j, :], shared[..., j, :], dim=-1).abs()[valid[..., j]].mean() for j in range(3))
+    difference = per_pair._disentangle_loss(shared, private, valid) - once._disentangle_loss(shared, private, valid)
+    torch.testing.assert_close(difference, cos)
+
+
+def test_reverse_target_published_goes_through_the_shared_blocks_and_head() -> None:
+    ds = _data("regression", dims=ABC)
+    batch = _batch(ds, size=4)
+    normal = _grads(_stage1_model(ds), batch, ("reverse",))
+    published = _grads(_stage1_model(ds, reverse_target="published"), batch, ("reverse",))
+    assert _has_grad(normal, "streams.a.private_head.") and not _has_grad(normal, "streams.a.head.")
+    assert _has_grad(published, "streams.a.head.") and _has_grad(published, "streams.a.block2.")
+    model = _stage1_model(ds, reverse_target="published")
+    zeros, everywhere = torch.zeros(1, 20000), torch.ones(1, 20000, dtype=torch.bool)
+    torch.manual_seed(0)
+    clamped = model._reverse_loss(zeros, zeros, everywhere)  # E[min(1.5 |z|, 3)^2] ~ 2.1
+    torch.manual_seed(0)
+    plain = _stage1_model(ds)._reverse_loss(zeros, zeros, everywhere)  # E[z^2] = 1
+    assert 0.95 < plain < 1.05 and 2.0 < clamped < 2.2
+
+
+def test_recon_stages_joint_drops_reconstruction_in_the_warmup() -> None:
+    ds = _data()
+    batch = _batch(ds, size=4)
+    for value, in_warmup in (("both", True), ("joint", False)):
+        model = _stage1_model(ds, recon_stages=value)
+        out = model(batch.features, batch.available, batch.mask)
+        assert ("recon" in model.loss(out, batch.labels, batch.mask, batch.available)) is in_warmup
+        model.on_epoch_start(3)
+        out = model(batch.features, batch.available, batch.mask)
+        assert "recon" in model.loss(out, batch.labels, batch.mask, batch.available)
+
+
+def test_warmup_encoders_leaves_projections_and_fusion_untrained() -> None:
+    ds = _data(dims=ABC)
+    batch = _batch(ds, _drop(ds, 0.3), size=4)
+    full = _grads(_stage1_model(ds), batch)
+    encoders = _grads(_stage1_model(ds, warmup="encoders"), batch)
+    for part in ("fusion.", "final.", "coordinator.", "streams.a.in1.", "streams.a.out1.", "streams.a.in2."):
+        assert not _has_grad(encoders, part), part
+    assert _has_grad(full, "fusion.") and _has_grad(full, "streams.a.in1.")
+    assert _has_grad(encoders, "streams.a.block1.") and _has_grad(encoders, "streams.a.head.")
+    model = _stage1_model(ds, warmup="encoders").eval()
+    out = model(batch.features, batch.available, batch.mask)
+    valid = out.aux["valid"].float()
+    mean = sum(out.modality_predictions[m] * valid[..., j : j + 1] for j, m in enumerate(model.modalities)) / valid.sum(-1, keepdim=True).clamp(min=1)
+    torch.testing.assert_close(out.prediction[batch.mask], mean[batch.mask])
+
+
+def test_published_modulator_direction_is_the_bounded_published_formula() -> None:
+    present = torch.ones(5, 3, dtype=torch.bool)
+    assert torch.equal(published_weights(torch.full((5, 3), 0.4), present, 0.5), torch.ones(5, 3))
+    errors = torch.tensor([[1.0, 0.0, 0.5], [2.0, 0.5, 0.5], [1.5, 1.0, 0.0], [1.0, 1.0, 1.0], [3.0, 0.0, 2.0]])
+    w = published_weights(errors, present, 0.9)
+    diff = errors[:, 0] - errors[:, 1]  # pair (audio, text): w = 1 - W / S, unclipped here
+    expected = 1 - diff / diff.sum()
+    other = errors[:, 0] - errors[:, 2]
+    expected = (expected + (1 - other / other.sum()).clamp(0.1, 1.9)) / 2
+    torch.testing.assert_close(w[:, 0], expected)
+    wild = published_weights(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0 + 1e-7, 0.0]]), present[:2], 0.5)
+    assert torch.isfinite(wild).all() and (wild >= 0.5).all() and (wild <= 1.5).all()  # S ~ 0: clipped, not huge
+    weaker = modulator_weights(errors, present, 0.5, "weaker")
+    assert not torch.allclose(weaker, modulator_weights(errors, present, 0.5, "published"))
+    lonely = present.clone()
+    lonely[0, 1:] = False
+    assert torch.equal(published_weights(errors, lonely, 0.5)[0], torch.ones(3))
+
+
+@pytest.mark.parametrize("scope", ["upstream", "generator"])
+def test_modulator_scope_decides_which_gradients_change(scope: str) -> None:
+    ds = _data("regression")
+    model = _model(ds, modulator_scope=scope).eval()
+    batch = _batch(ds, size=4)
+    modulated = _grads(model, batch)
+    model.zero_grad(set_to_none=True)
+    out = model(batch.features, batch.available, batch.mask)
+    terms = model.loss(out, batch.labels, batch.mask, batch.available)
+    out.aux["modulator_weights"].fill_(1.0)
+    sum(terms.values()).backward()
+    neutral = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    changed = {name for name in neutral if not torch.allclose(modulated[name], neutral[name], rtol=1e-5, atol=1e-7)}
+    assert any(".prototypes" in name for name in changed)
+    upstream = {name for name in changed if name.startswith("embed.") or ".shared." in name}
+    assert bool(upstream) is (scope == "upstream")
+
+
+def test_invalid_switch_values_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="block_style"):
+        build_run_config("comp", "synthetic", overrides=["block_style=postnorm"])
+    with pytest.raises(ConfigError, match="modulator_strength"):
+        build_run_config("comp", "synthetic", overrides=["modulator_strength=1.5"])
+
+
+def test_published_preset_trains_across_the_stage_switch(tmp_path) -> None:
+    ds = make_synthetic(task="regression", num_groups=10, min_len=3, max_len=6, seed=2)
+    overrides = [f"{k}={v}" for k, v in {**SMALL, "stage_epoch": 1}.items()]
+    overrides += ["train.epochs=2", "train.batch_size=4", "train.lr=1e-3", "missing.rate=0.3", "train.progress=false"]
+    config = build_run_config("comp", "synthetic", config_file="published", overrides=overrides)
+    train(config, tmp_path, dataset=ds)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in history] == ["warmup", "joint"]
+    assert "task" not in history[0]["loss"] and "recon" not in history[0]["loss"] and "reverse" in history[0]["loss"]
+    assert {"task", "recon"} <= set(history[1]["loss"])
+
+
+def test_experiment_spec_repeats_the_published_preset_exactly() -> None:
+    """``experiments/comp_published.toml`` spells the preset out (variants take overrides only); it must not drift."""
+    spec = read_config_file(Path(__file__).resolve().parent.parent / "experiments" / "comp_published.toml")
+    assert spec["variants"]["comp-published"]["set"] == PUBLISHED

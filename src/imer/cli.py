@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from imer.errors import IMERError
+from imer.errors import IMERError, UsageError
 
 EPILOG_MAIN = """\
 examples:
@@ -39,8 +38,9 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=escape(title))
-    for c in columns:
-        table.add_column(c, justify="right" if c not in ("metric", "name", "modality") else "left")
+    for j, c in enumerate(columns):
+        numeric = all(isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in rows)
+        table.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         table.add_row(*[f"{v:.4f}" if isinstance(v, float) else escape(str(v)) for v in r])
     _console().print(table)
@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train__threads=args.threads,
         train__progress=False if args.no_progress else None,
     )
-    metrics = train(config, args.out, resume=args.resume)
+    metrics = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     sel = metrics["selection"]
     _table(
         f"{metrics['method']} on {metrics['dataset']} (seed {metrics['seed']}) — test at best valid epoch {sel['best_epoch']} by {sel['metric']}",
@@ -91,12 +91,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from imer.experiments.inference import evaluate_conditions, evaluate_run
 
     if args.all_conditions:
-        result = evaluate_conditions(args.model, data_dir=args.data_dir)
+        result = evaluate_conditions(args.model, data_dir=args.data_dir, dataset=args.dataset)
         rows = [[name, *[float(m[k]) for k in result["average"]]] for name, m in result["conditions"].items()]
         rows.append(["average", *result["average"].values()])
         _table(f"{args.model}: fixed conditions (test split)", ["condition", *result["average"]], rows)
     else:
-        result = evaluate_run(args.model, missing_rate=args.missing_rate, condition=args.condition, data_dir=args.data_dir)
+        result = evaluate_run(args.model, missing_rate=args.missing_rate, condition=args.condition, data_dir=args.data_dir, dataset=args.dataset)
         _table(f"{args.model}: test under {result['protocol']} (missing fraction {result['missing_fraction']:.3f})", ["metric", "value"], _metric_rows(result["test"]))
     if args.json:
         from imer.io import write_json
@@ -177,21 +177,29 @@ def cmd_features_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_info(args: argparse.Namespace) -> int:
+def _load_data_args(args: argparse.Namespace):
+    """The dataset named on the command line, with the same data options as `imer train`."""
     from imer.data import load_dataset
+    from imer.experiments.config import build_data_config
 
-    dataset = load_dataset(args.dataset, args.data_dir)
-    info = dataset.summary()
+    data = build_data_config(args.dataset, config_file=args.config, overrides=args.set, data_dir=args.data_dir).data
+    return load_dataset(data.name, data.data_dir, **data.options), data
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from imer.io import dumps
+
+    dataset, data = _load_data_args(args)
+    info = dataset.summary(data.valid_fraction, data.split_seed)
     if args.probe:
         from imer.evaluation.leakage import probe_leakage
 
         info["leakage_probe"] = probe_leakage(dataset).to_dict()
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(dumps(info, indent=2))
         return 0
     probe = info.pop("leakage_probe", None)
-    rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in info.items()]
-    _table(f"dataset {info['name']}", ["name", "value"], rows)
+    _print_data_info(info)
     if probe:
         _table(
             f"leakage probe: linear probe per modality on train, target {probe['target']}; flagged when valid beats test by > {probe['threshold']:.2f}",
@@ -202,12 +210,33 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_convert(args: argparse.Namespace) -> int:
-    from imer.data import load_dataset, save_custom
+def _print_data_info(info: dict[str, Any]) -> None:
+    """`imer data info` as readable tables: overview, splits, modalities, labels."""
+    overview = [["task", info["task"]], ["utterances", info["utterances"]], ["dialogues / videos", info["groups"]],
+                ["speakers", info["speakers"] if info["speakers"] is not None else "-"], ["source", info["source"]]]
+    _table(f"dataset {info['name']}", ["name", "value"], overview)
+    if "splits" in info:
+        _table("splits", ["split", "utterances", "dialogues", "note"],
+               [[s, v["utterances"], v["groups"], v.get("note", "")] for s, v in info["splits"].items()])
+    if "folds" in info:
+        _table("folds", ["fold", "utterances"], [[f, n] for f, n in info["folds"].items()])
+    absent = info.get("absent_in_data", {})
+    _table("modalities", ["modality", "width", "absent in data"],
+           [[m, d, f"{absent.get(m, 0.0):.1%}"] for m, d in info["modalities"].items()])
+    labels = info["labels"]
+    if info["task"] == "classification":
+        _table("classes", ["name", "utterances"], [[c, n] for c, n in labels.items()])
+    else:
+        _table("labels (regression)", ["name", "value"], [[k, v] for k, v in labels.items()])
+    for note in info.get("notes", []):
+        print(f"note: {note}")
 
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from imer.data import save_custom
     from imer.features import builtin_manifest
 
-    dataset = load_dataset(args.dataset, args.data_dir)
+    dataset, _ = _load_data_args(args)
     dataset.manifest = dataset.manifest or builtin_manifest(args.dataset)
     path = save_custom(dataset, args.out)
     print(f"wrote {len(dataset)} utterances of '{dataset.name}' to {path} (train on it with --dataset {path})")
@@ -218,13 +247,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     from imer.data import list_datasets
     from imer.models import get_model_class, list_models
 
-    _table("methods", ["name", "context", "summary"], [[m, get_model_class(m).uses_context, (get_model_class(m).__module__.split(".")[-1])] for m in list_models()])
+    _table("methods", ["name", "kind", "description"],
+           [[m, "dialogue" if get_model_class(m).uses_context else "utterance", _method_description(get_model_class(m))] for m in list_models()])
     _table("datasets", ["name", "description"], [[k, v] for k, v in list_datasets().items()])
     return 0
 
 
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].rstrip(".") if text and text.strip() else ""
+
+
+def _method_description(cls: type) -> str:
+    """First line of the method module's docstring (every method file starts with one)."""
+    return _first_line(sys.modules[cls.__module__].__doc__)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
+    from imer.experiments.validation import validate_sweep
 
     spec = SweepSpec(
         methods=parse_list(args.methods),
@@ -238,6 +278,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         conditions=args.conditions,
         threads=args.threads,
     )
+    validate_sweep(spec)  # every method × dataset config is checked before the first cell starts
     try:
         manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -264,13 +305,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``imer: error: <command>: <problem> ...``) raised, not printed."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        where = self.prog.removeprefix("imer").strip() or "command line"
+        raise UsageError(f"{where}: {message} (see `{self.prog} --help`)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """The data options `imer train` takes, for the commands that only read data."""
+    p.add_argument("--dataset", required=True, help="dataset name (see `imer list`) or path to a custom .npz")
+    p.add_argument("--data-dir", help="data folder (default: $IMER_DATA)")
+    p.add_argument("--config", help="a TOML/JSON config file; only its [data] section is used")
+    p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="override a data setting, e.g. --set data.options.label_file=PATH (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from imer import __version__
+
+    parser = _Parser(
         prog="imer",
         description="Incomplete multimodal emotion recognition: train and compare methods under missing modalities.",
         epilog=EPILOG_MAIN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"imer {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser(
@@ -291,12 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="seed of initialisation, shuffling, training masks and test masks (default 0)")
     t.add_argument("--epochs", type=int, help="number of training epochs")
     t.add_argument("--fold", type=int, help="test fold for fold-based datasets (IEMOCAP: session 1..5)")
-    t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model)")
+    t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model), or a packaged preset name such as 'published' (comp)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set hidden=128 --set train.lr=1e-4 (repeatable)")
     t.add_argument("--device", help="cpu (default), cuda, or auto")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in --out (otherwise refused)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -309,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--condition", help="fixed condition: modality letters (a, t, v, at, av, tv, atv) or full")
     group.add_argument("--all-conditions", action="store_true", help="every fixed condition and their average")
     e.add_argument("--data-dir", help="data folder, if it moved since training")
+    e.add_argument("--dataset", help="path of the run's custom .npz dataset, if it moved since training")
     e.add_argument("--json", help="also write the result to this JSON file")
     e.set_defaults(func=cmd_evaluate)
 
@@ -322,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "  imer predict --model runs/mine --text \"it was really good\" --audio clip.wav",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="run directory")
-    p.add_argument("--input", help="feature file (.npz)")
+    p.add_argument("--input", help="feature file: .npz with x_<modality> arrays, or a .csv table with columns <modality>_0, <modality>_1, ... (empty = absent)")
     p.add_argument("--text", help="raw input: the utterance's transcript")
     p.add_argument("--audio", help="raw input: the utterance's audio file (WAV/FLAC)")
     p.add_argument("--openface", help="raw input: the utterance's OpenFace 2.x CSV (video)")
@@ -393,9 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="inspect or convert datasets", description="Inspect a dataset or convert it to the custom .npz format.")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    di = dsub.add_parser("info", help="sizes, dims, splits and label distribution")
-    di.add_argument("--dataset", required=True)
-    di.add_argument("--data-dir")
+    di = dsub.add_parser("info", help="sizes, dims, splits and label distribution",
+                         description="Splits, utterances, dialogues, modalities with widths, label range or classes, and "
+                         "missing values of a dataset, loaded with the same data options as `imer train`.")
+    _add_data_options(di)
     di.add_argument("--json", action="store_true", help="print JSON instead of a table")
     di.add_argument("--probe", action="store_true",
                     help="also run the label-leakage probe: a logistic probe per modality fitted on train, scored on valid and test; "
@@ -404,8 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     dc = dsub.add_parser("convert", help="write a dataset in the custom .npz format",
                          description="Write any loadable dataset to one .npz (keys: format, name, task, modalities, x_<modality>, labels, "
                          "class_names, utterance_ids, group_ids, order, split or fold, speakers, available). Train on it with --dataset FILE.")
-    dc.add_argument("--dataset", required=True)
-    dc.add_argument("--data-dir")
+    _add_data_options(dc)
     dc.add_argument("--out", required=True, help="output .npz")
     dc.set_defaults(func=cmd_data_convert)
 
@@ -465,18 +529,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """Exit status and the one-line message for an error that ends a command.
+
+    imer's own errors and file-system errors are the user's to fix (status 2);
+    anything else is a bug in imer (status 1), reported in one line too.
+    """
+    if isinstance(exc, IMERError):
+        text, status = str(exc), 2
+    elif isinstance(exc, OSError) and exc.strerror:
+        text, status = (f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror), 2
+    elif isinstance(exc, MemoryError):
+        text, status = "out of memory; try a smaller --set train.batch_size or model size", 2
+    else:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text, status = f"internal error ({type(exc).__name__}{': ' + detail if detail else ''}); rerun with --debug for the traceback and please report it", 1
+    return status, " ".join(text.split())
+
+
+def _warning_printer():
+    """``warnings.showwarning`` replacement: one ``imer: warning: ...`` line per distinct message."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"imer: warning: {text}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    warnings.simplefilter("default")
-    try:
-        return int(args.func(args) or 0)
-    except IMERError as exc:
-        print(f"imer: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("imer: interrupted (resume with --resume)", file=sys.stderr)
-        return 130
+    """Run one command; errors end as one line ``imer: error: <where>: <what>`` (a traceback only with --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    with warnings.catch_warnings():  # restores the warning filters and printer afterwards
+        warnings.simplefilter("default")
+        warnings.showwarning = _warning_printer()
+        try:
+            args = build_parser().parse_args(argv)
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("imer: interrupted (a training run continues with --resume)", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if debug:
+                raise
+            status, text = describe_error(exc)
+            print(f"imer: error: {text}", file=sys.stderr)
+            return status
 
 
 if __name__ == "__main__":

@@ -11,3 +11,7 @@ class DataError(IMERError):
 
 class ConfigError(IMERError):
     """An invalid configuration value or an unknown name."""
+
+
+class UsageError(IMERError):
+    """A malformed command line (unknown option, missing argument)."""

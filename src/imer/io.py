@@ -1,12 +1,23 @@
-"""Small file helpers: atomic writes and JSON output used by runs and reports."""
+"""File helpers used by the whole package: ONE atomic writer and ONE strict-JSON encoder.
+
+* :func:`atomic_write` writes beside the target and renames it into place, so a
+  reader never sees half a file; the file is created with mode ``0o666``
+  filtered by the user's umask, like any other file the user creates.
+* :func:`dumps` / :func:`write_json` / :func:`append_jsonl` write strict JSON
+  (RFC 8259): NaN and infinities become ``null``, numpy values become plain
+  numbers and lists, paths become strings. :func:`read_json` parses strictly.
+* :func:`read_npz` opens ``.npz`` files without pickle and says what is wrong
+  without ever suggesting unsafe loading.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import secrets
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -21,11 +32,12 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Write to a temporary file beside ``path`` and rename it into place.
 
     A reader never sees a half-written file, and an interrupted write leaves
-    the previous version intact.
+    the previous version intact. The file's permissions follow the umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -33,41 +45,103 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    with atomic_write(path) as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
-        fh.write("\n")
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``path``."""
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
 
 
-def read_json(path: str | Path) -> Any:
-    with Path(path).open() as fh:
-        return json.load(fh)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values: non-finite floats -> None, numpy -> Python, paths -> str."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return jsonable(obj.tolist())
+    if hasattr(obj, "tolist"):  # torch tensors
+        return jsonable(obj.tolist())
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
-    """All arrays of a ``.npz`` read with ``allow_pickle=False`` (opening it can never run code).
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj`` (see :func:`jsonable`); never emits NaN or Infinity."""
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False)
 
-    ``what`` names the expected content in the error raised for a missing or unreadable file.
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented strict JSON."""
+    text = dumps(obj, indent=2) + "\n"
+    with atomic_write(path) as fh:
+        fh.write(text)
+
+
+def append_jsonl(path: str | Path, record: Any) -> None:
+    """Append one strict-JSON line to ``path`` (a log: each line is complete or absent)."""
+    line = dumps(record) + "\n"
+    with Path(path).open("a") as fh:
+        fh.write(line)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(text: str) -> Any:
+    """Parse strict JSON (``NaN``/``Infinity`` are refused, as any strict parser does)."""
+    return json.loads(text, parse_constant=_no_constants)
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Strictly parsed JSON of ``path``; :class:`DataError` naming the file if missing or damaged."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc})") from None
+    try:
+        return loads(text)
+    except ValueError as exc:
+        raise DataError(f"{path}: {what} is not valid JSON ({exc}); the file is truncated or was edited by hand") from None
+
+
+def read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
+    """All arrays of a ``.npz`` read without pickle (opening it can never run code).
+
+    ``what`` names the expected content in the errors raised for a missing
+    file, a file that is not a zip archive of ``.npy`` arrays, or an array of
+    Python objects.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a .npz archive (expected a {what} written by numpy.savez)")
+    arrays: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable {what} (.npz without pickled objects): {exc}") from None
+            for key in npz.files:
+                try:
+                    arrays[key] = npz[key]
+                except ValueError as exc:
+                    if "pickle" not in str(exc):
+                        raise
+                    raise DataError(
+                        f"{path}: array '{key}' holds Python objects (dtype=object), which imer does not load; "
+                        "store numbers, booleans or strings (e.g. np.array(ids, dtype=str))"
+                    ) from None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise DataError(f"{path}: damaged {what} ({type(exc).__name__})") from None
+    return arrays

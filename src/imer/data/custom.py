@@ -37,7 +37,7 @@ import numpy as np
 
 from imer.data.dataset import MultimodalDataset
 from imer.errors import DataError
-from imer.io import atomic_write, read_npz
+from imer.io import atomic_write, dumps, read_npz
 
 FORMAT = "imer-dataset-v1"
 _REQUIRED = ("format", "name", "task", "modalities", "labels", "utterance_ids", "group_ids", "order")
@@ -62,7 +62,7 @@ def save_custom(dataset: MultimodalDataset, path: str | Path) -> Path:
     if dataset.class_names:
         arrays["class_names"] = np.array(dataset.class_names)
     if dataset.manifest is not None:
-        arrays["features_manifest"] = np.array(json.dumps(dataset.manifest))
+        arrays["features_manifest"] = np.array(dumps(dataset.manifest))
     for key in ("split", "fold", "speakers"):
         value = getattr(dataset, key)
         if value is not None:

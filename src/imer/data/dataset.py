@@ -61,14 +61,32 @@ class MultimodalDataset:
     manifest: dict | None = None
 
     def __post_init__(self) -> None:
-        self.features = {m: np.ascontiguousarray(x, dtype=np.float32) for m, x in self.features.items()}
+        where = self._where()
+        features = {}
+        for m, x in self.features.items():
+            x = np.asarray(x)
+            if x.dtype.kind not in "fiub":
+                raise DataError(f"{where}: features of '{m}' are {x.dtype}, expected numbers")
+            features[m] = np.ascontiguousarray(x, dtype=np.float32)
+        self.features = features
         self.utterance_ids = np.asarray(self.utterance_ids).astype(str)
         self.group_ids = np.asarray(self.group_ids).astype(str)
-        self.order = np.asarray(self.order, dtype=np.int64)
+        self.order = np.asarray(self.order)
+        if self.order.dtype.kind not in "iu":
+            raise DataError(f"{where}: 'order' must be integers (position of each utterance inside its dialogue), got {self.order.dtype}")
+        self.order = self.order.astype(np.int64)
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1:
+            hint = "take labels[:, 0]" if labels.ndim == 2 and labels.shape[1] == 1 else "for one-hot rows use labels.argmax(axis=1)"
+            raise DataError(f"{where}: labels have shape {labels.shape}, expected one label per utterance, shape (N,); {hint}")
+        if labels.dtype.kind not in "fiub":
+            raise DataError(f"{where}: labels are {labels.dtype}; give class indices 0..C-1 (names go in class_names) or numeric scores")
         if self.task == "classification":
-            self.labels = np.asarray(self.labels, dtype=np.int64)
+            if labels.dtype.kind == "f" and not (np.isfinite(labels) & (np.mod(labels, 1) == 0)).all():
+                raise DataError(f"{where}: classification labels must be whole class indices 0..C-1, got fractional or NaN values")
+            self.labels = labels.astype(np.int64)
         else:
-            self.labels = np.asarray(self.labels, dtype=np.float32)
+            self.labels = labels.astype(np.float32)
         if self.split is not None:
             self.split = np.asarray(self.split).astype(str)
         if self.fold is not None:
@@ -76,7 +94,13 @@ class MultimodalDataset:
         if self.speakers is not None:
             self.speakers = np.asarray(self.speakers).astype(str)
         if self.available is None:
-            self.available = np.ones((len(self), len(self.features)), dtype=bool)
+            # Only NaN means missing: a modality whose row is entirely NaN is absent for that utterance.
+            n = len(self)
+            shaped = all(x.ndim == 2 and x.shape[0] == n and x.shape[1] > 0 for x in self.features.values())
+            if shaped and self.features:
+                self.available = np.stack([~np.isnan(x).all(axis=1) for x in self.features.values()], axis=1)
+            else:  # shapes are wrong: validate() below says how
+                self.available = np.ones((n, len(self.features)), dtype=bool)
         else:
             self.available = np.asarray(self.available, dtype=bool)
         self.validate()
@@ -102,9 +126,12 @@ class MultimodalDataset:
     def folds(self) -> list[int]:
         return sorted(int(f) for f in np.unique(self.fold)) if self.fold is not None else []
 
+    def _where(self) -> str:
+        return f"dataset '{self.name}'" + (f" ({self.source})" if self.source else "")
+
     def validate(self) -> None:
         """Check shapes, values and consistency; raise :class:`DataError` naming the problem."""
-        where = f"dataset '{self.name}'" + (f" ({self.source})" if self.source else "")
+        where = self._where()
         n = len(self)
         if len(self.features) < 2:
             raise DataError(f"{where}: needs at least 2 modalities, got {self.modalities}")
@@ -118,22 +145,24 @@ class MultimodalDataset:
         if self.available.shape != (n, len(self.features)):
             raise DataError(f"{where}: availability mask has shape {self.available.shape}, expected ({n}, {len(self.features)})")
         for j, (m, x) in enumerate(self.features.items()):
-            if x.ndim != 2 or x.shape[0] != n:
-                raise DataError(f"{where}: modality '{m}' has shape {x.shape}, expected [{n}, dim]")
-            bad_rows = ~np.isfinite(x).all(axis=1) & self.available[:, j]
-            if bad_rows.any():
-                raise DataError(
-                    f"{where}: modality '{m}' has NaN/Inf values in {int(bad_rows.sum())} observed utterance(s), "
-                    f"first '{self.utterance_ids[bad_rows][0]}'"
-                )
+            if x.ndim != 2 or x.shape[0] != n or x.shape[1] == 0:
+                raise DataError(f"{where}: modality '{m}' has shape {x.shape}, expected [{n}, width] with width >= 1")
+            for kind, bad in (("infinite", np.isinf(x)), ("NaN", np.isnan(x))):
+                bad_rows = np.flatnonzero(bad.any(axis=1) & self.available[:, j])
+                if len(bad_rows):
+                    shown = ", ".join(f"'{u}'" for u in self.utterance_ids[bad_rows[:5]]) + (f" (+{len(bad_rows) - 5} more)" if len(bad_rows) > 5 else "")
+                    raise DataError(
+                        f"{where}: modality '{m}' has {kind} values in {len(bad_rows)} utterance(s) where it is present: {shown}; "
+                        "fix them, or mark the modality absent there (a whole row of NaN, or False in 'available')"
+                    )
         if len(np.unique(self.utterance_ids)) != n:
             raise DataError(f"{where}: utterance ids are not unique")
         empty = ~self.available.any(axis=1)
         if empty.any():
             raise DataError(f"{where}: utterance '{self.utterance_ids[empty][0]}' has no modality at all")
         if self.task == "classification":
-            if not self.class_names:
-                raise DataError(f"{where}: classification data needs class_names")
+            if not self.class_names or len(self.class_names) < 2:
+                raise DataError(f"{where}: classification data needs class_names of at least 2 classes, got {self.class_names}")
             bad = (self.labels < 0) | (self.labels >= len(self.class_names))
             if bad.any():
                 raise DataError(
@@ -145,7 +174,7 @@ class MultimodalDataset:
         if self.split is None and self.fold is None:
             raise DataError(f"{where}: needs a split or a fold per utterance")
         if self.split is not None:
-            unknown = set(np.unique(self.split)) - set(SPLITS)
+            unknown = {str(s) for s in np.unique(self.split)} - set(SPLITS)
             if unknown:
                 raise DataError(f"{where}: unknown split names {sorted(unknown)}; use {SPLITS}")
         if self.speakers is not None and self.speakers.shape != (n,):
@@ -187,8 +216,8 @@ class MultimodalDataset:
         in_valid = np.array([g in valid_groups for g in self.group_ids[train_idx]], dtype=bool)
         return train_idx[~in_valid], train_idx[in_valid]
 
-    def summary(self) -> dict:
-        """Sizes, dims, splits and label distribution, for ``imer data info``."""
+    def summary(self, valid_fraction: float = 0.15, split_seed: int = 0) -> dict:
+        """Sizes, dims, splits and label distribution, for ``imer data info`` (valid carved as in training)."""
         info: dict = {
             "name": self.name,
             "source": self.source,
@@ -198,12 +227,14 @@ class MultimodalDataset:
             "modalities": self.dims,
             "speakers": None if self.speakers is None else int(len(np.unique(self.speakers))),
             "missing_in_data": float(1.0 - self.available.mean()),
+            "absent_in_data": {m: float(1.0 - self.available[:, j].mean()) for j, m in enumerate(self.modalities)},
+            "notes": list(self.notes),
         }
         if self.split is not None:
-            parts = self.split_indices()
+            parts = self.split_indices(None, valid_fraction, split_seed)
             info["splits"] = {s: {"utterances": len(idx), "groups": int(len(np.unique(self.group_ids[idx])))} for s, idx in parts.items()}
             if not (self.split == "valid").any():
-                info["splits"]["valid"]["note"] = "carved from training groups (valid_fraction 0.15, split_seed 0)"
+                info["splits"]["valid"]["note"] = f"carved from training groups (valid_fraction {valid_fraction:g}, split_seed {split_seed})"
         if self.fold is not None:
             info["folds"] = {int(f): int((self.fold == f).sum()) for f in self.folds}
         if self.task == "classification":
@@ -219,4 +250,7 @@ class MultimodalDataset:
                 "zero": int((self.labels == 0).sum()),
                 "positive": int((self.labels > 0).sum()),
             }
+            if self.labels.min() >= 0 or self.labels.max() <= 0:
+                info["notes"].append("regression labels are not centred on 0, but acc2/f1 read the sign as the class: centre them "
+                                     "(see docs/data.md) or train with --set train.select_metric=mae")
         return info

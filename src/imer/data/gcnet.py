@@ -42,8 +42,10 @@ def load_feature_file(path: Path) -> np.ndarray:
     for p in arrays:
         try:
             x = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{p}: not a readable .npy array ({exc})") from None
+        except (ValueError, OSError, EOFError):
+            raise DataError(f"{p}: not a readable .npy array of numbers (damaged, or holds pickled Python objects, which imer does not load)") from None
+        if x.dtype.kind not in "fiub":
+            raise DataError(f"{p}: holds {x.dtype} values, expected numbers")
         if x.ndim == 1:
             vectors.append(x)
         elif x.ndim == 2:

@@ -8,7 +8,9 @@ under that name; a name that is a path to an existing file is read as a
 
 from __future__ import annotations
 
+import inspect
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,18 +20,54 @@ from imer.errors import ConfigError, DataError
 
 Loader = Callable[..., MultimodalDataset]
 _LOADERS: dict[str, tuple[Loader, bool, str]] = {}
+_OPTIONS: dict[str, Callable[..., Any]] = {}
 
 
-def register_dataset(name: str, needs_data_dir: bool, description: str) -> Callable[[Loader], Loader]:
-    """Register ``loader(data_dir, **options)`` under ``name``."""
+def register_dataset(name: str, needs_data_dir: bool, description: str, options: Callable[..., Any] | None = None) -> Callable[[Loader], Loader]:
+    """Register ``loader(data_dir, **options)`` under ``name``.
+
+    The loader's keyword parameters are its options (``--set data.options.NAME=VALUE``),
+    checked by name and annotated type before loading; a loader that takes
+    ``**options`` names the function whose parameters they are in ``options``.
+    """
 
     def wrap(loader: Loader) -> Loader:
         if name in _LOADERS:
             raise ValueError(f"dataset '{name}' registered twice")
         _LOADERS[name] = (loader, needs_data_dir, description)
+        _OPTIONS[name] = options or loader
         return loader
 
     return wrap
+
+
+def dataset_options(name: str) -> dict[str, Any]:
+    """Option name -> annotated type of dataset ``name`` (a custom ``.npz`` file has none)."""
+    if name not in _LOADERS:
+        if is_custom_path(name):
+            return {}
+        raise ConfigError(f"data.name: unknown dataset '{name}'; known: {', '.join(_LOADERS)} (or a path to a .npz custom dataset)")
+    function = _OPTIONS[name]
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:  # unresolvable annotation: accept any value for it
+        hints = {}
+    skip = {"data_dir", "task"} if _OPTIONS[name] is not _LOADERS[name][0] else {"data_dir"}
+    return {
+        p.name: hints.get(p.name, Any)
+        for p in inspect.signature(function).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip
+    }
+
+
+def needs_data_dir(name: str) -> bool:
+    """Whether registered dataset ``name`` reads from the data folder (False for unknown names and files)."""
+    return name in _LOADERS and _LOADERS[name][1]
+
+
+def is_custom_path(name: str) -> bool:
+    """Whether a dataset name is a path to a custom ``.npz`` file rather than a registered name."""
+    return name not in _LOADERS and (name.endswith(".npz") or Path(name).expanduser().exists())
 
 
 def list_datasets() -> dict[str, str]:
@@ -44,14 +82,14 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
         raise DataError("no data folder given: pass --data-dir PATH or set IMER_DATA (a folder holding cmu-mosi-bclstm/ and gcnet-meta/)")
     path = Path(chosen).expanduser()
     if not path.is_dir():
-        raise DataError(f"{path}: data folder not found")
+        raise DataError(f"{path}: data folder not found; pass --data-dir PATH (or set IMER_DATA) to where the data is")
     return path
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options: Any) -> MultimodalDataset:
     """Load a dataset by registered name, or a ``custom`` file by path."""
     if name not in _LOADERS:
-        if Path(name).expanduser().exists() or name.endswith(".npz"):
+        if is_custom_path(name):
             from imer.data.custom import load_custom
 
             return load_custom(Path(name).expanduser())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from imer.errors import DataError
-from imer.io import atomic_write
+from imer.io import atomic_write, read_npz
 
 
 @dataclass
@@ -59,6 +59,17 @@ class Standardizer:
             np.savez(fh, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path, modalities: list[str]) -> "Standardizer":
-        with np.load(path, allow_pickle=False) as npz:
-            return cls({m: npz[f"mean_{m}"] for m in modalities}, {m: npz[f"std_{m}"] for m in modalities})
+    def load(cls, path: str | Path, modalities: list[str], dims: dict[str, int] | None = None) -> "Standardizer":
+        """Read a saved scaler; :class:`DataError` if a modality's statistics are missing, misshapen or not finite."""
+        arrays = read_npz(path, "scaler file")
+        stats: dict[str, dict[str, np.ndarray]] = {"mean": {}, "std": {}}
+        for kind in stats:
+            for m in modalities:
+                x = arrays.get(f"{kind}_{m}")
+                width = (dims or {}).get(m, x.shape[-1] if x is not None and x.ndim == 1 else -1)
+                if x is None or x.shape != (width,) or not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+                    raise DataError(f"{path}: '{kind}_{m}' is missing or not a finite float vector of width {width}; the run folder is damaged, train again")
+                stats[kind][m] = x.astype(np.float32)
+        if (np.concatenate(list(stats["std"].values())) <= 0).any():
+            raise DataError(f"{path}: a standard deviation is <= 0; the run folder is damaged, train again")
+        return cls(stats["mean"], stats["std"])

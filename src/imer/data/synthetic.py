@@ -16,6 +16,7 @@ import numpy as np
 
 from imer.data.dataset import MultimodalDataset
 from imer.data.registry import register_dataset
+from imer.errors import ConfigError
 
 DEFAULT_DIMS = {"audio": 24, "text": 32, "video": 28}
 DEFAULT_STRENGTH = {"audio": 0.5, "text": 0.9, "video": 0.25}
@@ -36,6 +37,12 @@ def make_synthetic(
     seed: int = 0,
 ) -> MultimodalDataset:
     """Generate a synthetic dataset; the same arguments always give the same data."""
+    sizes = {"num_groups": (num_groups, 3), "min_len": (min_len, 1), "max_len": (max_len, min_len), "num_classes": (num_classes, 2), "latent_dim": (latent_dim, 1)}
+    for name, (value, low) in sizes.items():
+        if value < low:
+            raise ConfigError(f"data.options.{name}: must be >= {low} for the synthetic data, got {value}")
+    if len(split_fractions) != 3 or min(split_fractions) < 0 or sum(split_fractions) > 1 + 1e-9:
+        raise ConfigError(f"data.options.split_fractions: must be 3 non-negative fractions (train, valid, test) summing to <= 1, got {list(split_fractions)}")
     dims = dict(dims or DEFAULT_DIMS)
     strength = {m: float((strength or DEFAULT_STRENGTH).get(m, 1.0)) for m in dims}
     rng = np.random.default_rng(seed)
@@ -97,13 +104,13 @@ def make_synthetic(
     )
 
 
-@register_dataset("synthetic", needs_data_dir=False, description="built-in synthetic dialogues, 4 classes, strong/medium/weak modalities")
+@register_dataset("synthetic", needs_data_dir=False, description="built-in synthetic dialogues, 4 classes, strong/medium/weak modalities", options=make_synthetic)
 def load_synthetic(**options) -> MultimodalDataset:
     """The built-in classification dataset (options are passed to :func:`make_synthetic`)."""
     return make_synthetic(task="classification", **options)
 
 
-@register_dataset("synthetic-reg", needs_data_dir=False, description="built-in synthetic dialogues, regression in [-3, 3]")
+@register_dataset("synthetic-reg", needs_data_dir=False, description="built-in synthetic dialogues, regression in [-3, 3]", options=make_synthetic)
 def load_synthetic_regression(**options) -> MultimodalDataset:
     """The built-in regression dataset (options are passed to :func:`make_synthetic`)."""
     return make_synthetic(task="regression", **options)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imer.evaluation.report import METRIC_LABELS, history_modality_acc
+from imer.io import atomic_write
 
 if TYPE_CHECKING:
     from imer.evaluation.report import Report
@@ -70,7 +71,8 @@ def plot_metric_vs_rate(report: "Report", path: Path) -> Path:
     fig.legend(handles, labels, loc="center right", title="method", frameon=False)
     fig.suptitle("Test metric vs missing rate\n(mean ± std over seeds)")
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -109,7 +111,8 @@ def plot_modality_balance(report: "Report", path: Path) -> Path | None:
     fig.legend(handles, labels, loc="center right", title="modality", frameon=False)
     fig.suptitle("Per-modality accuracy of the unimodal heads\n(test, mean ± std over seeds)")
     fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -160,7 +163,8 @@ def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
     fig.legend(handles=handles, loc="center right", frameon=False, title="modality / rate")
     fig.suptitle("Per-modality test accuracy over epochs\n(mean over seeds)")
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=120)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format="png")
     plt.close(fig)
     return path
 

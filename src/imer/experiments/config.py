@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from imer.errors import ConfigError
-from imer.models.registry import build_config, get_model_class
+from imer.models.registry import get_model_class
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -92,14 +92,14 @@ class RunConfig:
         merge_into(config, values)
         return config
 
-    def validate(self) -> None:
-        build_config(self.method, self.model)
-        if self.train.selection not in ("valid", "test-published"):
-            raise ConfigError(f"train.selection must be 'valid' or 'test-published', got {self.train.selection!r}")
-        if self.train.optimizer not in ("adam", "adamw", "sgd"):
-            raise ConfigError(f"train.optimizer must be adam, adamw or sgd, got {self.train.optimizer!r}")
-        if self.train.epochs < 1 or self.train.batch_size < 1:
-            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+    def validate(self, check_data: bool = True) -> None:
+        """Check every field's type and range (see :mod:`imer.experiments.validation`); normalises in place.
+
+        ``check_data=False`` skips the dataset name and its options (for a dataset given in memory).
+        """
+        from imer.experiments.validation import validate_run_config
+
+        validate_run_config(self, check_data)
 
 
 _SECTIONS = ("data", "missing", "train")
@@ -123,6 +123,8 @@ def merge_into(config: RunConfig, values: dict[str, Any], source: str = "config"
                 if sub not in names:
                     raise ConfigError(f"{source}: unknown option '{key}.{sub}'; known: {sorted(names)}")
                 if sub == "options":
+                    if not isinstance(sub_value, dict):
+                        raise ConfigError(f"{source}: '{key}.options' must be a table of loader options")
                     section.options.update(sub_value)
                 else:
                     setattr(section, sub, sub_value)
@@ -136,11 +138,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        return tomllib.loads(path.read_text())
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; a config is TOML (or JSON) with sections data, missing, train, model") from None
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot parse config ({exc})") from None
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ConfigError(f"{path}: not valid {kind} ({exc}); a config has sections like [train] with lines like lr = 1e-4") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config must be a table of sections (data, missing, train, model), not {type(values).__name__}")
+    return values
 
 
 def packaged_defaults(method: str, dataset: str) -> list[Path]:
@@ -149,11 +156,27 @@ def packaged_defaults(method: str, dataset: str) -> list[Path]:
     return [p for p in (folder / "default.toml", folder / f"{Path(dataset).stem}.toml") if p.is_file()]
 
 
+def resolve_config_file(method: str, config_file: str | Path) -> Path:
+    """``config_file`` as given if it exists, else a packaged preset of that name (``configs/<method>/<name>.toml``)."""
+    path = Path(config_file)
+    preset = CONFIG_ROOT / method / f"{path.name}.toml"
+    if not path.exists() and path.name == str(config_file) and not path.suffix and preset.is_file():
+        return preset
+    return path
+
+
 def parse_value(text: str) -> Any:
-    """``--set`` values: JSON literals (numbers, true/false/null, lists), else the raw string."""
+    """``--set`` values: a TOML or JSON value (numbers, true/false, "strings", [lists], {inline="tables"}),
+    ``none``/``null`` for unset, else the raw text as a string."""
     lowered = {"true": True, "false": False, "none": None, "null": None}
     if text.lower() in lowered:
         return lowered[text.lower()]
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+        if isinstance(value, (bool, int, float, str, list, dict)):
+            return value
+    except tomllib.TOMLDecodeError:
+        pass
     try:
         return json.loads(text)
     except ValueError:
@@ -167,6 +190,8 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     key, raw = assignment.split("=", 1)
     key, value = key.strip(), parse_value(raw.strip())
     parts = key.split(".")
+    if key == "method" and value != config.method:
+        raise ConfigError(f"--set: method is chosen with --method (here '{config.method}'), not --set method={value}")
     if parts[0] in ("method", "seed") and len(parts) == 1:
         setattr(config, key, value)
         return
@@ -195,7 +220,7 @@ def apply_override(config: RunConfig, assignment: str) -> None:
 def _check_model_field(method: str, name: str) -> None:
     fields_ = {f.name for f in dataclasses.fields(get_model_class(method).config_class)}
     if name not in fields_:
-        raise ConfigError(f"method '{method}' has no option '{name}'; its options: {sorted(fields_)}")
+        raise ConfigError(f"model.{name}: method '{method}' has no option '{name}'; its options: {', '.join(sorted(fields_))}")
 
 
 def build_run_config(
@@ -211,6 +236,7 @@ def build_run_config(
     for path in packaged_defaults(method, dataset):
         merge_into(config, read_config_file(path), source=str(path))
     if config_file:
+        config_file = resolve_config_file(method, config_file)
         values = read_config_file(config_file)
         merge_into(config, values, source=str(config_file))
         if values.get("method", method) != method:
@@ -226,5 +252,64 @@ def build_run_config(
     for assignment in overrides or []:
         apply_override(config, assignment)
     config.data.name = dataset if config.data.name in (None, "") else config.data.name
+    resolve_paths(config)
     config.validate()
+    return config
+
+
+_PATH_OPTION = ("_file", "_dir", "_path")
+
+
+def resolve_paths(config: RunConfig) -> None:
+    """Make every data path absolute, so a run folder keeps working from any directory.
+
+    Covers ``data.data_dir`` (``$IMER_DATA`` is recorded when the dataset needs a
+    data folder and none was given), a custom dataset path in ``data.name``, and
+    data options whose name ends in ``_file``, ``_dir`` or ``_path``.
+    """
+    import os
+
+    from imer.data.registry import is_custom_path, needs_data_dir
+
+    def absolute(value: str) -> str:
+        return str(Path(value).expanduser().resolve())
+
+    if isinstance(config.data.data_dir, str) and config.data.data_dir:
+        config.data.data_dir = absolute(config.data.data_dir)
+    elif config.data.data_dir is None and os.environ.get("IMER_DATA") and needs_data_dir(config.data.name):
+        config.data.data_dir = absolute(os.environ["IMER_DATA"])
+    if isinstance(config.data.name, str) and is_custom_path(config.data.name):
+        config.data.name = absolute(config.data.name)
+    for key, value in config.data.options.items():
+        if key.endswith(_PATH_OPTION) and isinstance(value, str) and value:
+            config.data.options[key] = absolute(value)
+
+
+def build_data_config(
+    dataset: str,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    data_dir: str | None = None,
+) -> RunConfig:
+    """A config whose ``data`` section is built like ``imer train``'s (for ``imer data info``/``convert``).
+
+    Only the ``[data]`` section of ``config_file`` and ``data.*`` overrides apply;
+    the data section is fully validated, nothing else is.
+    """
+    from imer.experiments.validation import validate_data_config
+
+    config = RunConfig()
+    config.data.name = dataset
+    if config_file:
+        values = read_config_file(config_file)
+        merge_into(config, {"data": values.get("data", {})}, source=str(config_file))
+    if data_dir is not None:
+        config.data.data_dir = data_dir
+    for assignment in overrides or []:
+        if not assignment.strip().startswith("data."):
+            raise ConfigError(f"--set: {assignment!r} is not a data setting; here only data.* applies (e.g. data.options.feature_dir=PATH)")
+        apply_override(config, assignment)
+    config.data.name = dataset
+    resolve_paths(config)
+    validate_data_config(config)
     return config

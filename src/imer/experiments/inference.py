@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from imer.data import SplitBatcher, all_conditions, missing_fraction
 from imer.errors import DataError
 from imer.evaluation.metrics import headline_metrics
 from imer.experiments.run import LoadedRun, _softmax, evaluation_protocol, load_run, prepare_data, split_mask
-from imer.io import atomic_write, read_npz
+from imer.io import atomic_write, read_npz, write_json
 from imer.training.trainer import EvalSet, predict_split
 
 
@@ -24,44 +23,142 @@ def evaluate_run(
     condition: str | None = None,
     data_dir: str | None = None,
     loaded: LoadedRun | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics of a trained run under a missing rate or a fixed condition.
 
     Masks come from the same seeded function as in training, so evaluating at
     the training rate reproduces the run's own test numbers exactly.
+    ``data_dir`` / ``dataset`` (a custom ``.npz`` path) point to the data if it
+    moved since training; it must have the run's modalities and widths.
     """
     loaded = loaded or load_run(run_dir)
     config = loaded.config
     if data_dir:
-        config.data.data_dir = data_dir
+        config.data.data_dir = str(Path(data_dir).expanduser().resolve())
+    if dataset:
+        config.data.name = str(Path(dataset).expanduser().resolve())
     data = prepare_data(config, scaler=loaded.scaler)
+    if data.spec.modalities != loaded.spec.modalities or data.spec.dims != loaded.spec.dims:
+        raise DataError(
+            f"{data.dataset.source or data.dataset.name}: modalities {dict(zip(data.spec.modalities, data.spec.dims))} differ from the run's "
+            f"{loaded.spec.dim_of}; point --data-dir/--dataset to the data the run was trained on"
+        )
     protocol = evaluation_protocol(config, data.dataset.modalities, missing_rate, condition)
     mask = split_mask(config, data, "test", protocol)
     acc = predict_split(loaded.model, EvalSet(data.batchers["test"], mask), config.train.batch_size, torch.device("cpu"))
     return {"protocol": protocol.name, "missing_fraction": missing_fraction(mask), "test": acc.compute()}
 
 
-def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
+def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None, dataset: str | None = None) -> dict[str, Any]:
     """Metrics under every fixed condition ({a}, {t}, ..., full) and their average."""
     loaded = load_run(run_dir)
     modalities = list(loaded.spec.modalities)
-    results = {c.label: evaluate_run(run_dir, condition=c.label, data_dir=data_dir, loaded=loaded)["test"] for c in all_conditions(modalities)}
+    results = {c.label: evaluate_run(run_dir, condition=c.label, data_dir=data_dir, loaded=loaded, dataset=dataset)["test"] for c in all_conditions(modalities)}
     keys = [k for k in headline_metrics(loaded.spec.task)]
     average = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}
     return {"conditions": results, "average": average}
 
 
+def _rows_text(rows: np.ndarray, ids: np.ndarray | None = None) -> str:
+    """``rows 3, 7, 12 (+4 more)``: the first few rows (or their ids) of a problem."""
+    shown = [str(ids[r]) if ids is not None else str(r) for r in rows[:5]]
+    more = f" (+{len(rows) - 5} more)" if len(rows) > 5 else ""
+    return ("row" if len(rows) == 1 else "rows") + " " + ", ".join(shown) + more
+
+
+_TABLE_KEYS = {"utterance_id": "utterance_ids", "group_id": "group_ids", "order": "order", "speaker": "speakers"}
+
+
+def read_prediction_table(path: Path, modalities: list[str]) -> dict[str, np.ndarray]:
+    """A ``.csv`` prediction input as the arrays of the ``.npz`` format.
+
+    One row per utterance; columns ``<modality>_<j>`` (``j`` = 0, 1, ...) hold a
+    modality's features (an empty cell is NaN, so an empty group is an absent
+    modality), optional ``utterance_id``, ``group_id``, ``order``, ``speaker``.
+    """
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            rows = [r for r in reader if r]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the table ({type(exc).__name__})") from None
+    if not header:
+        raise DataError(f"{path}: empty table; the first line must name the columns (e.g. text_0, text_1, ..., utterance_id)")
+    bad = [i + 2 for i, r in enumerate(rows) if len(r) != len(header)]
+    if bad:
+        raise DataError(f"{path}: line {bad[0]} has a different number of cells than the header")
+    columns: dict[str, list[tuple[int, int]]] = {}
+    unknown = []
+    for k, name in enumerate(header):
+        modality, _, index = name.strip().rpartition("_")
+        if modality in modalities and index.isdigit():
+            columns.setdefault(modality, []).append((int(index), k))
+        elif name.strip() not in _TABLE_KEYS:
+            unknown.append(name)
+    if unknown:
+        raise DataError(f"{path}: unknown column(s) {unknown[:5]}; use <modality>_<j> for {modalities} and {sorted(_TABLE_KEYS)}")
+    data: dict[str, np.ndarray] = {}
+    for m, cols in columns.items():
+        order = [k for _, k in sorted(cols)]
+        try:
+            data[f"x_{m}"] = np.array([[float(r[k]) if r[k].strip() else np.nan for k in order] for r in rows], dtype=np.float64).reshape(len(rows), len(order))
+        except ValueError:
+            line = next(i + 2 for i, r in enumerate(rows) if any(r[k].strip() and not _is_number(r[k]) for k in order))
+            raise DataError(f"{path}: line {line} has a non-numeric '{m}' feature") from None
+    for name, key in _TABLE_KEYS.items():
+        if name in header:
+            k = header.index(name)
+            values = [r[k] for r in rows]
+            if key == "order":
+                if not all(v.strip().lstrip("-").isdigit() for v in values):
+                    raise DataError(f"{path}: column 'order' must hold integers (position inside the dialogue)")
+                data[key] = np.array([int(v) for v in values], dtype=np.int64)
+            else:
+                data[key] = np.array(values, dtype=str)
+    return data
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def read_prediction_input(path: str | Path, modalities: list[str], dims: dict[str, int]) -> dict[str, Any]:
-    """Read the ``imer predict`` input ``.npz``; see :func:`predict` for the format."""
+    """Read the ``imer predict`` input (``.npz``, or a ``.csv`` table); see :func:`predict` for the format.
+
+    Missing means NaN (a whole row of NaN) or False in ``available``; an
+    infinite value or a partly-NaN row is an error naming the rows.
+    """
     path = Path(path)
-    data = read_npz(path, "prediction input file")
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise DataError(f"{path}: prediction input file not found")
+        data = read_prediction_table(path, modalities)
+    else:
+        data = read_npz(path, "prediction input file")
     present = [m for m in modalities if f"x_{m}" in data]
     unknown = sorted(k for k in data if k.startswith("x_") and k[2:] not in modalities)
     if unknown:
         raise DataError(f"{path}: unknown modality array(s) {unknown}; the model knows {modalities}")
     if not present:
         raise DataError(f"{path}: no feature array; expected keys like {[f'x_{m}' for m in modalities]}")
+    for m in present:
+        if data[f"x_{m}"].ndim != 2:
+            raise DataError(f"{path}: 'x_{m}' has shape {data[f'x_{m}'].shape}, expected [N, {dims[m]}] (one row per utterance, {dims[m]} features)")
     n = data[f"x_{present[0]}"].shape[0]
+    if n == 0:
+        raise DataError(f"{path}: 'x_{present[0]}' has no rows; there is nothing to predict")
+    given = None
+    if "available" in data:
+        given = np.asarray(data["available"])
+        if given.shape != (n, len(modalities)) or given.dtype.kind not in "bui":
+            raise DataError(f"{path}: 'available' has shape {given.shape} ({given.dtype}), expected ({n}, {len(modalities)}) booleans in order {modalities}")
+        given = given.astype(bool)
     features, available = {}, np.zeros((n, len(modalities)), dtype=bool)
     for j, m in enumerate(modalities):
         x = data.get(f"x_{m}")
@@ -69,30 +166,44 @@ def read_prediction_input(path: str | Path, modalities: list[str], dims: dict[st
             features[m] = np.zeros((n, dims[m]), dtype=np.float32)
             continue
         if x.ndim != 2 or x.shape != (n, dims[m]):
-            raise DataError(f"{path}: 'x_{m}' has shape {x.shape}, expected ({n}, {dims[m]})")
+            raise DataError(f"{path}: 'x_{m}' has shape {x.shape}, expected ({n}, {dims[m]}) (one row per utterance, {dims[m]} features)")
+        if x.dtype.kind not in "fiub":
+            raise DataError(f"{path}: 'x_{m}' holds {x.dtype} values, expected numbers")
         x = x.astype(np.float32)
-        available[:, j] = np.isfinite(x).all(axis=1)
-        features[m] = x
-    if "available" in data:
-        given = np.asarray(data["available"], dtype=bool)
-        if given.shape != (n, len(modalities)):
-            raise DataError(f"{path}: 'available' has shape {given.shape}, expected ({n}, {len(modalities)}) in order {modalities}")
-        bad = given & ~available
-        if bad.any():
-            i, j = np.argwhere(bad)[0]
-            raise DataError(f"{path}: utterance {i} is marked available for '{modalities[j]}' but has NaN/Inf or no features")
+        considered = given[:, j] if given is not None else np.ones(n, dtype=bool)
+        infinite = np.flatnonzero(np.isinf(x).any(axis=1) & considered)
+        if len(infinite):
+            raise DataError(f"{path}: 'x_{m}' has infinite values in {_rows_text(infinite)}; fix them, or mark the modality absent with NaN rows or 'available'")
+        nan = np.isnan(x)
+        partial = np.flatnonzero(nan.any(axis=1) & ~nan.all(axis=1) & considered)
+        if len(partial):
+            raise DataError(f"{path}: 'x_{m}' has NaN in only some columns of {_rows_text(partial)}; a missing modality is a whole row of NaN (or False in 'available')")
+        available[:, j] = ~nan.all(axis=1)
+        features[m] = np.where(np.isnan(x), 0.0, x).astype(np.float32)
+    if given is not None:
+        bad = np.flatnonzero((given & ~available).any(axis=1))
+        if len(bad):
+            raise DataError(f"{path}: 'available' marks a modality present in {_rows_text(bad)} whose features are absent (NaN or not given)")
         available = given
-    empty = ~available.any(axis=1)
-    if empty.any():
-        raise DataError(f"{path}: utterance {int(np.flatnonzero(empty)[0])} has no modality at all")
-    ids = data.get("utterance_ids", np.array([str(i) for i in range(n)])).astype(str)
+    empty = np.flatnonzero(~available.any(axis=1))
+    if len(empty):
+        raise DataError(f"{path}: {_rows_text(empty)} {'has' if len(empty) == 1 else 'have'} no modality at all")
+    extras = {}
+    for key in ("utterance_ids", "group_ids", "order", "speakers"):
+        value = data.get(key)
+        if value is not None and value.shape != (n,):
+            raise DataError(f"{path}: '{key}' has shape {value.shape}, expected ({n},)")
+        extras[key] = value
+    ids = extras["utterance_ids"].astype(str) if extras["utterance_ids"] is not None else np.array([str(i) for i in range(n)])
+    if extras["order"] is not None and extras["order"].dtype.kind not in "iu":
+        raise DataError(f"{path}: 'order' must be integers (position inside the dialogue)")
     return {
         "features": features,
         "available": available,
         "utterance_ids": ids,
-        "group_ids": data.get("group_ids"),
-        "order": data.get("order"),
-        "speakers": data.get("speakers"),
+        "group_ids": extras["group_ids"],
+        "order": extras["order"],
+        "speakers": extras["speakers"],
     }
 
 
@@ -104,8 +215,10 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
     ``available`` ``[N, M]`` bool in the model's modality order; optional
     ``utterance_ids``; for dialogue-context methods optional ``group_ids``,
     ``order`` and ``speakers`` (without them each utterance is its own
-    dialogue). Output (``.csv`` or ``.json``, by extension): one row per
-    utterance with the predicted class and class probabilities, or the score.
+    dialogue). A ``.csv`` table works too (see :func:`read_prediction_table`).
+    Output (``.csv`` or ``.json``, by extension): one row per
+    utterance with the predicted class and class probabilities, or the score,
+    then ``has_<modality>`` (1 where that modality was used for the row).
     """
     loaded = load_run(run_dir)
     spec = loaded.spec
@@ -141,14 +254,14 @@ def predict_given(loaded: LoadedRun, given: dict[str, Any]) -> list[dict[str, An
             row.update({f"p_{c}": float(p) for c, p in zip(names, probs)})
         else:
             row["score"] = float(preds[k])
+        row.update({f"has_{m}": int(given["available"][i, j]) for j, m in enumerate(spec.modalities)})
         rows.append(row)
     return rows
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     if path.suffix == ".json":
-        with atomic_write(path) as fh:
-            json.dump(rows, fh, indent=2)
+        write_json(path, rows)
         return
     with atomic_write(path) as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["utterance_id"])

@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,10 @@ from imer.data import (
     missing_fraction,
     parse_condition,
 )
-from imer.errors import ConfigError, IMERError
-from imer.evaluation.metrics import headline_metrics
+from imer.errors import ConfigError, DataError, IMERError
+from imer.evaluation.metrics import headline_metrics, is_better, task_metrics
 from imer.experiments.config import RunConfig
+from imer.experiments.validation import check_select_metric
 from imer.io import atomic_write, read_json, write_json
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
 from imer.training.checkpoint import load_weights, save_weights
@@ -83,9 +85,13 @@ def prepare_data(config: RunConfig, dataset: MultimodalDataset | None = None, sc
 
 def evaluation_protocol(config: RunConfig, modalities: list[str], rate: float | None = None, condition: str | None = None) -> RandomMissing | FixedCondition:
     """The protocol for valid/test masks: a fixed condition, else the test rate."""
+    where = "--condition" if condition is not None else "missing.test_condition"
     condition = condition if condition is not None else (config.missing.test_condition if rate is None else None)
     if condition:
-        return parse_condition(condition, modalities)
+        try:
+            return parse_condition(condition, modalities)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return RandomMissing(config.missing.effective_test_rate if rate is None else rate)
 
 
@@ -123,7 +129,7 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no GPU is visible; use --set device=cpu")
+        raise ConfigError(f"train.device: {name} asked for, but no GPU is visible; use --device cpu")
     return torch.device(name)
 
 
@@ -131,15 +137,117 @@ def default_select_metric(task: str) -> str:
     return headline_metrics(task)[0]
 
 
-def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset: MultimodalDataset | None = None) -> dict[str, Any]:
-    """Train and evaluate one run; writes the run directory and returns ``metrics.json``'s content."""
-    config.validate()
-    out = Path(out_dir)
+# Every file a run folder may hold; --overwrite removes them before training again.
+RUN_FILES = ("config.json", "run_spec.json", "environment.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz",
+             "masks.npz", "predictions_test.csv", "checkpoint.pt", "conditions.json", "error.json")
+SIGN_METRICS = ("acc2", "f1", "acc2_with_zero", "acc7")
+
+
+def train(
+    config: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    dataset: MultimodalDataset | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train and evaluate one run; writes the run directory and returns ``metrics.json``'s content.
+
+    A folder that already holds a run (``metrics.json`` or ``checkpoint.pt``) is
+    refused unless ``resume`` (continue it) or ``overwrite`` (replace it) is given.
+    Warnings raised on the way are listed in ``metrics.json`` under ``warnings``.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return _train(config, Path(out_dir), resume, dataset, overwrite, caught)
+    finally:
+        _reemit(caught)  # shown (or recorded by a caller) once the run's own record is complete
+
+
+def _reemit(caught: list[warnings.WarningMessage]) -> None:
+    seen = set()
+    for w in caught:
+        if str(w.message) not in seen:
+            seen.add(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def prepare_out(out: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to lose or mix a run already in ``out`` (see :func:`train`); check a resume is consistent."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: continue the run in --out, or replace it, not both")
+    finished, interrupted = (out / "metrics.json").is_file(), (out / "checkpoint.pt").is_file()
+    if not resume and (finished or interrupted):
+        if not overwrite:
+            held = "a finished run (metrics.json)" if finished else "an interrupted run (checkpoint.pt)"
+            raise IMERError(f"{out}: already holds {held}; pass --resume to continue it, --overwrite to replace it, or choose another --out")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    if not resume:
+        return
+    if finished and not interrupted:
+        raise IMERError(f"{out}: the finished run has no checkpoint.pt to continue from; pass --overwrite to train it again, or choose another --out")
+    if (out / "config.json").is_file():
+        _check_same_run(read_json(out / "config.json", "run config"), config, out)
+    if interrupted:
+        from imer.training.checkpoint import load_checkpoint
+
+        done = int(load_checkpoint(out / "checkpoint.pt")["epoch"]) + 1
+        if done > config.train.epochs:
+            raise ConfigError(
+                f"train.epochs: the run in {out} has already trained {done} epochs, more than the {config.train.epochs} asked for; "
+                f"resume with --epochs {done} or more, or start again with --overwrite"
+            )
+
+
+def check_training_data(config: RunConfig, data: PreparedData, select: str) -> None:
+    """Refuse data a run cannot learn from honestly (checked once the data is loaded, before training)."""
+    dataset = data.dataset
+    check_select_metric(select, dataset.task)
+    train_available = dataset.available[data.indices["train"]]
+    never = [m for j, m in enumerate(dataset.modalities) if not train_available[:, j].any()]
+    if never:
+        raise DataError(
+            f"dataset '{dataset.name}': modality '{never[0]}' is absent in every training utterance, so its part of the model "
+            f"would never be trained and would still be used at test time; remove it from the dataset (e.g. rebuild it without x_{never[0]})"
+        )
+    if dataset.task == "regression":
+        low, high = float(dataset.labels.min()), float(dataset.labels.max())
+        if low >= 0 or high <= 0:
+            problem = (f"dataset '{dataset.name}': regression labels lie in [{low:g}, {high:g}], but acc2, f1 and acc7 read the sign "
+                       "of a label as its class (negative < 0 < positive)")
+            if select in SIGN_METRICS:
+                raise DataError(f"{problem}; centre the labels (e.g. subtract the scale's midpoint: 1..5 -> -2..2) or select by --set train.select_metric=mae")
+            warnings.warn(f"{problem}; those metrics are meaningless for this data (selection uses {select})", stacklevel=2)
+
+
+def constant_baseline(data: PreparedData, metric: str) -> tuple[float, str]:
+    """The best validation ``metric`` any constant prediction reaches (majority class, always positive, ...)."""
+    dataset = data.dataset
+    labels = dataset.labels[data.indices["valid"]]
+    n = len(labels)
+    if dataset.task == "classification":
+        names = dataset.class_names or [str(c) for c in range(dataset.num_classes)]
+        candidates = [(np.tile(np.eye(dataset.num_classes)[c], (n, 1)), f"always '{names[c]}'") for c in range(dataset.num_classes)]
+    else:
+        train_labels = dataset.labels[data.indices["train"]]
+        values = (1.0, -1.0, float(train_labels.mean()), float(np.median(train_labels)))
+        candidates = [(np.full(n, v), f"always {v:.3g}") for v in values]
+    best: tuple[float, str] | None = None
+    for prediction, name in candidates:
+        score = float(task_metrics(dataset.task, labels, prediction, dataset.num_classes)[metric])
+        if best is None or is_better(metric, score, best[0]):
+            best = (score, name)
+    assert best is not None
+    return best
+
+
+def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDataset | None, overwrite: bool, caught: list) -> dict[str, Any]:
+    config.validate(check_data=dataset is None)
+    device = _device(config.train.device)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "metrics.json").exists() and not resume:
-        raise IMERError(f"{out}: already holds a finished run (metrics.json); choose another --out or pass --resume")
-    if resume and (out / "config.json").exists():
-        _check_same_run(read_json(out / "config.json"), config, out)
+    prepare_out(out, config, resume, overwrite)
     if config.train.threads:
         torch.set_num_threads(int(config.train.threads))
     torch.manual_seed(config.seed)
@@ -153,9 +261,10 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
     def train_mask(epoch: int) -> np.ndarray:
         return train_protocol.apply(train_available, np.random.default_rng(derive_seed("train-mask", config.seed, epoch)))
 
+    select = config.train.select_metric or default_select_metric(data.spec.task)
+    check_training_data(config, data, select)
     model = create_model(config.method, data.spec, config.model)
     config.model = _config_values(model)
-    select = config.train.select_metric or default_select_metric(data.spec.task)
     write_json(out / "config.json", config.to_dict())
     write_json(out / "run_spec.json", {
         "modalities": modalities,
@@ -184,7 +293,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
         select_metric=select,
         selection=config.train.selection,
         seed=config.seed,
-        device=_device(config.train.device),
+        device=device,
         run_dir=out,
         progress=config.train.progress,
         eval_test_each_epoch=config.train.eval_test_each_epoch,
@@ -201,13 +310,23 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
     valid_metrics = predict_split(model, sets["valid"], config.train.batch_size, trainer.device).compute()
     test_metrics = test_acc.compute()
     _write_predictions(out / "predictions_test.csv", data, test_acc)
+    baseline, baseline_name = constant_baseline(data, select)
+    if config.train.selection == "valid" and not is_better(select, float(valid_metrics[select]), baseline):
+        warnings.warn(
+            f"train.select_metric: the selected epoch {result.best_epoch} scores {select} = {valid_metrics[select]:.4f} on validation, "
+            f"no better than a constant prediction ({baseline_name}: {baseline:.4f}); the model may have learned nothing this metric "
+            f"can see. On imbalanced data select by a metric a constant cannot win (e.g. --set train.select_metric="
+            f"{'ua' if data.spec.task == 'classification' else 'mae'}), see docs/protocol.md",
+            stacklevel=2,
+        )
     metrics = {
         "method": config.method,
         "dataset": data.dataset.name,
         "seed": config.seed,
         "fold": config.data.fold,
         "task": data.spec.task,
-        "selection": {"rule": config.train.selection, "metric": select, "best_epoch": result.best_epoch, "epochs": config.train.epochs},
+        "selection": {"rule": config.train.selection, "metric": select, "best_epoch": result.best_epoch, "epochs": config.train.epochs,
+                      "constant_baseline": {"valid": baseline, "prediction": baseline_name}},
         "missing": {
             "train_rate": config.missing.rate,
             "test_protocol": eval_protocol.name,
@@ -217,6 +336,7 @@ def train(config: RunConfig, out_dir: str | Path, resume: bool = False, dataset:
         "test": test_metrics,
         "seconds_per_epoch": result.seconds_per_epoch,
         "parameters": int(sum(p.numel() for p in model.parameters())),
+        "warnings": sorted({" ".join(str(w.message).split()) for w in caught}),
     }
     if result.fit is not None:
         metrics["fit"] = result.fit
@@ -236,13 +356,13 @@ def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None
         if isinstance(a, dict):
             diff = sorted(k for k in set(a) | set(b) if (section, k) not in _RESUME_FREE and a.get(k) != b.get(k) and not (section == "data" and k == "fold" and b.get(k) is None))
             if diff:
-                raise IMERError(f"{out}: cannot resume, {section}.{diff[0]} differs from the interrupted run ({a.get(diff[0])!r} vs {b.get(diff[0])!r})")
+                raise IMERError(f"{out}: cannot resume, {section}.{diff[0]} differs from the interrupted run ({a.get(diff[0])!r} vs {b.get(diff[0])!r}); use the same settings, or --overwrite to start again")
         elif a != b:
-            raise IMERError(f"{out}: cannot resume, {section} differs from the interrupted run ({a!r} vs {b!r})")
+            raise IMERError(f"{out}: cannot resume, {section} differs from the interrupted run ({a!r} vs {b!r}); use the same settings, or --overwrite to start again")
     saved_model = saved.get("model", {})
     changed = sorted(k for k, v in config.model.items() if k in saved_model and saved_model[k] != v)
     if changed:
-        raise IMERError(f"{out}: cannot resume, model.{changed[0]} differs from the interrupted run")
+        raise IMERError(f"{out}: cannot resume, model.{changed[0]} differs from the interrupted run ({saved_model[changed[0]]!r} vs {config.model[changed[0]]!r}); use the same settings, or --overwrite to start again")
 
 
 def _config_values(model: IMERModel) -> dict[str, Any]:
@@ -286,19 +406,66 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-    """Rebuild a trained model from its run directory (safetensors weights, JSON config)."""
+    """Rebuild a trained model from its run directory (safetensors weights, JSON config).
+
+    Every file is checked before use: a missing, truncated, crafted or
+    mismatched file raises :class:`DataError` naming it.
+    """
     run_dir = Path(run_dir)
-    for name in ("config.json", "model.safetensors", "scaler.npz", "metrics.json"):
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: run folder not found (give the --out folder of `imer train`)")
+    for name in ("config.json", "run_spec.json", "model.safetensors", "scaler.npz", "metrics.json"):
         if not (run_dir / name).is_file():
-            raise IMERError(f"{run_dir}: not a finished run directory ({name} missing)")
-    config = RunConfig.from_dict(read_json(run_dir / "config.json"))
-    info = read_json(run_dir / "run_spec.json") if (run_dir / "run_spec.json").exists() else None
-    if info is None:
-        raise IMERError(f"{run_dir}: run_spec.json missing")
-    spec = DataSpec(tuple(info["modalities"]), tuple(info["dims"]), info["task"], info["num_classes"])
+            raise DataError(f"{run_dir}: not a finished run directory ({name} missing); train it to the end or --resume it")
+    raw = read_json(run_dir / "config.json", "run config")
+    if not isinstance(raw, dict):
+        raise DataError(f"{run_dir / 'config.json'}: not a run config (expected a JSON object)")
+    try:
+        config = RunConfig.from_dict(raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run's own warnings were shown when it was trained
+            config.validate(check_data=False)  # the data is checked when (and if) it is loaded
+    except ConfigError as exc:
+        raise DataError(f"{run_dir / 'config.json'}: {exc}") from None
+    spec, class_names = _read_run_spec(run_dir / "run_spec.json")
     model = create_model(config.method, spec, config.model)
-    model.load_state_dict(load_weights(run_dir / "model.safetensors"))
-    model.on_epoch_start(int(read_json(run_dir / "metrics.json")["selection"]["best_epoch"]))
+    _load_matching_weights(model, run_dir / "model.safetensors")
+    try:
+        best_epoch = int(read_json(run_dir / "metrics.json", "run metrics")["selection"]["best_epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{run_dir / 'metrics.json'}: no selection.best_epoch; the run folder is damaged, train again") from None
+    model.on_epoch_start(best_epoch)
     model.eval()
-    scaler = Standardizer.load(run_dir / "scaler.npz", list(spec.modalities))
-    return LoadedRun(config, model, scaler, spec, info.get("class_names"))
+    scaler = Standardizer.load(run_dir / "scaler.npz", list(spec.modalities), spec.dim_of)
+    return LoadedRun(config, model, scaler, spec, class_names)
+
+
+def _read_run_spec(path: Path) -> tuple[DataSpec, list[str] | None]:
+    info = read_json(path, "run spec")
+    try:
+        modalities = [str(m) for m in info["modalities"]]
+        dims = [int(d) for d in info["dims"]]
+        task, num_classes = str(info["task"]), int(info["num_classes"])
+        class_names = None if info.get("class_names") is None else [str(c) for c in info["class_names"]]
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path}: lacks modalities, dims, task or num_classes; the run folder is damaged, train again") from None
+    if len(dims) != len(modalities) or min(dims, default=0) < 1 or task not in ("classification", "regression") or num_classes < 1:
+        raise DataError(f"{path}: inconsistent modalities/dims/task/num_classes; the run folder is damaged, train again")
+    return DataSpec(tuple(modalities), tuple(dims), task, num_classes), class_names
+
+
+def _load_matching_weights(model: IMERModel, path: Path) -> None:
+    """Load weights after checking every tensor's name and shape against the model built from the config."""
+    weights = load_weights(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        name = (missing or extra)[0]
+        raise DataError(f"{path}: weights do not fit the run's config (tensor '{name}' {'missing' if missing else 'unexpected'}); "
+                        "config.json and model.safetensors come from different runs")
+    for name, tensor in expected.items():
+        if tuple(weights[name].shape) != tuple(tensor.shape):
+            raise DataError(f"{path}: weights do not fit the run's config (tensor '{name}' has shape {tuple(weights[name].shape)}, "
+                            f"the model expects {tuple(tensor.shape)}); config.json and model.safetensors come from different runs")
+    model.load_state_dict(weights)

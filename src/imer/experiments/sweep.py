@@ -15,10 +15,10 @@ optional ``ray`` backend, as Ray tasks on a local or remote Ray cluster.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from imer.errors import ConfigError, IMERError
-from imer.io import read_json, write_json
+from imer.io import append_jsonl, read_json, write_json
 
 STATUS_FILES = ("metrics.json", "conditions.json")
 
@@ -313,7 +313,9 @@ def run_sweep(
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
     runner = execute_ray(spec, todo, out, workers, address) if backend == "ray" else execute_local(spec, todo, out, workers)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+    plain = progress and not sys.stderr.isatty()  # logs and pipes get one line per finished cell, no carriage returns
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress or plain, dynamic_ncols=True)
+    finished = len(cells) - len(todo)
     restore = _interrupt_on_sigterm()
     seen_warnings: set[str] = set()
     failed = 0
@@ -323,8 +325,7 @@ def run_sweep(
             states[cell] = "done" if record["status"] == "ok" else "failed"
             if record["status"] != "ok":
                 failed += 1
-                with (out / "failures.jsonl").open("a") as fh:
-                    fh.write(json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+                append_jsonl(out / "failures.jsonl", {**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                 bar.write(f"FAILED {cell.label}: {record['error']}")
             for message in record.get("warnings", []):
                 if message not in seen_warnings:
@@ -334,6 +335,9 @@ def run_sweep(
             if on_result is not None:
                 on_result(record)
             bar.update(1)
+            finished += 1
+            if plain:
+                print(f"sweep {finished}/{len(cells)}: {cell.label} {states[cell]} ({record.get('seconds', 0.0):.0f}s)", file=sys.stderr, flush=True)
             bar.set_postfix(failed=failed)
     finally:
         runner.close()  # on interruption: stops the workers now (see execute_local)

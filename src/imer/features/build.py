@@ -18,7 +18,6 @@ part (validation is carved from the rest when training).
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from imer.errors import DataError
 from imer.features.inputs import column, read_table
 from imer.features.manifest import make_manifest
 from imer.features.store import ModalityFeatures
-from imer.io import atomic_write, write_json
+from imer.io import atomic_write, dumps, write_json
 
 MODALITY_ORDER = ("audio", "text", "video")
 TEST_FRACTION = 0.2
@@ -213,7 +212,7 @@ def build_dataset(
         "group_ids": groups,
         "order": order,
         "available": available[index],
-        "features_manifest": np.array(json.dumps(manifest)),
+        "features_manifest": np.array(dumps(manifest)),
         **{f"x_{m}": x[m][index] for m in modalities},
     }
     if labels is not None:

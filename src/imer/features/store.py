@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from imer.errors import DataError
-from imer.io import atomic_write, read_npz
+from imer.io import atomic_write, dumps, read_npz
 
 FORMAT = "imer-modality-features-v1"
 SAVE_EVERY_S = 20.0
@@ -61,7 +61,7 @@ class ModalityFeatures:
                 fh,
                 format=np.array(FORMAT),
                 modality=np.array(self.modality),
-                entry=np.array(json.dumps(self.entry)),
+                entry=np.array(dumps(self.entry)),
                 ids=np.array(self.ids, dtype=str),
                 x=self.x.astype(np.float32),
                 reasons=np.array(self.reasons, dtype=str),

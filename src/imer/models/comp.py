@@ -21,12 +21,14 @@ Per modality m, over the utterance sequence of one dialogue/video:
    final prediction.
 
 Training has two stages (pure function of the epoch): a unimodal warm-up for
-``stage_epoch`` epochs (no prompts; the fusion head learns on detached
-modality outputs so every epoch can be validated), then prompting. The
-dynamic gradient modulator scales, per utterance and modality, the gradient
-that flows back into the modality's prompt generator (prototypes included),
-with weights that :meth:`Comp.loss` computes from the unimodal errors before
-the trainer calls ``backward``.
+``stage_epoch`` epochs (no prompts), then prompting. The dynamic gradient
+modulator scales, per utterance and modality, the gradient that flows back
+into the modality's prompt generator, with weights that :meth:`Comp.loss`
+computes from the unimodal errors before the trainer calls ``backward``.
+
+Every place where this implementation differs from the published code is a
+switch in :class:`CompConfig` (imer's value is the default; the published one
+is in ``configs/comp/published.toml``).
 """
 
 from __future__ import annotations
@@ -38,14 +40,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imer.errors import ConfigError
 from imer.layers import MLP, MaskedTransformer, ModalityEmbedding
+from imer.layers.plain_transformer import PlainTransformer
+from imer.models._comp_modulator import GradScale, modulator_weights
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
+
+__all__ = ["Comp", "CompConfig", "GradScale", "bernoulli_js", "modulator_weights"]
+
+# Fidelity switches: field -> (imer default, published code's value). The tests and docs use this table.
+CHOICES: dict[str, tuple[str, str]] = {
+    "block_style": ("prenorm", "plain"),
+    "unimodal_head": ("mlp", "linear"),
+    "prompt_generator": ("query", "plain"),
+    "level2_generator": ("shared", "separate"),
+    "carry_projection": ("linear", "mlp"),
+    "fusion_head": ("mlp", "linear"),
+    "js_reduction": ("mean", "sum"),
+    "private_shared_terms": ("once", "per_pair"),
+    "reverse_target": ("normal", "published"),
+    "recon_stages": ("both", "joint"),
+    "warmup": ("full", "encoders"),
+    "modulator_direction": ("weaker", "published"),
+    "modulator_scope": ("upstream", "generator"),
+}
 
 
 @dataclass
 class CompConfig(ModelConfig):
-    """ComP options; defaults are the paper's (CMU-MOSI, missing rate 0.7).
+    """ComP options. The single home of ComP's model defaults (the TOML files hold only train settings).
+
+    Sizes and schedule are the paper's (CMU-MOSI, missing rate 0.7); the
+    fidelity switches default to imer's choices, and their second value is
+    the published code's (``configs/comp/published.toml`` selects all of them).
 
     Attributes:
         depth: Transformer layers per modality, split into block 1 (``depth // 2``)
@@ -59,9 +87,37 @@ class CompConfig(ModelConfig):
             off removes the part (coordinator off = uniform weights over the
             available modalities).
         modulator_strength: beta; modulator weights lie in [1 - beta, 1 + beta].
-        temperature: of the cosine-similarity softmax over prototypes.
+        temperature: of the cosine-similarity softmax over prototypes (published: 1).
         unimodal_weight, recon_weight, disentangle_weight, reverse_weight:
-            loss weights.
+            loss weights (published: all 1).
+        block_style: ``prenorm`` (pre-LayerNorm, feed-forward 2 x hidden, dropout
+            also on attention weights) or ``plain`` (no LayerNorm, no attention
+            output projection, feed-forward 1 x hidden, no attention dropout).
+        unimodal_head: ``mlp`` (2 layers) or ``linear``.
+        prompt_generator: ``query`` (a query projection before the cosine
+            attention, FFN of width hidden) or ``plain`` (no query projection,
+            FFN of width ``prompt_size``).
+        level2_generator: ``shared`` (level 2 reuses the level-1 generator) or
+            ``separate`` (its own FFN and projection, sharing only the prototypes).
+        carry_projection: block 1's output projection, ``linear`` or ``mlp`` (2 layers).
+        fusion_head: residual block before the final layer: ``mlp`` (2 layers,
+            width hidden) or ``linear`` (one ReLU layer of the full width).
+        js_reduction: JS divergence of the shared codes, ``mean`` or ``sum`` over dims.
+        private_shared_terms: |cos(private_m, shared_m)| counted ``once`` per
+            modality or ``per_pair`` (once for every pair the modality is in).
+        reverse_target: ``normal`` (private code -> its own Linear -> N(0, 1)
+            noise) or ``published`` (private code -> the modality's shared
+            blocks and head -> noise 1.5 N(0, 1) clamped to [-3, 3]);
+            classification always uses the complement cross-entropy.
+        recon_stages: reconstruction loss in ``both`` stages or in the ``joint`` stage only.
+        warmup: ``full`` (warm-up trains the prompt in/out projections, and the
+            fusion head on detached outputs) or ``encoders`` (the blocks take the
+            shared code directly; no fused loss; the warm-up's fused prediction
+            is the mean of the available unimodal predictions).
+        modulator_direction: ``weaker`` or ``published`` (see ``_comp_modulator``).
+        modulator_scope: ``upstream`` (the weight scales everything behind the
+            prompt: generator, shared encoder, embedding, block 1) or
+            ``generator`` (only the prompt generator's parameters).
     """
 
     hidden: int = 256
@@ -83,49 +139,55 @@ class CompConfig(ModelConfig):
     recon_weight: float = 1.0
     disentangle_weight: float = 0.1
     reverse_weight: float = 0.1
+    block_style: str = "prenorm"
+    unimodal_head: str = "mlp"
+    prompt_generator: str = "query"
+    level2_generator: str = "shared"
+    carry_projection: str = "linear"
+    fusion_head: str = "mlp"
+    js_reduction: str = "mean"
+    private_shared_terms: str = "once"
+    reverse_target: str = "normal"
+    recon_stages: str = "both"
+    warmup: str = "full"
+    modulator_direction: str = "weaker"
+    modulator_scope: str = "upstream"
 
-
-class GradScale(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``weight`` (broadcast over the last dim).
-
-    ``weight`` is read when backward runs, not when forward runs, so the
-    model's ``loss`` can fill it in after the forward pass (the modulator
-    needs the unimodal errors, which exist only after the forward pass).
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.weight = weight
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return grad * ctx.weight.unsqueeze(-1).to(grad.dtype), None
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"comp: {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.momentum <= 1.0 or not 0.0 <= self.modulator_strength < 1.0:
+            raise ConfigError("comp: momentum must lie in [0, 1] and modulator_strength in [0, 1)")
+        if self.depth < 2:
+            raise ConfigError("comp: depth must be >= 2 (block 1 and block 2)")
+        if self.temperature <= 0:
+            raise ConfigError("comp: temperature must be > 0")
 
 
 class PromptGenerator(nn.Module):
-    """K global prototypes; each utterance attends over them by cosine similarity -> a prompt.
+    """Cosine attention of each utterance over K prototypes -> a prompt of ``prompt_size``.
 
-    Per-utterance only (no attention across utterances or dialogues), so a
-    prompt never depends on the rest of the batch. Positions where ``valid``
-    is False get an all-zero prompt.
+    The prototypes are passed in (they belong to the modality's stream, so a
+    separate level-2 generator can share them). Per-utterance only (no
+    attention across utterances or dialogues), so a prompt never depends on
+    the rest of the batch. Positions where ``valid`` is False get an all-zero prompt.
     """
 
-    def __init__(self, hidden: int, prompt_size: int, num_prototypes: int, temperature: float, dropout: float) -> None:
+    def __init__(self, hidden: int, prompt_size: int, temperature: float, dropout: float, style: str) -> None:
         super().__init__()
-        self.prototypes = nn.Parameter(torch.randn(num_prototypes, hidden) / math.sqrt(hidden))
-        self.query = nn.Linear(hidden, hidden)
-        self.ffn = MLP(hidden, hidden, prompt_size, layers=2, dropout=dropout)
+        self.query = nn.Linear(hidden, hidden) if style == "query" else nn.Identity()
+        self.ffn = MLP(hidden, hidden if style == "query" else prompt_size, prompt_size, layers=2, dropout=dropout)
         self.skip = nn.Linear(hidden, prompt_size)
         self.temperature = temperature
 
-    def forward(self, code: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """``code`` ``[B, L, H]`` -> prompt ``[B, L, p]`` and attention ``[B, L, K]``."""
-        sim = F.normalize(self.query(code), dim=-1) @ F.normalize(self.prototypes, dim=-1).T
+    def forward(self, code: Tensor, valid: Tensor, prototypes: Tensor) -> tuple[Tensor, Tensor]:
+        """``code`` ``[B, L, H]``, prototypes ``[K, H]`` -> prompt ``[B, L, p]`` and attention ``[B, L, K]``."""
+        sim = F.normalize(self.query(code), dim=-1) @ F.normalize(prototypes, dim=-1).T
         attention = torch.softmax(sim / self.temperature, dim=-1)
-        prompt = self.ffn(attention @ self.prototypes) + self.skip(code)
-        keep = valid.unsqueeze(-1)
-        return torch.where(keep, prompt, torch.zeros((), dtype=prompt.dtype)), torch.where(keep, attention, torch.zeros((), dtype=attention.dtype))
+        prompt = self.ffn(attention @ prototypes) + self.skip(code)
+        keep, zero = valid.unsqueeze(-1), torch.zeros((), dtype=prompt.dtype)
+        return torch.where(keep, prompt, zero), torch.where(keep, attention, zero)
 
 
 def bernoulli_js(a: Tensor, b: Tensor) -> Tensor:
@@ -149,25 +211,11 @@ def _masked_average(values: Tensor, weight: Tensor) -> Tensor:
     return (torch.where(weight, values, torch.zeros((), dtype=values.dtype)) * w).sum() / w.sum().clamp(min=1.0)
 
 
-def modulator_weights(errors: Tensor, present: Tensor, strength: float) -> Tensor:
-    """Per-utterance, per-modality gradient weights from unimodal errors.
-
-    ``errors`` ``[..., M]`` (>= 0), ``present`` ``[..., M]`` bool. A modality
-    whose error on an utterance is above the mean error of the other present
-    modalities gets a weight above 1, below it a weight below 1:
-    ``w = 1 + strength * (e_m - e_others) / (e_m + e_others)``. Equal errors
-    (including all zero) give exactly 1; weights always lie in
-    ``[1 - strength, 1 + strength]``; absent modalities, and utterances where
-    no other modality is present, get 1.
-    """
-    errors = torch.where(present, errors, torch.zeros((), dtype=errors.dtype))
-    p = present.to(errors.dtype)
-    others_count = p.sum(-1, keepdim=True) - p
-    others = (errors.sum(-1, keepdim=True) - errors) / others_count.clamp(min=1.0)
-    denom = errors + others
-    relative = torch.where(denom > 0, (errors - others) / denom.clamp(min=torch.finfo(errors.dtype).tiny), torch.zeros((), dtype=errors.dtype))
-    weights = 1.0 + strength * relative.clamp(-1.0, 1.0)
-    return torch.where(present & (others_count > 0), weights, torch.ones((), dtype=errors.dtype))
+def _residual_head(config: CompConfig, width: int) -> nn.Module:
+    """The residual block of the fusion head (its output is added to its input)."""
+    if config.fusion_head == "linear":
+        return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(config.dropout))
+    return MLP(width, config.hidden, width, layers=2, dropout=config.dropout)
 
 
 class ModalityStream(nn.Module):
@@ -181,16 +229,35 @@ class ModalityStream(nn.Module):
             self.shared = MLP(h, h, h, layers=2, dropout=config.dropout)
             self.private = MLP(h, h, h, layers=2, dropout=config.dropout)
             self.decoder = MLP(2 * h, h, h, layers=2, dropout=config.dropout)
-            self.private_head = nn.Linear(h, output_size)
+            if config.reverse_target == "normal":
+                self.private_head = nn.Linear(h, output_size)
         first = config.depth // 2
         self.in1 = nn.Linear(h + extra, h)
-        self.block1 = MaskedTransformer(h, first, config.heads, config.dropout)
-        self.out1 = nn.Linear(h, h + extra)
+        self.block1 = self._blocks(config, first)
+        self.out1 = nn.Linear(h, h + extra) if config.carry_projection == "linear" else MLP(h, h, h + extra, layers=2, dropout=config.dropout)
         self.in2 = nn.Linear(h + extra, h)
-        self.block2 = MaskedTransformer(h, config.depth - first, config.heads, config.dropout)
-        self.head = MLP(h, h, output_size, layers=2, dropout=config.dropout)
+        self.block2 = self._blocks(config, config.depth - first)
+        self.head = MLP(h, h, output_size, layers=2, dropout=config.dropout) if config.unimodal_head == "mlp" else nn.Linear(h, output_size)
         if config.prompts:
-            self.generator = PromptGenerator(h, config.prompt_size, config.num_prototypes, config.temperature, config.dropout)
+            self.prototypes = nn.Parameter(torch.randn(config.num_prototypes, h) / math.sqrt(h))
+            self.generator = PromptGenerator(h, config.prompt_size, config.temperature, config.dropout, config.prompt_generator)
+            if config.level2_generator == "separate":
+                self.generator2 = PromptGenerator(h, config.prompt_size, config.temperature, config.dropout, config.prompt_generator)
+
+    @staticmethod
+    def _blocks(config: CompConfig, depth: int) -> nn.Module:
+        if config.block_style == "plain":
+            return PlainTransformer(config.hidden, depth, config.heads, config.dropout, ff_mult=1)
+        return MaskedTransformer(config.hidden, depth, config.heads, config.dropout)
+
+    def generate(self, code: Tensor, valid: Tensor, level: str) -> tuple[Tensor, Tensor]:
+        """Prompt and prototype attention at ``level`` ("1" or "2")."""
+        generator = self.generator2 if level == "2" and hasattr(self, "generator2") else self.generator
+        return generator(code, valid, self.prototypes)
+
+    def unimodal(self, code: Tensor, valid: Tensor) -> Tensor:
+        """Warm-up path without projections (``warmup="encoders"``): block 1 -> block 2 -> representation."""
+        return self.block2(self.block1(code, valid), valid)
 
 
 @register_model("comp")
@@ -204,16 +271,12 @@ class Comp(IMERModel):
         super().__init__(config, spec)
         if len(spec.modalities) < 2:
             raise ValueError("comp needs at least 2 modalities")
-        if config.depth < 2:
-            raise ValueError("comp: depth must be >= 2 (block 1 and block 2)")
-        if not 0.0 <= config.momentum <= 1.0 or not 0.0 <= config.modulator_strength < 1.0:
-            raise ValueError("comp: momentum must lie in [0, 1] and modulator_strength in [0, 1)")
         m, h = len(spec.modalities), config.hidden
         self.embed = ModalityEmbedding(spec.dim_of, h, config.dropout)
         self.streams = nn.ModuleDict({name: ModalityStream(config, m, spec.output_size) for name in spec.modalities})
         if config.coordinator:
             self.coordinator = MLP(m * h, h, m, layers=2, dropout=config.dropout)
-        self.fusion = MLP(m * h, h, m * h, layers=2, dropout=config.dropout)
+        self.fusion = _residual_head(config, m * h)
         self.final = nn.Linear(m * h, spec.output_size)
         # True from stage 2 on; a buffer so the stage travels with saved weights and checkpoints.
         self.register_buffer("stage2", torch.tensor(self._stage2_at(0)))
@@ -226,6 +289,11 @@ class Comp(IMERModel):
     def prompting(self) -> bool:
         """Whether prompts are generated and used now (stage 2 with prompts on)."""
         return self.config.prompts and bool(self.stage2)
+
+    @property
+    def direct_warmup(self) -> bool:
+        """Warm-up without prompt projections and fusion head (``warmup="encoders"``), now."""
+        return self.config.warmup == "encoders" and not bool(self.stage2)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Stage 1 (unimodal warm-up) before ``stage_epoch``, stage 2 from it on."""
@@ -249,15 +317,39 @@ class Comp(IMERModel):
                 private[m] = torch.where(v, stream.private(z[..., j, :]), zero)
                 aux[f"recon_{m}"] = stream.decoder(torch.cat([codes[m], private[m]], dim=-1))
                 if not bool(self.stage2):  # the reverse loss exists only in the warm-up
-                    aux[f"private_pred_{m}"] = scores(stream.private_head(private[m]), self.spec.task)
+                    aux[f"private_pred_{m}"] = scores(self._private_prediction(stream, private[m], valid[..., j]), self.spec.task)
             else:
                 codes[m] = z[..., j, :]
         if cfg.disentangle:
             aux["z"], aux["shared"] = z, torch.stack([codes[m] for m in names], dim=2)
             aux["private"] = torch.stack([private[m] for m in names], dim=2)
 
-        prompting = self.prompting
         weights = torch.ones(valid.shape, dtype=z.dtype, device=z.device)  # modulator, filled by loss()
+        if self.direct_warmup:
+            outputs = {m: self.streams[m].unimodal(codes[m], valid[..., j]) for j, m in enumerate(names)}
+        else:
+            outputs = self._prompted(codes, valid, weights, aux)
+        heads = {m: self.streams[m].head(outputs[m]) for m in names}
+        per_modality = {m: scores(heads[m], self.spec.task) for m in names}
+
+        stacked = torch.stack([outputs[m] for m in names], dim=2)  # [B, L, M, H]
+        if self.direct_warmup:  # no trained fusion yet: the mean of the available modalities' own predictions
+            coord = self._uniform(valid, z.dtype)
+            prediction = torch.stack([heads[m] for m in names], dim=2).mul(coord.unsqueeze(-1)).sum(2)
+        else:
+            if not bool(self.stage2):
+                stacked = stacked.detach()  # warm-up: the fusion head learns without training the encoders
+            coord = self._coordinate(stacked, valid)
+            fused = (coord.unsqueeze(-1) * stacked).flatten(-2)
+            prediction = self.final(fused + self.fusion(fused))
+        aux["coordinator"], aux["modulator_weights"] = coord, weights
+        return ModelOutput(prediction=scores(prediction, self.spec.task), modality_predictions=per_modality, aux=aux)
+
+    def _prompted(self, codes: dict[str, Tensor], valid: Tensor, weights: Tensor, aux: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Blocks 1 and 2 with prompt inputs (zeros while not prompting) -> each modality's representation."""
+        cfg, names = self.config, self.modalities
+        zero = torch.zeros((), dtype=weights.dtype)
+        prompting = self.prompting
         new_prompts = self._prompts(codes, valid, weights, aux, "1") if prompting else None
         hidden, carried = {}, {}
         for j, m in enumerate(names):
@@ -267,7 +359,7 @@ class Comp(IMERModel):
             hidden[m], carried[m] = out[..., : cfg.hidden], out[..., cfg.hidden :]
         if prompting:
             regenerated = self._prompts(hidden, valid, weights, aux, "2")
-        outputs, per_modality = {}, {}
+        outputs = {}
         for j, m in enumerate(names):
             stream = self.streams[m]
             if prompting:
@@ -279,24 +371,27 @@ class Comp(IMERModel):
             else:
                 x = self._with_prompts(hidden[m], None, j)
             outputs[m] = stream.block2(stream.in2(x), valid[..., j])
-            per_modality[m] = scores(stream.head(outputs[m]), self.spec.task)
+        return outputs
 
-        stacked = torch.stack([outputs[m] for m in names], dim=2)  # [B, L, M, H]
-        if not bool(self.stage2):
-            stacked = stacked.detach()  # warm-up: the fusion head learns without training the encoders
-        coord = self._coordinate(stacked, valid)
-        fused = (coord.unsqueeze(-1) * stacked).flatten(-2)
-        prediction = self.final(fused + self.fusion(fused))
-        aux["coordinator"], aux["modulator_weights"] = coord, weights
-        return ModelOutput(prediction=scores(prediction, self.spec.task), modality_predictions=per_modality, aux=aux)
+    def _private_prediction(self, stream: ModalityStream, private: Tensor, valid: Tensor) -> Tensor:
+        """The private path's prediction for the reverse loss: own Linear, or the shared blocks and head."""
+        if self.config.reverse_target == "normal":
+            return stream.private_head(private)
+        if self.config.warmup == "encoders":
+            return stream.head(stream.unimodal(private, valid))
+        x = self._with_prompts(private, None, 0)
+        out = stream.out1(stream.block1(stream.in1(x), valid))[..., : self.config.hidden]
+        return stream.head(stream.block2(stream.in2(self._with_prompts(out, None, 0)), valid))
 
     def _prompts(self, codes: dict[str, Tensor], valid: Tensor, weights: Tensor, aux: dict[str, Tensor], level: str) -> dict[str, Tensor]:
         """Every modality's prompt at one level; absent -> 0; the modulator scales their gradients."""
+        modulate, scoped = self.config.modulator, self.config.modulator_scope == "generator"
         out = {}
         for j, m in enumerate(self.modalities):
-            prompt, attention = self.streams[m].generator(codes[m], valid[..., j])
+            code = GradScale.apply(codes[m], weights[..., j], True) if modulate and scoped else codes[m]
+            prompt, attention = self.streams[m].generate(code, valid[..., j], level)
             aux[f"prompt{level}_{m}"], aux[f"prototype_attention{level}_{m}"] = prompt, attention
-            out[m] = GradScale.apply(prompt, weights[..., j]) if self.config.modulator else prompt
+            out[m] = GradScale.apply(prompt, weights[..., j]) if modulate else prompt
         return out
 
     def _with_prompts(self, code: Tensor, prompts: dict[str, Tensor] | None, j: int) -> Tensor:
@@ -304,19 +399,24 @@ class Comp(IMERModel):
         if not self.config.prompts:
             return code
         if prompts is None:
-            return torch.cat([code, code.new_zeros(*code.shape[:-1], self.streams[self.modalities[j]].extra)], dim=-1)
+            extra = (len(self.modalities) - 1) * self.config.prompt_size
+            return torch.cat([code, code.new_zeros(*code.shape[:-1], extra)], dim=-1)
         others = [prompts[k] for i, k in enumerate(self.modalities) if i != j]
         return torch.cat([code, *others], dim=-1)
 
+    @staticmethod
+    def _uniform(valid: Tensor, dtype: torch.dtype) -> Tensor:
+        """Equal weights over the available modalities (0 elsewhere)."""
+        weights = valid.to(dtype)
+        return weights / weights.sum(-1, keepdim=True).clamp(min=1.0)
+
     def _coordinate(self, stacked: Tensor, valid: Tensor) -> Tensor:
         """Softmax weights ``[B, L, M]`` over available modalities (0 for absent ones and padding)."""
-        if self.config.coordinator:
-            logits = self.coordinator(stacked.flatten(-2))
-            logits = torch.where(valid, logits, torch.full((), -1e9, dtype=logits.dtype))
-            weights = torch.softmax(logits, dim=-1)
-        else:
-            weights = valid.to(stacked.dtype)
-            weights = weights / weights.sum(-1, keepdim=True).clamp(min=1.0)
+        if not self.config.coordinator:
+            return self._uniform(valid, stacked.dtype)
+        logits = self.coordinator(stacked.flatten(-2))
+        logits = torch.where(valid, logits, torch.full((), -1e9, dtype=logits.dtype))
+        weights = torch.softmax(logits, dim=-1)
         return torch.where(valid, weights, torch.zeros((), dtype=weights.dtype))
 
     # ----- losses ---------------------------------------------------------------------------
@@ -342,19 +442,21 @@ class Comp(IMERModel):
         cfg, names = self.config, self.modalities
         assert out.modality_predictions is not None
         valid = available & mask.unsqueeze(-1)
-        prompting = self.prompting
-        terms = {"task": self.task_loss(out.prediction, labels, mask)}
+        stage2 = bool(self.stage2)
+        terms = {} if self.direct_warmup else {"task": self.task_loss(out.prediction, labels, mask)}
         unimodal = sum(self.task_loss(out.modality_predictions[m], labels, valid[..., j]) for j, m in enumerate(names))
         terms["unimodal"] = cfg.unimodal_weight * unimodal
-        if cfg.modulator and prompting:
-            out.aux["modulator_weights"].copy_(modulator_weights(self.modality_errors(out, labels), valid, cfg.modulator_strength))
+        if cfg.modulator and self.prompting:
+            errors = self.modality_errors(out, labels)
+            out.aux["modulator_weights"].copy_(modulator_weights(errors, valid, cfg.modulator_strength, cfg.modulator_direction))
         if cfg.disentangle:
-            terms["recon"] = cfg.recon_weight * sum(
-                _masked_average((out.aux[f"recon_{m}"] - out.aux["z"][..., j, :].detach()).pow(2).mean(-1), valid[..., j])
-                for j, m in enumerate(names)
-            )
+            if stage2 or cfg.recon_stages == "both":
+                terms["recon"] = cfg.recon_weight * sum(
+                    _masked_average((out.aux[f"recon_{m}"] - out.aux["z"][..., j, :].detach()).pow(2).mean(-1), valid[..., j])
+                    for j, m in enumerate(names)
+                )
             terms["disentangle"] = cfg.disentangle_weight * self._disentangle_loss(out.aux["shared"], out.aux["private"], valid)
-            if not bool(self.stage2):
+            if not stage2:
                 terms["reverse"] = cfg.reverse_weight * sum(
                     self._reverse_loss(out.aux[f"private_pred_{m}"], labels, valid[..., j]) for j, m in enumerate(names)
                 )
@@ -362,13 +464,22 @@ class Comp(IMERModel):
 
     def _disentangle_loss(self, shared: Tensor, private: Tensor, valid: Tensor) -> Tensor:
         """|cos(private_i, private_j)| + |cos(private_m, shared_m)| + JS(sigmoid(shared_i), sigmoid(shared_j)), observed positions only."""
-        m = len(self.modalities)
-        loss = sum(_masked_average(F.cosine_similarity(private[..., j, :], shared[..., j, :], dim=-1).abs(), valid[..., j]) for j in range(m))
+        cfg, m = self.config, len(self.modalities)
+
+        def private_shared(j: int, where: Tensor) -> Tensor:
+            return _masked_average(F.cosine_similarity(private[..., j, :], shared[..., j, :], dim=-1).abs(), where)
+
+        per_pair = cfg.private_shared_terms == "per_pair"
+        loss = shared.new_zeros(()) if per_pair else sum(private_shared(j, valid[..., j]) for j in range(m))
         for i in range(m):
             for j in range(i + 1, m):
                 both = valid[..., i] & valid[..., j]
+                js = bernoulli_js(shared[..., i, :], shared[..., j, :])
+                js = js.sum(-1) if cfg.js_reduction == "sum" else js.mean(-1)
                 loss = loss + _masked_average(F.cosine_similarity(private[..., i, :], private[..., j, :], dim=-1).abs(), both)
-                loss = loss + _masked_average(bernoulli_js(shared[..., i, :], shared[..., j, :]).mean(-1), both)
+                loss = loss + _masked_average(js, both)
+                if per_pair:
+                    loss = loss + private_shared(i, both) + private_shared(j, both)
         return loss
 
     def _reverse_loss(self, prediction: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
@@ -376,12 +487,16 @@ class Comp(IMERModel):
 
         Classification: cross-entropy towards the complement of the true class,
         ``-log(1 - p(true))`` (computed in log space). Regression: regress to
-        standard-normal noise.
+        noise, N(0, 1) (``reverse_target="normal"``) or 1.5 N(0, 1) clamped to
+        [-3, 3] (``"published"``, the label range of CMU-MOSI).
         """
         if self.spec.task == "classification":
             true = F.one_hot(labels.long(), prediction.shape[-1]).bool()
             log_rest = torch.logsumexp(prediction.masked_fill(true, float("-inf")), dim=-1) - torch.logsumexp(prediction, dim=-1)
             per = -log_rest
         else:
-            per = (prediction - torch.randn_like(prediction)).pow(2)
+            noise = torch.randn_like(prediction)
+            if self.config.reverse_target == "published":
+                noise = (1.5 * noise).clamp(-3.0, 3.0)
+            per = (prediction - noise).pow(2)
         return _masked_average(per, weight)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as dump_safetensors
 
-from imer.errors import IMERError
+from imer.errors import DataError
+from imer.io import atomic_write, write_bytes
+
+# A safetensors header holds names, dtypes, shapes and offsets: a few kB even for large models.
+_MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Atomically write a training checkpoint (model, optimizer, RNG, best-so-far)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -25,18 +28,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt/unsafe files
-        raise IMERError(f"{path}: cannot load checkpoint safely ({type(exc).__name__}: {exc})") from None
+        raise DataError(
+            f"{path}: damaged or not an imer checkpoint ({type(exc).__name__}); "
+            "train again with --overwrite (or into a new --out)"
+        ) from None
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
     """Best weights as safetensors (a format that holds only tensors)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp))
-    os.replace(tmp, path)
+    write_bytes(path, dump_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise IMERError(f"{path}: weights file not found")
-    return load_file(str(path))
+    """Tensors of a safetensors file; :class:`DataError` for a missing, damaged or crafted file.
+
+    The header length is checked against the file size before anything is
+    parsed, so a crafted header cannot make imer allocate huge buffers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: weights file not found")
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        prefix = fh.read(8)
+        header = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if header < 2 or header > min(_MAX_HEADER_BYTES, size - 8):
+            raise DataError(f"{path}: not a valid safetensors weights file (bad header); the run folder is damaged, train again")
+        fh.seek(0)
+        data = fh.read()
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
+        raise DataError(f"{path}: not a valid safetensors weights file ({exc}); the run folder is damaged, train again") from None

@@ -10,8 +10,7 @@ resumes to the same result. Methods with stages hook in through
 from __future__ import annotations
 
 import copy
-import json
-import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from imer.data.batching import SplitBatcher
 from imer.data.missing import derive_seed, missing_fraction
 from imer.errors import IMERError
 from imer.evaluation.metrics import MetricAccumulator, is_better
+from imer.io import append_jsonl, atomic_write, dumps, loads
 from imer.models.base import IMERModel
 from imer.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -138,7 +138,8 @@ class Trainer:
             start, best, history = self._restore()
         elapsed: list[float] = [h["seconds"] for h in history]
         epochs = range(start, self.epochs)
-        bar = tqdm(epochs, desc="epochs", disable=not self.progress, leave=False, initial=start, total=self.epochs)
+        plain = self.progress and not sys.stderr.isatty()  # logs and pipes get one line per epoch, no carriage returns
+        bar = tqdm(epochs, desc="epochs", disable=not self.progress or plain, leave=False, initial=start, total=self.epochs)
         for epoch in bar:
             t0 = time.perf_counter()
             self.model.on_epoch_start(epoch)
@@ -172,6 +173,9 @@ class Trainer:
             self._log(record)
             self._checkpoint(epoch, best, history)
             bar.set_postfix({"loss": f"{losses['total']:.3f}", f"valid_{self.select_metric}": f"{score:.3f}", "best": best["epoch"]})
+            if plain:
+                print(f"epoch {epoch + 1}/{self.epochs}: loss {losses['total']:.4f}, valid {self.select_metric} {score:.4f}, "
+                      f"best epoch {best['epoch']}, {seconds:.1f}s", file=sys.stderr, flush=True)
         bar.close()
         if best["state"] is None:
             raise TrainingError("no epoch was trained (epochs <= resumed epoch?)")
@@ -258,8 +262,7 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if self.run_dir is None:
             return
-        with (self.run_dir / "history.jsonl").open("a") as fh:
-            fh.write(json.dumps(record, default=_plain) + "\n")
+        append_jsonl(self.run_dir / "history.jsonl", record)
 
     def _checkpoint(self, epoch: int, best: dict[str, Any], history: list[dict[str, Any]]) -> None:
         if self.checkpoint_path is None:
@@ -273,10 +276,10 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(),
                 "best_epoch": best["epoch"],
                 "best_score": best["score"],
-                "best_valid": json.dumps(best["valid"], default=_plain),
-                "best_test": json.dumps(best["test"], default=_plain),
+                "best_valid": dumps(best["valid"]),
+                "best_test": dumps(best["test"]),
                 "best_state": best["state"],
-                "history": json.dumps(history, default=_plain),
+                "history": dumps(history),
             },
         )
 
@@ -285,23 +288,16 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        history = json.loads(state["history"])
+        history = loads(state["history"])
         best = {
             "epoch": int(state["best_epoch"]),
             "score": state["best_score"],
-            "valid": json.loads(state["best_valid"]),
-            "test": json.loads(state["best_test"]),
+            "valid": loads(state["best_valid"]),
+            "test": loads(state["best_test"]),
             "state": state["best_state"],
         }
         if self.run_dir is not None:
-            lines = [json.dumps(h, default=_plain) + "\n" for h in history]
-            (self.run_dir / "history.jsonl").write_text("".join(lines))
+            with atomic_write(self.run_dir / "history.jsonl") as fh:
+                fh.write("".join(dumps(h) + "\n" for h in history))
         return int(state["epoch"]) + 1, best, history
 
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

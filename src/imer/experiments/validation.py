@@ -1,0 +1,351 @@
+"""Check every field of a run config (type and range) before any work starts.
+
+Run-config fields are checked against their dataclass annotations and the
+ranges in :data:`RUN_RANGES`; model options against the method's config
+dataclass and the naming rules in :data:`MODEL_RULES` (so a new method gets
+sensible checks without code here); data options against the loader's
+signature. Errors are :class:`~imer.errors.ConfigError` whose message starts
+with the field, e.g. ``train.lr: must be a number > 0, got 'fast'``.
+
+Stage lengths: a model option named ``*_epoch`` or ``*_epochs`` counts
+epochs. It may be given as a fraction of the budget (``0 < x < 1``, e.g.
+``stage_epoch = 0.5`` with ``train.epochs = 40`` means 20), resolved here to
+whole epochs so models only ever see integers. A stage length that leaves a
+later stage no epoch at all is warned about loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from imer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from imer.experiments.config import RunConfig
+
+# Metrics that model selection can use (see imer.evaluation.metrics).
+SELECT_METRICS = {
+    "classification": ("acc", "ua", "wf1"),
+    "regression": ("acc2", "f1", "acc2_with_zero", "mae", "corr", "acc7"),
+}
+MAX_SEED = 2**32 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed interval of a number (``None`` = unbounded); ``low_open``/``high_open`` exclude the ends."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def text(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "finite"
+
+
+POSITIVE = Range(0, None, low_open=True)
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+UNIT = Range(0, 1)
+FRACTION = Range(0, 1, low_open=True, high_open=True)
+
+RUN_RANGES: dict[str, Range] = {
+    "seed": Range(0, MAX_SEED),
+    "data.fold": Range(None),
+    "data.valid_fraction": FRACTION,
+    "data.split_seed": Range(0, MAX_SEED),
+    "missing.rate": UNIT,
+    "missing.test_rate": UNIT,
+    "missing.mask_seed": Range(0, MAX_SEED),
+    "train.epochs": AT_LEAST_1,
+    "train.batch_size": AT_LEAST_1,
+    "train.lr": POSITIVE,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.grad_clip": NON_NEGATIVE,
+    "train.threads": AT_LEAST_1,
+}
+RUN_CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.selection": ("valid", "test-published"),
+    "train.select_metric": tuple(dict.fromkeys(SELECT_METRICS["classification"] + SELECT_METRICS["regression"])),
+}
+_DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+
+# Model options by name (first match wins); any other number only has to be finite.
+MODEL_RULES: list[tuple[re.Pattern[str], Range]] = [
+    (re.compile(r"^(.*_)?dropout$"), Range(0, 1, high_open=True)),
+    (re.compile(r".*_(prob|rate)$|^momentum$|^modulator_strength$"), UNIT),
+    (re.compile(r"^temperature$|.*_temperature$"), POSITIVE),
+    (re.compile(r".*_weight$|^lambda_\d+$"), NON_NEGATIVE),
+    (re.compile(r"^(hidden|depth|heads|layers|n_blocks|cls_hidden|cls_layers|prompt_size|num_prototypes|prompt_pool|fusion_depth|mlp_ratio|conditions)$"), AT_LEAST_1),
+    (re.compile(r"^(graph_hidden|proj_dim)$"), NON_NEGATIVE),
+    (re.compile(r".*_layers$"), AT_LEAST_1),
+]
+STAGE_FIELD = re.compile(r".*_epochs?$")
+
+
+# ----------------------------------------------------------------------------- types
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` checked against ``annotation`` (int -> float widened, integral float -> int); ConfigError otherwise."""
+    ok, result = _match(value, annotation)
+    if not ok:
+        raise ConfigError(f"{where}: must be {_describe(annotation)}, got {value!r}")
+    return result
+
+
+def _match(value: Any, ann: Any) -> tuple[bool, Any]:
+    if ann is Any or ann is object:
+        return True, value
+    origin = typing.get_origin(ann)
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(ann)
+        for arg in sorted(args, key=lambda a: a is str):  # try str last so 7 stays an int where int is allowed
+            ok, result = _match(value, arg)
+            if ok:
+                return True, result
+        return False, value
+    if ann is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return value in typing.get_args(ann), value
+    if ann is bool:
+        return isinstance(value, bool), value
+    if ann is int:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return True, int(value)
+        return False, value
+    if ann is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return True, float(value)
+    if ann is str:
+        if isinstance(value, str):
+            return True, value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
+        return False, value
+    if origin in (list, tuple, Sequence, typing.Sequence) or ann in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        if not args:
+            return True, value
+        items = [_match(v, args[0]) for v in value]
+        return all(ok for ok, _ in items), [r for _, r in items]
+    if origin in (dict, Mapping, typing.Mapping) or ann in (dict,):
+        if not isinstance(value, Mapping):
+            return False, value
+        args = typing.get_args(ann)
+        if len(args) != 2:
+            return True, dict(value)
+        pairs = [(_match(k, args[0]), _match(v, args[1])) for k, v in value.items()]
+        return all(a[0] and b[0] for a, b in pairs), {a[1]: b[1] for a, b in pairs}
+    return True, value
+
+
+def _describe(ann: Any) -> str:
+    origin = typing.get_origin(ann)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(_describe(a) for a in typing.get_args(ann))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "unset (none)"}
+    if ann in names:
+        return names[ann]
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        args = typing.get_args(ann)
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin in (dict, Mapping, typing.Mapping):
+        return "a table like {name=\"value\"} (TOML inline table or JSON object)"
+    return getattr(ann, "__name__", str(ann))
+
+
+def _check_range(value: Any, rng: Range, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not rng.admits(value):
+        raise ConfigError(f"{where}: must be {rng.text()}, got {value!r}")
+
+
+def _hints(cls: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved: skip type checks for that class
+        return {}
+
+
+# ----------------------------------------------------------------------------- sections
+def _check_section(obj: Any, section: str) -> None:
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if f.name == "options":
+            continue
+        where = f"{section}.{f.name}" if section else f.name
+        value = coerce(getattr(obj, f.name), hints.get(f.name, Any), where)
+        setattr(obj, f.name, value)
+        if value is None:
+            continue
+        if where in RUN_RANGES:
+            _check_range(value, RUN_RANGES[where], where)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: must be finite, got {value!r}")
+        if where in RUN_CHOICES and value not in RUN_CHOICES[where]:
+            raise ConfigError(f"{where}: unknown value {value!r}; choose one of {', '.join(RUN_CHOICES[where])}")
+
+
+def _check_top(config: RunConfig) -> None:
+    if not isinstance(config.method, str) or not config.method:
+        raise ConfigError(f"method: must be a method name (see `imer list`), got {config.method!r}")
+    config.seed = coerce(config.seed, int, "seed")
+    _check_range(config.seed, RUN_RANGES["seed"], "seed")
+    if not isinstance(config.data.name, str) or not config.data.name:
+        raise ConfigError(f"data.name: must be a dataset name or a path to a .npz file, got {config.data.name!r}")
+    if not _DEVICE.match(str(config.train.device)):
+        raise ConfigError(f"train.device: must be cpu, cuda, cuda:N, mps or auto, got {config.train.device!r}")
+    if not isinstance(config.data.options, dict):
+        raise ConfigError(f"data.options: must be a table of loader options, got {config.data.options!r}")
+    if not isinstance(config.model, dict):
+        raise ConfigError(f"model: must be a table of method options, got {config.model!r}")
+
+
+def check_data_options(config: RunConfig) -> None:
+    """``data.options`` against the loader's parameters (name and type)."""
+    from imer.data.registry import dataset_options
+
+    params = dataset_options(config.data.name)
+    for key, value in list(config.data.options.items()):
+        where = f"data.options.{key}"
+        if key not in params:
+            known = ", ".join(sorted(params)) or "none"
+            raise ConfigError(f"{where}: dataset '{config.data.name}' has no option '{key}' (its options: {known})")
+        config.data.options[key] = coerce(value, params[key], where)
+
+
+def check_model(config: RunConfig) -> None:
+    """Model options: known names, types, ranges, stage lengths; then a trial build of the method.
+
+    Fills ``config.model`` with every option (defaults included, stage fractions resolved).
+    """
+    from imer.models.registry import get_model_class
+
+    cls = get_model_class(config.method).config_class
+    hints = _hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config.model) - set(known))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: method '{config.method}' has no option '{unknown[0]}'; its options: {', '.join(sorted(known))}")
+    defaults = dataclasses.asdict(cls())
+    for name in known:
+        where = f"model.{name}"
+        value = config.model.get(name, defaults[name])
+        if STAGE_FIELD.match(name) and isinstance(value, float) and 0 < value < 1:
+            value = max(1, int(round(value * config.train.epochs)))
+        value = coerce(value, hints.get(name, Any), where)
+        config.model[name] = value  # the complete, resolved options: what the run will use
+        if STAGE_FIELD.match(name):
+            _check_range(value, NON_NEGATIVE, where)
+            _warn_unreachable_stage(config, name, value)
+            continue
+        rule = next((rng for pattern, rng in MODEL_RULES if pattern.match(name)), Range(None))
+        for item in value if isinstance(value, list) else [value]:
+            _check_range(item, rule, where)
+    _trial_build(config)
+
+
+def _warn_unreachable_stage(config: RunConfig, name: str, value: int) -> None:
+    if config.model.get("single_stage") is True or not isinstance(value, int):
+        return
+    if 0 < config.train.epochs <= value:
+        warnings.warn(
+            f"model.{name}={value} but train.epochs={config.train.epochs}: the stage after it never starts and the run "
+            f"trains stage 1 only; lower it or give a fraction of the budget, e.g. --set model.{name}=0.5",
+            stacklevel=3,
+        )
+
+
+def _trial_build(config: RunConfig) -> None:
+    """Build the method on a tiny data spec, so option combinations a method refuses fail now, not after loading data."""
+    from imer.models import DataSpec, create_model
+
+    spec = DataSpec(("audio", "text", "video"), (4, 4, 4), "classification", 2)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            create_model(config.method, spec, config.model)
+        except ConfigError:
+            raise
+        except (ValueError, AssertionError, TypeError, RuntimeError) as exc:
+            raise ConfigError(f"model: method '{config.method}' cannot be built with these options: {str(exc).splitlines()[0]}") from None
+
+
+def validate_run_config(config: RunConfig, check_data: bool = True) -> None:
+    """Check and normalise ``config`` in place; the first problem raises :class:`ConfigError` naming the field.
+
+    ``check_data=False`` leaves out the dataset name and its options (a dataset given in memory).
+    """
+    _check_top(config)
+    for section in ("data", "missing", "train"):
+        _check_section(getattr(config, section), section)
+    if check_data:
+        check_data_options(config)
+    check_model(config)
+
+
+def validate_data_config(config: RunConfig) -> None:
+    """Check the ``data`` section alone (``imer data info``/``convert``)."""
+    if not isinstance(config.data.options, dict):
+        raise ConfigError(f"data.options: must be a table of loader options, got {config.data.options!r}")
+    _check_section(config.data, "data")
+    check_data_options(config)
+
+
+def check_select_metric(metric: str, task: str) -> None:
+    """``train.select_metric`` must be computed for the data's task (known once the data is loaded)."""
+    if metric not in SELECT_METRICS[task]:
+        raise ConfigError(f"train.select_metric: '{metric}' is not computed for {task}; choose one of {', '.join(SELECT_METRICS[task])}")
+
+
+def validate_sweep(spec: Any) -> None:
+    """Build (and so check) the config of every method × dataset of a sweep before any cell runs."""
+    from imer.experiments.config import build_run_config
+    from imer.experiments.sweep import overrides_for
+
+    for rate in spec.rates:
+        _check_range(rate, UNIT, "--missing-rates")
+    for seed in spec.seeds:
+        _check_range(seed, RUN_RANGES["seed"], "--seeds")
+    for dataset in spec.datasets:
+        for method in spec.methods:
+            for fold in spec.folds or [None]:
+                try:
+                    build_run_config(method, dataset, overrides=overrides_for(method, spec.overrides), data__data_dir=spec.data_dir,
+                                     data__fold=fold, train__epochs=spec.epochs, train__threads=spec.threads)
+                except ConfigError as exc:
+                    raise ConfigError(f"{method} on {dataset}: {exc}") from None
