@@ -67,7 +67,7 @@ def test_aggregation_equals_metrics_files(sweep_dir):
 def test_markdown_cells_and_best_marking(sweep_dir):
     report = build_report(sweep_dir, plots=False)
     lines = (sweep_dir / "report" / "table.md").read_text().splitlines()
-    assert lines[0] == "| dataset | method | metric | rate 0.1 | rate 0.7 |"
+    assert lines[0] == "| dataset | variant | metric | rate 0.1 | rate 0.7 |"
     # A: acc2 82.00 ± 1.63, best F1 at 0.1 (80.00 ± 0.82); best ACC at 0.7
     assert lines[2] == "| cmu-mosi | A | ACC/F1 | 82.00 ± 1.63 / **80.00 ± 0.82** | **72.00 ± 1.63** / 70.00 ± 0.82 |"
     # B: best ACC at 0.1 (std 0), best F1 at 0.7, only 2 seeds there
@@ -87,7 +87,7 @@ def test_latex_csv_and_json(sweep_dir):
     agg = next(a for a in data["aggregates"] if a["method"] == "B" and a["rate"] == 0.7)
     assert agg["metrics"]["f1"]["mean"] == pytest.approx(0.76) and agg["best"] == ["f1"] and agg["seeds"] == [0, 1]
     assert "ddof=0" in data["std"]
-    assert report.text("csv").startswith("dataset,method,rate,task")
+    assert report.text("csv").startswith("dataset,variant,method,rate,task")
 
 
 def test_classification_folds_and_conditions(tmp_path):
@@ -102,7 +102,7 @@ def test_classification_folds_and_conditions(tmp_path):
     report = build_report(tmp_path, plots=False)
     assert "| iemocap4 | C | ACC/UA | **65.00 ± 5.00** / **55.00 ± 5.00** |" in report.text("md")
     cmd = (tmp_path / "report" / "conditions.md").read_text().splitlines()
-    assert cmd[0] == "| dataset | method | train rate | metric | {a} | {t} | {at} | avg |"
+    assert cmd[0] == "| dataset | variant | train rate | metric | {a} | {t} | {at} | avg |"
     assert cmd[2] == "| iemocap4 | C | 0.4 | ACC | 40.00 ± 0.00 | 60.00 ± 0.00 | 80.00 ± 0.00 | 60.00 |"
     assert (tmp_path / "report" / "conditions.tex").is_file() and (tmp_path / "report" / "conditions.csv").is_file()
 
@@ -127,3 +127,19 @@ def test_cli_report_formats_and_errors(sweep_dir, tmp_path, capsys):
     assert "no finished runs" in capsys.readouterr().err
     with pytest.raises(IMERError):
         build_report(tmp_path / "missing")
+
+
+def test_method_diagnostics_at_the_selected_epoch(tmp_path):
+    """The report page shows each method's own per-epoch diagnostics at the selected epoch, mean over seeds."""
+    for seed, matched in ((0, 0.2), (1, 0.4)):
+        history = [{"modality_acc": {"a": 0.5}} for _ in range(3)]
+        run = write_run(tmp_path, "cmu-mosi", "P", 0.4, seed, {"acc2": 0.7, "f1": 0.7})
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["selection"] = {"rule": "valid", "best_epoch": 1, "epochs": 3}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        lines = [{"epoch": e, "test": h, "diagnostics": {"test": {"gen": {"audio": {"matched": matched + e, "count": 9}}}}} for e, h in enumerate(history)]
+        (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    build_report(tmp_path, plots=False)
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "| dataset | variant | rate | n | gen/audio/matched | gen/audio/count |" in page
+    assert "| cmu-mosi | P | 0.4 | 2 | 1.300 | 9.000 |" in page

@@ -26,9 +26,9 @@ def spec(**kw) -> SweepSpec:
 
 def test_grid_paths_and_parsing():
     cells = spec(rates=[0.1, 0.7]).cells()
-    assert len(cells) == 8 and cells[0] == Cell("synthetic", "early-fusion", 0.1, 0)
-    assert Cell("cmu-mosi", "comp", 0.4, 2).relpath == Path("runs/cmu-mosi/comp/rate=0.4/seed=2")
-    assert Cell("iemocap4", "comp", 0.4, 2, fold=3).relpath == Path("runs/iemocap4/comp/rate=0.4/fold=3/seed=2")
+    assert len(cells) == 8 and cells[0] == Cell("synthetic", "early-fusion", "early-fusion", 0.1, 0, dataset_id="synthetic")
+    assert Cell("cmu-mosi", "comp", "comp", 0.4, 2).relpath == Path("runs/cmu-mosi/comp/rate=0.4/seed=2")
+    assert Cell("iemocap4", "comp-x", "comp", 0.4, 2, fold=3).relpath == Path("runs/iemocap4/comp-x/rate=0.4/fold=3/seed=2")
     assert parse_list("0.1, 0.4,0.4,", float) == [0.1, 0.4]
     with pytest.raises(ConfigError):
         parse_list("0.1,x", float)
@@ -55,9 +55,9 @@ def test_kill_midway_then_resume_repeats_nothing(tmp_path, monkeypatch):
     calls: list[tuple[str, bool]] = []
     real_train, real_checkpoint = run_module.train, Trainer._checkpoint
 
-    def counting_train(config, out, resume=False, dataset=None):
+    def counting_train(config, out, resume=False, **kw):
         calls.append((Path(out).relative_to(tmp_path).as_posix(), resume))
-        return real_train(config, out, resume=resume, dataset=dataset)
+        return real_train(config, out, resume=resume, **kw)
 
     def killing_checkpoint(self, epoch, best, history):
         real_checkpoint(self, epoch, best, history)

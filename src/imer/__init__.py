@@ -7,6 +7,13 @@ The Python API mirrors the CLI::
     metrics = imer.train(config, "runs/ef")
     imer.evaluate("runs/ef", condition="t")
     rows = imer.predict("runs/ef", "new.npz")
+    table = imer.results("sweeps/mosi")          # pandas.DataFrame, one row per run
+
+and works in memory::
+
+    ds = imer.Dataset.from_arrays({"audio": xa, "text": xt}, labels)
+    model = imer.fit("comp", ds, missing_rate=0.3)
+    model.predict({"audio": xa, "text": xt}); model.save("runs/m"); imer.load("runs/m")
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ _API = {
     "make_synthetic": "imer.data",
     "create_model": "imer.models",
     "list_models": "imer.models",
+    "Dataset": ("imer.data", "MultimodalDataset"),
+    "fit": "imer.experiments.estimator",
+    "load": "imer.experiments.estimator",
+    "Model": "imer.experiments.estimator",
+    "results": "imer.evaluation.runs",
+    "load_spec": "imer.experiments.spec",
 }
 
 __all__ = sorted(_API)

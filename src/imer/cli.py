@@ -22,6 +22,8 @@ examples:
   imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\
              --missing-rates 0.1,0.4,0.7 --seeds 0,1,2 --epochs 20 --workers 2 --out sweeps/mosi
   imer report sweeps/mosi
+  imer sweep experiments/mosi_comp.toml --data-dir ../shared/data --workers 2 --out results/mosi_comp
+  imer list 'comp*' --spec experiments/mosi_comp.toml
 
 Data folder: --data-dir PATH or the IMER_DATA environment variable.
 """
@@ -75,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train__device=args.device,
         train__threads=args.threads,
         train__progress=False if args.no_progress else None,
+        train__log_to=args.log_to,
     )
     metrics = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     sel = metrics["selection"]
@@ -245,11 +248,19 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from imer.data import list_datasets
+    from imer.experiments.spec import filter_names, load_spec
     from imer.models import get_model_class, list_models
 
+    if args.spec:
+        variants = load_spec(args.spec)[0]["variants"]
+        shown = set(filter_names([v.name for v in variants], args.pattern))
+        _table(f"variants of {args.spec}", ["name", "method", "base", "overrides", "epochs"],
+               [[v.name, v.method, v.base or "", " ".join(v.overrides), v.epochs or ""] for v in variants if v.name in shown])
+        return 0
     _table("methods", ["name", "kind", "description"],
-           [[m, "dialogue" if get_model_class(m).uses_context else "utterance", _method_description(get_model_class(m))] for m in list_models()])
-    _table("datasets", ["name", "description"], [[k, v] for k, v in list_datasets().items()])
+           [[m, "dialogue" if get_model_class(m).uses_context else "utterance", _method_description(get_model_class(m))]
+            for m in filter_names(list_models(), args.pattern)])
+    _table("datasets", ["name", "description"], [[k, v] for k, v in list_datasets().items() if filter_names([k], args.pattern)])
     return 0
 
 
@@ -263,22 +274,41 @@ def _method_description(cls: type) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from imer.errors import ConfigError
+    from imer.experiments.spec import load_spec
     from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
     from imer.experiments.validation import validate_sweep
 
-    spec = SweepSpec(
-        methods=parse_list(args.methods),
-        datasets=parse_list(args.datasets),
-        rates=parse_list(args.missing_rates, float),
-        seeds=parse_list(args.seeds, int),
-        folds=parse_list(args.folds, int) if args.folds else None,
-        epochs=args.epochs,
-        data_dir=args.data_dir,
-        overrides=args.set,
-        conditions=args.conditions,
-        threads=args.threads,
-    )
-    validate_sweep(spec)  # every method × dataset config is checked before the first cell starts
+    grid = {"--methods": args.methods, "--datasets": args.datasets, "--missing-rates": args.missing_rates, "--seeds": args.seeds,
+            "--folds": args.folds, "--epochs": args.epochs, "--set": args.set or None}
+    if args.spec:
+        given = [flag for flag, value in grid.items() if value is not None]
+        if given:
+            raise ConfigError(f"sweep: {', '.join(given)} cannot be combined with a spec file; edit {args.spec} instead")
+        kwargs, experiment = load_spec(args.spec)
+        kwargs.setdefault("threads", args.threads)
+        if args.data_dir:
+            kwargs["data_dir"] = args.data_dir
+        spec = SweepSpec(**kwargs, experiment=experiment, log_to=args.log_to)
+        spec.conditions = spec.conditions or args.conditions
+    else:
+        missing = [flag for flag in ("--methods", "--datasets", "--missing-rates", "--seeds") if grid[flag] is None]
+        if missing:
+            raise ConfigError(f"sweep: give a spec file (imer sweep experiments/x.toml --out DIR) or all of {', '.join(missing)}")
+        spec = SweepSpec(
+            methods=parse_list(args.methods),
+            datasets=parse_list(args.datasets),
+            rates=parse_list(args.missing_rates, float),
+            seeds=parse_list(args.seeds, int),
+            folds=parse_list(args.folds, int) if args.folds else None,
+            epochs=args.epochs,
+            data_dir=args.data_dir,
+            overrides=args.set,
+            conditions=args.conditions,
+            threads=args.threads,
+            log_to=args.log_to,
+        )
+    validate_sweep(spec)  # every variant × dataset config is checked before the first cell starts
     try:
         manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -361,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a finished or interrupted run in --out (otherwise refused)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--log-to", choices=("tensorboard", "mlflow"), help="also send each epoch's history to TensorBoard (DIR/tensorboard) or MLflow "
+                   "(pip install 'imer[tensorboard]' / 'imer[mlflow]')")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run under a missing rate or a fixed condition",
@@ -475,12 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser(
         "sweep",
-        help="run a grid of methods × datasets × missing rates × seeds, resumable and parallel",
-        description="Train every cell of the grid into DIR/runs/<dataset>/<method>/rate=<r>/seed=<s>. Cells with a metrics.json "
+        help="run an experiment spec, or a grid of methods × datasets × missing rates × seeds; resumable and parallel",
+        description="Train every cell of the grid into DIR/runs/<dataset>/<variant>/rate=<r>/seed=<s>. The grid comes from a spec "
+        "file (experiments/*.toml: datasets, rates, seeds and named variants = method + overrides, with their own budgets) or, "
+        "for quick grids, from --methods/--datasets/--missing-rates/--seeds (each method a variant of the same name). Cells with a metrics.json "
         "are skipped, interrupted cells resume from their checkpoint, so rerunning the same command after a kill loses "
         "nothing and repeats nothing. A failing cell is recorded (DIR/failures.jsonl, error.json in its run) and the "
         "sweep goes on. DIR/sweep.json lists the grid, its settings and every cell's status.",
         epilog="examples:\n"
+        "  imer sweep experiments/mosi_comp.toml --data-dir ../shared/data --workers 2 --out sweeps/mosi_comp\n"
         "  imer sweep --methods early-fusion,late-fusion --datasets synthetic --missing-rates 0.1,0.4,0.7 --seeds 0,1 \\\n"
         "             --epochs 5 --workers 2 --out sweeps/demo\n"
         "  imer sweep --methods early-fusion,late-fusion --datasets cmu-mosi --data-dir ../shared/data \\\n"
@@ -490,10 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
         "then: imer report DIR",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sw.add_argument("--methods", required=True, help="comma-separated method names (see `imer list`)")
-    sw.add_argument("--datasets", required=True, help="comma-separated dataset names or custom .npz paths")
-    sw.add_argument("--missing-rates", required=True, help="comma-separated training (= test) missing rates, e.g. 0.1,0.4,0.7")
-    sw.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2 (each also fixes the test masks)")
+    sw.add_argument("spec", nargs="?", help="experiment spec file (TOML, see experiments/); replaces the grid options below")
+    sw.add_argument("--methods", help="comma-separated method names (see `imer list`)")
+    sw.add_argument("--datasets", help="comma-separated dataset names or custom .npz paths")
+    sw.add_argument("--missing-rates", help="comma-separated training (= test) missing rates, e.g. 0.1,0.4,0.7")
+    sw.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (each also fixes the test masks)")
     sw.add_argument("--folds", help="comma-separated test folds for fold-based datasets (IEMOCAP sessions 1..5); default: the dataset's first")
     sw.add_argument("--out", required=True, help="sweep directory (created; rerun with the same --out to resume)")
     sw.add_argument("--workers", type=int, default=1, help="cells run at once in worker processes (1 = in this process; default 1)")
@@ -506,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--backend", choices=("local", "ray"), default="local", help="local worker processes (default) or Ray tasks (pip install 'imer[ray]')")
     sw.add_argument("--address", help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray instance)")
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sw.add_argument("--log-to", choices=("tensorboard", "mlflow"), help="send every run's per-epoch history to TensorBoard or MLflow")
     sw.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser(
@@ -524,7 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-plots", action="store_true", help="tables only")
     r.set_defaults(func=cmd_report)
 
-    ls = sub.add_parser("list", help="registered methods and datasets")
+    ls = sub.add_parser("list", help="registered methods and datasets, or the variants of a spec file",
+                        epilog="examples:\n  imer list\n  imer list 'comp*'\n  imer list 'comp*' --spec experiments/mosi_comp.toml",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ls.add_argument("pattern", nargs="?", help="shell-style name filter, e.g. 'comp*'")
+    ls.add_argument("--spec", help="list the variants of this experiment spec file instead")
     ls.set_defaults(func=cmd_list)
     return parser
 

@@ -106,6 +106,65 @@ class MultimodalDataset:
         self.validate()
 
     # ------------------------------------------------------------------ basics
+    @classmethod
+    def from_arrays(
+        cls,
+        features: dict[str, np.ndarray],
+        labels: np.ndarray,
+        *,
+        group_ids: np.ndarray | None = None,
+        split: np.ndarray | None = None,
+        fold: np.ndarray | None = None,
+        available: np.ndarray | None = None,
+        task: Task | None = None,
+        class_names: list[str] | None = None,
+        utterance_ids: np.ndarray | None = None,
+        order: np.ndarray | None = None,
+        speakers: np.ndarray | None = None,
+        test_fraction: float = 0.2,
+        name: str = "arrays",
+    ) -> "MultimodalDataset":
+        """A dataset from numpy arrays in memory (``features``: modality -> ``[N, d]``, ``labels``: ``[N]``).
+
+        Missing entries may be NaN rows (``available`` is then derived) or given
+        by ``available`` ``[N, M]``. The task is classification for integer or
+        string labels (``class_names`` default to the sorted distinct labels),
+        regression for float labels. Without ``group_ids`` every utterance is
+        its own group; ``order`` defaults to the position inside the group.
+        Without ``split`` or ``fold``, a seeded ``test_fraction`` of the groups
+        becomes the test split (validation is carved from the rest in training).
+        """
+        labels = np.asarray(labels)
+        n = len(labels)
+        if labels.ndim != 1:
+            raise DataError(f"labels must be 1-D [N], got shape {labels.shape}")
+        features = {m: np.asarray(x, dtype=np.float32) for m, x in features.items()}
+        if task is None:
+            task = "regression" if labels.dtype.kind == "f" and class_names is None else "classification"
+        if task == "classification" and labels.dtype.kind not in "iu":
+            class_names = class_names or sorted({str(v) for v in labels.tolist()})
+            index = {c: i for i, c in enumerate(class_names)}
+            unknown = sorted({str(v) for v in labels.tolist()} - set(index))
+            if unknown:
+                raise DataError(f"labels {unknown[:3]} are not in class_names {class_names}")
+            labels = np.array([index[str(v)] for v in labels.tolist()], dtype=np.int64)
+        elif task == "classification" and class_names is None:
+            class_names = [str(c) for c in range(int(labels.max()) + 1)] if n else []
+        if available is None:
+            available = np.stack([np.isfinite(x).all(axis=1) for x in features.values()], axis=1) if features else None
+        groups = np.arange(n).astype(str) if group_ids is None else np.asarray(group_ids).astype(str)
+        if order is None:
+            order = np.zeros(n, dtype=np.int64)
+            for g in np.unique(groups):
+                order[groups == g] = np.arange(int((groups == g).sum()))
+        if split is None and fold is None:
+            unique = np.unique(groups)
+            rng = np.random.default_rng(0)
+            test_groups = set(rng.choice(unique, size=max(1, int(round(test_fraction * len(unique)))), replace=False).tolist())
+            split = np.where([g in test_groups for g in groups], "test", "train")
+        ids = np.arange(n).astype(str) if utterance_ids is None else utterance_ids
+        return cls(name, features, labels, task, ids, groups, order, split, fold, speakers, class_names, available, source="arrays")
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 

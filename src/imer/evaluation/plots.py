@@ -1,13 +1,13 @@
 """PNG plots of a sweep report (matplotlib, ``Agg`` backend, no display needed).
 
 * ``metric_vs_rate.png`` — each headline metric against the missing rate, one
-  line per method with a ± std band over seeds, one column per dataset.
+  line per variant with a ± std band over seeds, one column per dataset.
 * ``modality_balance.png`` — per-modality accuracy of the unimodal heads
-  (``modality_acc``) per method, grouped by missing rate: the "balance" view.
+  (``modality_acc``) per variant, grouped by missing rate: the "balance" view.
 * ``modality_over_epochs.png`` — per-modality test accuracy over epochs from
   ``history.jsonl``, for methods that report ``modality_acc`` (ComP-style).
 
-Colours are fixed per method and per modality across all figures.
+Colours are fixed per variant and per modality across all figures.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imer.evaluation.report import METRIC_LABELS, history_modality_acc
+from imer.evaluation.runs import METRIC_LABELS, history_modality_acc
 from imer.io import atomic_write
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def plot_metric_vs_rate(report: "Report", path: Path) -> Path:
     """Headline metrics (rows) × datasets (columns); mean line and ± std band per method."""
     plt = _pyplot()
     datasets = list(dict.fromkeys(a.dataset for a in report.aggregates))
-    methods = sorted({a.method for a in report.aggregates})
+    methods = sorted({a.variant for a in report.aggregates})
     colour = _colours(methods)
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.8 * len(datasets) + 1.8, 7.0), squeeze=False, sharex=True)
     for col, dataset in enumerate(datasets):
@@ -56,7 +56,7 @@ def plot_metric_vs_rate(report: "Report", path: Path) -> Path:
         for row, k in enumerate(here[0].headline):
             ax = axes[row][col]
             for method in methods:
-                points = sorted((a.rate, *a.metrics[k]) for a in here if a.method == method and k in a.metrics)
+                points = sorted((a.rate, *a.metrics[k]) for a in here if a.variant == method and k in a.metrics)
                 if not points:
                     continue
                 rate, mean, std = (np.array(v) for v in zip(*points))
@@ -68,7 +68,7 @@ def plot_metric_vs_rate(report: "Report", path: Path) -> Path:
             if row == 1:
                 ax.set_xlabel("missing rate")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", title="method", frameon=False)
+    fig.legend(handles, labels, loc="center right", title="variant", frameon=False)
     fig.suptitle("Test metric vs missing rate\n(mean ± std over seeds)")
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
     with atomic_write(path, "wb") as fh:
@@ -84,7 +84,7 @@ def plot_modality_balance(report: "Report", path: Path) -> Path | None:
         return None
     plt = _pyplot()
     datasets = list(dict.fromkeys(a.dataset for a in with_heads))
-    methods = sorted({a.method for a in with_heads})
+    methods = sorted({a.variant for a in with_heads})
     modalities = list(dict.fromkeys(m for a in with_heads for m in a.modality_acc))
     colour = _colours(modalities)
     fig, axes = plt.subplots(len(datasets), len(methods), figsize=(4.6 * len(methods) + 1.6, 3.6 * len(datasets)), squeeze=False, sharey=True)
@@ -92,7 +92,7 @@ def plot_modality_balance(report: "Report", path: Path) -> Path | None:
     for r, dataset in enumerate(datasets):
         for c, method in enumerate(methods):
             ax = axes[r][c]
-            here = sorted((a for a in with_heads if a.dataset == dataset and a.method == method), key=lambda a: a.rate)
+            here = sorted((a for a in with_heads if a.dataset == dataset and a.variant == method), key=lambda a: a.rate)
             ax.set_title(f"{dataset} — {method}")
             if not here:
                 ax.set_axis_off()
@@ -132,7 +132,7 @@ def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
     for run in report.runs:
         history = history_modality_acc(run.path)
         if history:
-            series[(run.dataset, run.method, run.rate)].append(history)
+            series[(run.dataset, run.variant, run.rate)].append(history)
     if not series:
         return None
     plt = _pyplot()

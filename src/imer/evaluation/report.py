@@ -1,25 +1,29 @@
 """Tables of a sweep in the papers' layout: mean ± std over seeds, best per column marked.
 
 Reads every ``metrics.json`` under a folder (a sweep directory or any tree of
-run directories), groups runs by (dataset, method, missing rate) and
-aggregates the test metrics over seeds. Numbers are shown ×100 with two
-decimals; the spread is the **population** standard deviation (``ddof=0``)
-over seeds, as in ``protocol.md``. For fold-based datasets a seed's value is
-first averaged over its folds. The rate of a run is its training missing rate
+run directories), groups runs by (dataset, variant, missing rate) and
+aggregates the test metrics over seeds. Runs of one group must share their
+config hash (the resolved config minus seed and fold): runs with different
+settings are never averaged. Numbers are shown ×100 with two decimals; the
+spread is the **population** standard deviation (``ddof=0``) over seeds, as in
+``protocol.md``. For fold-based datasets a seed's value is first averaged over
+its folds. The rate of a run is its training missing rate
 (``missing.train_rate``; the test masks use the same rate unless the run set
 another — the realised test fraction is kept in ``report.json``).
 
-Outputs (``DIR/report/``): ``table.md``, ``table.tex``, ``table.csv`` (one row
-per dataset × method × rate, unrounded), ``report.json`` (everything,
-machine-readable), ``conditions.{md,tex,csv}`` when runs hold a
-``conditions.json``, and the PNG plots of :mod:`imer.evaluation.plots`.
+Outputs (``DIR/report/``): ``report.md`` (the whole page: spec, variants,
+main table, ablation tables with deltas, per-metric tables, conditions, cost,
+plots), ``table.md``, ``table.tex``, ``table.csv`` (one row per dataset ×
+variant × rate, unrounded), ``ablations.md`` when the sweep's variants have
+bases, ``report.json`` (everything, machine-readable),
+``conditions.{md,tex,csv}`` when runs hold a ``conditions.json``, and the PNG
+plots of :mod:`imer.evaluation.plots`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,40 +32,20 @@ from typing import Any
 import numpy as np
 
 from imer.errors import IMERError
-from imer.evaluation.metrics import headline_metrics
+from imer.evaluation.metrics import headline_metrics, is_better
+from imer.evaluation.plots import write_plots
+from imer.evaluation.runs import METRIC_LABELS, RunRecord, collect_runs, selected_diagnostics
 from imer.io import atomic_write, read_json, write_json
 
-METRIC_LABELS = {"acc": "ACC", "ua": "UA", "acc2": "ACC", "f1": "F1", "wf1": "WF1", "mae": "MAE", "corr": "Corr", "acc7": "ACC7"}
 STD_NOTE = "mean ± population std (ddof=0) over seeds, ×100"
 
 
 @dataclass
-class RunRecord:
-    """One finished run, as read from its directory."""
-
-    path: Path
-    dataset: str
-    method: str
-    rate: float
-    seed: int
-    fold: int | None
-    task: str
-    test: dict[str, Any]
-    test_missing_fraction: float
-    selection: str = "valid"
-    epochs: int | None = None
-    conditions: dict[str, dict[str, Any]] | None = None
-
-    @property
-    def has_history(self) -> bool:
-        return (self.path / "history.jsonl").is_file()
-
-
-@dataclass
 class Aggregate:
-    """One (dataset, method, rate) over its seeds: ``metrics[name] = (mean, std)``."""
+    """One (dataset, variant, rate) over its seeds: ``metrics[name] = (mean, std)``."""
 
     dataset: str
+    variant: str
     method: str
     rate: float
     task: str
@@ -71,42 +55,12 @@ class Aggregate:
     modality_acc: dict[str, tuple[float, float]] = field(default_factory=dict)
     test_missing_fraction: float = 0.0
     conditions: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    config_hash: str | None = None
+    cost: dict[str, float] = field(default_factory=dict)
 
     @property
     def headline(self) -> tuple[str, str]:
         return headline_metrics(self.task)
-
-
-def collect_runs(root: str | Path) -> list[RunRecord]:
-    """Every finished run (a folder with ``metrics.json``) under ``root``, sorted by path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise IMERError(f"{root}: not a directory")
-    runs = []
-    for path in sorted(root.rglob("metrics.json")):
-        run_dir = path.parent
-        try:
-            m = read_json(path)
-            missing = m.get("missing", {})
-            record = RunRecord(
-                path=run_dir,
-                dataset=str(m["dataset"]),
-                method=str(m["method"]),
-                rate=float(missing.get("train_rate", 0.0)),
-                seed=int(m["seed"]),
-                fold=m.get("fold"),
-                task=str(m["task"]),
-                test=m["test"],
-                test_missing_fraction=float(m.get("missing_fraction", {}).get("test", float("nan"))),
-                selection=str(m.get("selection", {}).get("rule", "valid")),
-                epochs=m.get("selection", {}).get("epochs"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IMERError(f"{path}: not a metrics file written by imer ({type(exc).__name__}: {exc})") from None
-        if (run_dir / "conditions.json").is_file():
-            record.conditions = read_json(run_dir / "conditions.json")["conditions"]
-        runs.append(record)
-    return runs
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -126,17 +80,49 @@ def _per_seed(runs: list[RunRecord], value) -> tuple[list[int], list[float]]:
     return seeds, [float(np.mean(by_seed[s])) for s in seeds]
 
 
-def aggregate(runs: list[RunRecord]) -> list[Aggregate]:
-    """Group runs by (dataset, method, rate) and reduce every scalar test metric over seeds."""
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _config_difference(a: RunRecord, b: RunRecord) -> str:
+    """The first config fields that differ between two runs (from their ``config.json``), for error messages."""
+    if not (a.path / "config.json").is_file() or not (b.path / "config.json").is_file():
+        return ""
+    ca, cb = _flat(read_json(a.path / "config.json")), _flat(read_json(b.path / "config.json"))
+    keys = [k for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k) and k not in ("seed", "data.fold", "data.data_dir", "train.threads", "train.progress")]
+    return "; differing: " + ", ".join(f"{k} ({ca.get(k)!r} vs {cb.get(k)!r})" for k in keys[:4]) if keys else ""
+
+
+def aggregate(runs: list[RunRecord], order: dict[str, int] | None = None) -> list[Aggregate]:
+    """Group runs by (dataset, variant, rate) and reduce every scalar test metric over seeds.
+
+    ``order`` ranks variants (the spec's order); others follow alphabetically.
+    Refuses (``IMERError``) a group whose runs have different config hashes.
+    """
     groups: dict[tuple[str, str, float], list[RunRecord]] = defaultdict(list)
     for r in runs:
-        groups[(r.dataset, r.method, r.rate)].append(r)
+        groups[(r.dataset, r.variant, r.rate)].append(r)
+    rank = order or {}
     out = []
-    for (dataset, method, rate), members in sorted(groups.items()):
+    for (dataset, variant, rate), members in sorted(groups.items(), key=lambda kv: (kv[0][0], rank.get(kv[0][1], len(rank)), kv[0][1], kv[0][2])):
+        where = f"{dataset}/{variant} rate={rate:g}"
         tasks = {r.task for r in members}
         if len(tasks) > 1:
-            raise IMERError(f"{dataset}/{method} rate={rate:g}: runs disagree on the task ({sorted(tasks)})")
+            raise IMERError(f"{where}: runs disagree on the task ({sorted(tasks)})")
         task = tasks.pop()
+        hashes = {r.config_hash for r in members if r.config_hash is not None}
+        methods = {r.method for r in members}
+        if len(hashes) > 1 or len(methods) > 1:
+            first = members[0]
+            other = next(r for r in members if r.config_hash != first.config_hash or r.method != first.method)
+            raise IMERError(f"{where}: refusing to average runs with different configs ({first.path} vs {other.path}"
+                            f"{_config_difference(first, other)}); give each setting its own variant name")
         scalar = sorted({k for r in members for k, v in r.test.items() if isinstance(v, (int, float))})
         metrics = {}
         for k in scalar:
@@ -158,14 +144,25 @@ def aggregate(runs: list[RunRecord]) -> list[Aggregate]:
                 if values:
                     conditions[label][k] = mean_std(values)
         seeds = sorted({r.seed for r in members})
-        out.append(Aggregate(dataset, method, rate, task, seeds, len(members), metrics, modality_acc,
-                             float(np.nanmean([r.test_missing_fraction for r in members])), conditions))
+        out.append(Aggregate(dataset, variant, methods.pop(), rate, task, seeds, len(members), metrics, modality_acc,
+                             float(np.nanmean([r.test_missing_fraction for r in members])), conditions,
+                             next(iter(hashes)) if hashes else None, _cost(members)))
     return out
+
+
+def _cost(members: list[RunRecord]) -> dict[str, float]:
+    """Mean seconds per epoch and per run, largest peak RSS and parameters of a group (what metrics.json holds)."""
+    cost = {}
+    for key, reduce in (("seconds_per_epoch", np.mean), ("wall_seconds", np.mean), ("peak_rss_mb", np.max), ("parameters", np.max)):
+        values = [float(r.metrics[key]) for r in members if r.metrics and r.metrics.get(key) is not None]
+        if values:
+            cost[key] = float(reduce(values))
+    return cost
 
 
 @dataclass
 class PaperTable:
-    """Rows = dataset × method, columns = rates; ``best[(dataset, rate, metric)]`` = best methods."""
+    """Rows = dataset × variant, columns = rates; ``best[(dataset, rate, metric)]`` = best variants."""
 
     rates: list[float]
     rows: list[tuple[str, str]]
@@ -177,14 +174,14 @@ class PaperTable:
     @classmethod
     def build(cls, aggregates: list[Aggregate], runs: list[RunRecord] | None = None) -> "PaperTable":
         rates = sorted({a.rate for a in aggregates})
-        rows = list(dict.fromkeys((a.dataset, a.method) for a in aggregates))
-        cells = {(a.dataset, a.method, a.rate): a for a in aggregates}
+        rows = list(dict.fromkeys((a.dataset, a.variant) for a in aggregates))
+        cells = {(a.dataset, a.variant, a.rate): a for a in aggregates}
         best: dict[tuple[str, float, str], set[str]] = {}
         for dataset in dict.fromkeys(d for d, _ in rows):
             for rate in rates:
                 here = [a for a in aggregates if a.dataset == dataset and a.rate == rate]
                 for k in (here[0].headline if here else ()):
-                    scores = {a.method: a.metrics[k][0] for a in here if k in a.metrics}
+                    scores = {a.variant: a.metrics[k][0] for a in here if k in a.metrics}
                     if scores:
                         top = max(scores.values())
                         best[(dataset, rate, k)] = {m for m, v in scores.items() if np.isclose(v, top, rtol=0, atol=1e-12)}
@@ -199,8 +196,9 @@ class PaperTable:
 
 
 def table_notes(aggregates: list[Aggregate], runs: list[RunRecord]) -> list[str]:
-    """Facts a reader needs next to the numbers: realised test missing fraction, selection rule, epochs."""
-    notes = []
+    """Facts a reader needs next to the numbers: seeds per cell, realised test missing fraction, selection rule, epochs."""
+    counts = sorted({len(a.seeds) for a in aggregates})
+    notes = [f"seeds per cell: {counts[-1]}" + (f" (cells marked (n=k) have k: {', '.join(map(str, counts[:-1]))})" if len(counts) > 1 else "")] if counts else []
     realised = {r: float(np.mean([a.test_missing_fraction for a in aggregates if a.rate == r])) for r in sorted({a.rate for a in aggregates})}
     if any(abs(v - r) > 5e-4 for r, v in realised.items()):
         notes.append("realised test missing fraction: " + ", ".join(f"{_rate(r)} → {v:.3f}" for r, v in realised.items()))
@@ -243,7 +241,7 @@ def _cell_text(table: PaperTable, dataset: str, method: str, rate: float, style:
 
 def markdown_table(table: PaperTable) -> str:
     """The paper table as GitHub markdown (best per column in bold)."""
-    header = ["dataset", "method", "metric", *[f"rate {_rate(r)}" for r in table.rates]]
+    header = ["dataset", "variant", "metric", *[f"rate {_rate(r)}" for r in table.rates]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * len(table.rates)]
     for dataset, method in table.rows:
         task = next(a.task for (d, m, _), a in table.cells.items() if d == dataset and m == method)
@@ -256,7 +254,7 @@ def markdown_table(table: PaperTable) -> str:
 def latex_table(table: PaperTable) -> str:
     """The paper table as a LaTeX ``tabular`` (booktabs), best per column in ``\\textbf``."""
     cols = "ll" + "c" * len(table.rates)
-    lines = [r"\begin{tabular}{" + cols + "}", r"\toprule", "Dataset & Method & " + " & ".join(_rate(r) for r in table.rates) + r" \\", r"\midrule"]
+    lines = [r"\begin{tabular}{" + cols + "}", r"\toprule", "Dataset & Variant & " + " & ".join(_rate(r) for r in table.rates) + r" \\", r"\midrule"]
     previous = None
     for dataset, method in table.rows:
         if previous is not None and dataset != previous:
@@ -275,17 +273,17 @@ def _tex_escape(text: str) -> str:
 
 
 def csv_rows(aggregates: list[Aggregate], table: PaperTable) -> list[dict[str, Any]]:
-    """One row per dataset × method × rate with unrounded means/stds (fractions, not %) and best flags."""
+    """One row per dataset × variant × rate with unrounded means/stds (fractions, not %) and best flags."""
     rows = []
     for a in aggregates:
         first, second = a.headline
         row: dict[str, Any] = {
-            "dataset": a.dataset, "method": a.method, "rate": a.rate, "task": a.task, "n_seeds": len(a.seeds),
+            "dataset": a.dataset, "variant": a.variant, "method": a.method, "rate": a.rate, "task": a.task, "n_seeds": len(a.seeds),
             "seeds": " ".join(map(str, a.seeds)), "n_runs": a.n_runs, "test_missing_fraction": a.test_missing_fraction,
         }
         for slot, k in (("metric1", first), ("metric2", second)):
             mean, std = a.metrics.get(k, (float("nan"), float("nan")))
-            row.update({slot: k, f"{slot}_mean": mean, f"{slot}_std": std, f"{slot}_best": a.method in table.best.get((a.dataset, a.rate, k), set())})
+            row.update({slot: k, f"{slot}_mean": mean, f"{slot}_std": std, f"{slot}_best": a.variant in table.best.get((a.dataset, a.rate, k), set())})
         rows.append(row)
     return rows
 
@@ -301,7 +299,7 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 @dataclass
 class ConditionTable:
-    """Fixed-condition results: rows = dataset × method × training rate, columns = conditions + average."""
+    """Fixed-condition results: rows = dataset × variant × training rate, columns = conditions + average."""
 
     labels: list[str]
     rows: list[Aggregate]
@@ -319,23 +317,23 @@ class ConditionTable:
         return None if any(v is None for v in values) else float(np.mean([v[0] for v in values]))
 
     def markdown(self) -> str:
-        lines = ["| dataset | method | train rate | metric | " + " | ".join(f"{{{c}}}" for c in self.labels) + " | avg |",
+        lines = ["| dataset | variant | train rate | metric | " + " | ".join(f"{{{c}}}" for c in self.labels) + " | avg |",
                  "|---|---|---|---|" + "---:|" * (len(self.labels) + 1)]
         for a in self.rows:
             k = a.headline[0]
             cells = [f"{100 * a.conditions[c][k][0]:.2f} ± {100 * a.conditions[c][k][1]:.2f}" if k in a.conditions.get(c, {}) else "–" for c in self.labels]
             avg = self.average(a, k)
-            lines.append(f"| {a.dataset} | {a.method} | {_rate(a.rate)} | {METRIC_LABELS[k]} | " + " | ".join(cells) + f" | {'–' if avg is None else f'{100 * avg:.2f}'} |")
+            lines.append(f"| {a.dataset} | {a.variant} | {_rate(a.rate)} | {METRIC_LABELS[k]} | " + " | ".join(cells) + f" | {'–' if avg is None else f'{100 * avg:.2f}'} |")
         return "\n".join(lines) + f"\n\nTest split under each fixed condition (every utterance keeps exactly that subset); {STD_NOTE}.\n"
 
     def latex(self) -> str:
         lines = [r"\begin{tabular}{lll" + "c" * (len(self.labels) + 1) + "}", r"\toprule",
-                 "Dataset & Method & Rate & " + " & ".join(r"\{" + c + r"\}" for c in self.labels) + r" & Avg \\", r"\midrule"]
+                 "Dataset & Variant & Rate & " + " & ".join(r"\{" + c + r"\}" for c in self.labels) + r" & Avg \\", r"\midrule"]
         for a in self.rows:
             k = a.headline[0]
             cells = [f"{100 * a.conditions[c][k][0]:.2f}" + rf"$\pm${100 * a.conditions[c][k][1]:.2f}" if k in a.conditions.get(c, {}) else "--" for c in self.labels]
             avg = self.average(a, k)
-            lines.append(" & ".join([_tex_escape(a.dataset), _tex_escape(a.method), _rate(a.rate), *cells, "--" if avg is None else f"{100 * avg:.2f}"]) + r" \\")
+            lines.append(" & ".join([_tex_escape(a.dataset), _tex_escape(a.variant), _rate(a.rate), *cells, "--" if avg is None else f"{100 * avg:.2f}"]) + r" \\")
         return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", f"% {METRIC_LABELS.get('acc')} per fixed condition; {STD_NOTE}"]) + "\n"
 
     def csv_rows(self) -> list[dict[str, Any]]:
@@ -343,7 +341,7 @@ class ConditionTable:
         for a in self.rows:
             for c in self.labels:
                 for k, (mean, std) in a.conditions.get(c, {}).items():
-                    rows.append({"dataset": a.dataset, "method": a.method, "rate": a.rate, "condition": c, "metric": k, "mean": mean, "std": std, "n_seeds": len(a.seeds)})
+                    rows.append({"dataset": a.dataset, "variant": a.variant, "method": a.method, "rate": a.rate, "condition": c, "metric": k, "mean": mean, "std": std, "n_seeds": len(a.seeds)})
         return rows
 
 
@@ -359,6 +357,8 @@ class Report:
     conditions: ConditionTable | None
     failed: list[str]
     plots: list[Path] = field(default_factory=list)
+    info: SweepInfo = field(default_factory=lambda: SweepInfo())
+    ablations: list[AblationTable] = field(default_factory=list)
 
     def text(self, fmt: str) -> str:
         """The main table as ``md``, ``latex`` or ``csv`` text."""
@@ -379,7 +379,7 @@ class Report:
         if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
             console = Console(width=220)
         table = Table(title=f"{self.root}: test {STD_NOTE}", caption="* = best of the dataset in that column")
-        for c in ("dataset", "method", "metric"):
+        for c in ("dataset", "variant", "metric"):
             table.add_column(c)
         for r in self.table.rates:
             table.add_column(f"rate {_rate(r)}", justify="right")
@@ -395,12 +395,12 @@ class Report:
             console.print(f"  {note}")
         if self.conditions is not None:
             ct = Table(title="fixed conditions (test), first headline metric ×100")
-            for c in ("dataset", "method", "rate", *[f"{{{c}}}" for c in self.conditions.labels], "avg"):
-                ct.add_column(c, justify="left" if c in ("dataset", "method") else "right")
+            for c in ("dataset", "variant", "rate", *[f"{{{c}}}" for c in self.conditions.labels], "avg"):
+                ct.add_column(c, justify="left" if c in ("dataset", "variant") else "right")
             for a in self.conditions.rows:
                 k = a.headline[0]
                 avg = self.conditions.average(a, k)
-                ct.add_row(a.dataset, a.method, _rate(a.rate), *[f"{100 * a.conditions[c][k][0]:.2f}" if k in a.conditions.get(c, {}) else "–" for c in self.conditions.labels],
+                ct.add_row(a.dataset, a.variant, _rate(a.rate), *[f"{100 * a.conditions[c][k][0]:.2f}" if k in a.conditions.get(c, {}) else "–" for c in self.conditions.labels],
                            "–" if avg is None else f"{100 * avg:.2f}")
             console.print(ct)
         if self.failed:
@@ -411,16 +411,18 @@ class Report:
             "root": str(self.root),
             "std": "population (ddof=0) over seeds; fold values averaged within a seed first",
             "scale": "fractions (tables show ×100)",
-            "runs": [{"path": str(r.path.relative_to(self.root)), "dataset": r.dataset, "method": r.method, "rate": r.rate, "seed": r.seed, "fold": r.fold} for r in self.runs],
+            "runs": [{"path": str(r.path.relative_to(self.root)), "dataset": r.dataset, "variant": r.variant, "method": r.method, "config_hash": r.config_hash, "rate": r.rate, "seed": r.seed, "fold": r.fold} for r in self.runs],
             "aggregates": [
                 {**{k: v for k, v in asdict(a).items() if k not in ("metrics", "modality_acc", "conditions")},
                  "headline": list(a.headline),
-                 "best": [k for k in a.headline if a.method in self.table.best.get((a.dataset, a.rate, k), set())],
+                 "best": [k for k in a.headline if a.variant in self.table.best.get((a.dataset, a.rate, k), set())],
                  "metrics": {k: {"mean": m, "std": s} for k, (m, s) in a.metrics.items()},
                  "modality_acc": {k: {"mean": m, "std": s} for k, (m, s) in a.modality_acc.items()},
                  "conditions": {c: {k: {"mean": m, "std": s} for k, (m, s) in v.items()} for c, v in a.conditions.items()}}
                 for a in self.aggregates
             ],
+            "ablations": [{"dataset": t.dataset, "rate": t.rate, "base": t.base.variant, "variants": [a.variant for a in t.variants],
+                           "delta": {f"{v}/{k}": d for (v, k), d in t.deltas.items()}} for t in self.ablations],
             "notes": self.table.notes,
             "failed_cells": self.failed,
             "plots": [str(p.name) for p in self.plots],
@@ -434,44 +436,270 @@ def _failed_cells(root: Path) -> list[str]:
     return [c["path"] for c in read_json(path).get("cells", []) if c.get("status") == "failed"]
 
 
+RAW_METRICS = ("mae", "corr")  # shown as they are (3 decimals); every other metric is a fraction shown ×100
+
+
+def _metric_text(k: str, mean: float, std: float) -> str:
+    if k in RAW_METRICS:
+        return f"{mean:.3f} ± {std:.3f}"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _delta_text(k: str, delta: float) -> str:
+    return f"{delta:+.3f}" if k in RAW_METRICS else f"{100 * delta:+.2f}"
+
+
+def _seed_values(runs: list[RunRecord], value) -> dict[int, float]:
+    seeds, values = _per_seed(runs, value)
+    return dict(zip(seeds, values))
+
+
+@dataclass
+class AblationTable:
+    """One base variant and the variants built on it, at one dataset and rate.
+
+    Cells are mean ± std over seeds; for a variant, ``(Δ)`` is the mean paired
+    difference to the base over the seeds both have (same seeds = same test
+    masks), in points (×100) or raw units for MAE/Corr.
+    """
+
+    dataset: str
+    rate: float
+    base: Aggregate
+    variants: list[Aggregate]
+    columns: list[tuple[str, str]]  # (label, key): key = metric name or "modality_acc.<m>"
+    deltas: dict[tuple[str, str], float | None]  # (variant, key) -> paired delta
+
+    @staticmethod
+    def value(a: Aggregate, key: str) -> tuple[float, float] | None:
+        if key.startswith("modality_acc."):
+            return a.modality_acc.get(key.split(".", 1)[1])
+        return a.metrics.get(key)
+
+    def markdown(self) -> str:
+        lines = [f"Variants of `{self.base.variant}` on {self.dataset}, rate {_rate(self.rate)}:", "",
+                 "| variant | n | " + " | ".join(label for label, _ in self.columns) + " |",
+                 "|---|---:|" + "---:|" * len(self.columns)]
+        for a in [self.base, *self.variants]:
+            cells = []
+            for _, key in self.columns:
+                v = self.value(a, key)
+                metric = key.split(".")[0] if key.startswith("modality_acc.") else key
+                text = "–" if v is None else _metric_text(metric, *v)
+                if a is not self.base and v is not None:
+                    d = self.deltas.get((a.variant, key))
+                    text += "" if d is None else f" ({_delta_text(metric, d)})"
+                cells.append(text)
+            name = f"{a.variant} (base)" if a is self.base else a.variant
+            lines.append(f"| {name} | {len(a.seeds)} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def ablation_tables(aggregates: list[Aggregate], runs: list[RunRecord], bases: dict[str, str]) -> list[AblationTable]:
+    """Every (dataset, rate, base) where at least one variant with that ``base`` has runs."""
+    cells = {(a.dataset, a.variant, a.rate): a for a in aggregates}
+    by_cell: dict[tuple[str, str, float], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        by_cell[(r.dataset, r.variant, r.rate)].append(r)
+    tables = []
+    seen: set[tuple[str, float, str]] = set()
+    for a in aggregates:
+        base_name = bases.get(a.variant)
+        if base_name is None or (a.dataset, a.rate, base_name) in seen or (a.dataset, base_name, a.rate) not in cells:
+            continue
+        seen.add((a.dataset, a.rate, base_name))
+        base = cells[(a.dataset, base_name, a.rate)]
+        members = [b for b in aggregates if b.dataset == a.dataset and b.rate == a.rate and bases.get(b.variant) == base_name]
+        columns = [(METRIC_LABELS.get(k, k), k) for k in base.headline]
+        modalities = list(dict.fromkeys(m for b in [base, *members] for m in b.modality_acc))
+        columns += [(f"{m} head", f"modality_acc.{m}") for m in modalities]
+        deltas: dict[tuple[str, str], float | None] = {}
+        for b in members:
+            for _, key in columns:
+                if key.startswith("modality_acc."):
+                    mod = key.split(".", 1)[1]
+                    value = lambda r, mod=mod: r.test.get("modality_acc", {}).get(mod)  # noqa: E731
+                else:
+                    value = lambda r, key=key: r.test.get(key)  # noqa: E731
+                mine = _seed_values(by_cell[(b.dataset, b.variant, b.rate)], value)
+                theirs = _seed_values(by_cell[(base.dataset, base.variant, base.rate)], value)
+                common = sorted(set(mine) & set(theirs))
+                deltas[(b.variant, key)] = float(np.mean([mine[s] - theirs[s] for s in common])) if common else None
+        tables.append(AblationTable(a.dataset, a.rate, base, members, columns, deltas))
+    return tables
+
+
+def metric_table(aggregates: list[Aggregate], k: str) -> str:
+    """One metric: rows = dataset × variant, columns = rates, best per dataset and column in bold."""
+    rates = sorted({a.rate for a in aggregates})
+    rows = list(dict.fromkeys((a.dataset, a.variant) for a in aggregates))
+    cells = {(a.dataset, a.variant, a.rate): a for a in aggregates}
+    best: dict[tuple[str, float], float] = {}
+    for a in aggregates:
+        if k in a.metrics:
+            key = (a.dataset, a.rate)
+            if key not in best or is_better(k, a.metrics[k][0], best[key]):
+                best[key] = a.metrics[k][0]
+    lines = [f"| dataset | variant | {' | '.join(f'rate {_rate(r)}' for r in rates)} |", "|---|---|" + "---:|" * len(rates)]
+    for dataset, variant in rows:
+        texts = []
+        for r in rates:
+            a = cells.get((dataset, variant, r))
+            if a is None or k not in a.metrics:
+                texts.append("–")
+                continue
+            text = _metric_text(k, *a.metrics[k])
+            texts.append(f"**{text}**" if np.isclose(a.metrics[k][0], best[(dataset, r)], rtol=0, atol=1e-12) else text)
+        lines.append(f"| {dataset} | {variant} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def cost_table(aggregates: list[Aggregate]) -> str:
+    """Per dataset × variant: runs, mean s/epoch, mean wall s/run, largest peak RSS, parameters."""
+    groups: dict[tuple[str, str], list[Aggregate]] = defaultdict(list)
+    for a in aggregates:
+        groups[(a.dataset, a.variant)].append(a)
+    lines = ["| dataset | variant | runs | s / epoch | s / run | peak RSS (MB) | parameters |", "|---|---|---:|---:|---:|---:|---:|"]
+    for (dataset, variant), members in groups.items():
+        def pick(key, reduce, fmt):
+            values = [a.cost[key] for a in members if key in a.cost]
+            return fmt.format(reduce(values)) if values else "–"
+        runs = sum(a.n_runs for a in members)
+        lines.append(f"| {dataset} | {variant} | {runs} | {pick('seconds_per_epoch', np.mean, '{:.2f}')} | {pick('wall_seconds', np.mean, '{:.1f}')} | "
+                     f"{pick('peak_rss_mb', np.max, '{:.0f}')} | {pick('parameters', np.max, '{:,.0f}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def diagnostics_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
+    """Methods' own per-epoch diagnostics on the test split at the selected epoch, mean over seeds (None if no run logs any)."""
+    groups: dict[tuple[str, str, float], list[dict[str, float]]] = defaultdict(list)
+    for r in runs:
+        values = selected_diagnostics(r)
+        if values:
+            groups[(r.dataset, r.variant, r.rate)].append(values)
+    if not groups:
+        return None
+    keys = list(dict.fromkeys(k for group in groups.values() for values in group for k in values))
+    lines = ["| dataset | variant | rate | n | " + " | ".join(keys) + " |", "|---|---|---|---:|" + "---:|" * len(keys)]
+    for (dataset, variant, rate), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2])):
+        cells = [f"{np.mean([g[k] for g in group if k in g]):.3f}" if any(k in g for g in group) else "–" for k in keys]
+        lines.append(f"| {dataset} | {variant} | {_rate(rate)} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class SweepInfo:
+    """What the sweep directory says about its experiment (``sweep.json``); empty for a plain run tree."""
+
+    name: str = ""
+    description: str = ""
+    spec_path: str = ""
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    title: str = ""
+
+    @classmethod
+    def read(cls, root: Path) -> "SweepInfo":
+        path = root / "sweep.json"
+        if not path.is_file():
+            return cls()
+        spec = read_json(path).get("spec", {})
+        experiment = spec.get("experiment") or {}
+        report = experiment.get("report", {})
+        variants = spec.get("variants") or [{"name": m, "method": m, "overrides": [], "epochs": None, "base": None} for m in spec.get("methods", [])]
+        return cls(experiment.get("name", ""), experiment.get("description", ""), experiment.get("path", ""), variants,
+                   list(spec.get("overrides", [])), list(report.get("metrics", [])), report.get("title", ""))
+
+    @property
+    def order(self) -> dict[str, int]:
+        return {v["name"]: i for i, v in enumerate(self.variants)}
+
+    @property
+    def bases(self) -> dict[str, str]:
+        return {v["name"]: v["base"] for v in self.variants if v.get("base")}
+
+
+def report_page(report: "Report") -> str:
+    """The whole report as one markdown page (what docs/ links to)."""
+    info = report.info
+    root = report.root.as_posix()
+    out = "" if report.out_dir == report.root / "report" else f" --out {report.out_dir.as_posix()}"
+    title = info.title or (f"Experiment `{info.name}`" if info.name else f"Report of `{root}`")
+    lines = [f"# {title}", ""]
+    if info.description:
+        lines += [info.description.strip(), ""]
+    if info.spec_path:
+        lines += [f"Spec: `{info.spec_path}`. Reproduce (resumable; finished runs are kept):", "", "```bash",
+                  f"imer sweep {info.spec_path} --out {root}", f"imer report {root}{out}", "```", ""]
+    else:
+        lines += ["Reproduce the tables from the runs:", "", "```bash", f"imer report {root}{out}", "```", ""]
+    if info.variants:
+        from imer.experiments.sweep import overrides_for
+
+        used = {a.variant for a in report.aggregates}
+        epochs = {r.variant: r.epochs for r in report.runs}
+        lines += ["## Variants", "", "| variant | method | base | settings (on top of the method's packaged config) | epochs |", "|---|---|---|---|---:|"]
+        for v in info.variants:
+            if v["name"] not in used:
+                continue
+            settings = " ".join(f"`{o}`" for o in overrides_for(v["method"], info.overrides) + list(v.get("overrides") or [])) or "–"
+            lines.append(f"| {v['name']} | {v['method']} | {v.get('base') or '–'} | {settings} | {epochs.get(v['name'], '–')} |")
+        lines.append("")
+    lines += ["## Test results", "", markdown_table(report.table)]
+    if report.ablations:
+        lines += ["## Ablations", "", "Mean ± std over seeds ×100; (Δ) = mean paired difference to the base over the seeds both ran "
+                  "(same seed = same test masks).", ""]
+        lines += [t.markdown() for t in report.ablations]
+    for k in info.metrics:
+        label = METRIC_LABELS.get(k, k)
+        scale = "as is" if k in RAW_METRICS else "×100"
+        lines += [f"## Test {label} (`{k}`)", "", metric_table(report.aggregates, k), f"mean ± population std over seeds, {scale}; best per dataset and column in bold.", ""]
+    if report.conditions is not None:
+        lines += ["## Fixed conditions", "", report.conditions.markdown()]
+    diagnostics = diagnostics_table(report.runs, info.order)
+    if diagnostics:
+        lines += ["## Method diagnostics at the selected epoch", "", diagnostics,
+                  "What the method logs each epoch (`diagnostics.test` in history.jsonl: e.g. PROMISE's cosine similarity of a "
+                  "generated modality to the real one of the same utterance, `matched`, and of another utterance, `shuffled`), "
+                  "on the test split under its fixed mask, mean over seeds.", ""]
+    if any(a.cost for a in report.aggregates):
+        lines += ["## Cost", "", cost_table(report.aggregates),
+                  "From each run's `metrics.json`: training seconds per epoch (evaluation excluded), wall seconds of the whole run, "
+                  "peak resident memory of the process that ran it, parameters.", ""]
+    if report.plots:
+        lines += ["## Plots", ""] + [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in report.plots] + [""]
+    if report.failed:
+        lines += [f"Failed cells in the last sweep: {', '.join(report.failed)} (see `failures.jsonl`).", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
 def build_report(root: str | Path, out_dir: str | Path | None = None, plots: bool = True) -> Report:
-    """Collect, aggregate and write all tables (and plots) of the runs under ``root``."""
+    """Collect, aggregate and write all tables, the report page (and plots) of the runs under ``root``."""
     root = Path(root)
     out = Path(out_dir) if out_dir else root / "report"
     runs = [r for r in collect_runs(root) if out not in r.path.parents]
     if not runs:
         raise IMERError(f"{root}: no finished runs (metrics.json) found; run `imer sweep ... --out {root}` first")
-    aggregates = aggregate(runs)
-    report = Report(root, out, runs, aggregates, PaperTable.build(aggregates, runs), ConditionTable.build(aggregates), _failed_cells(root))
+    info = SweepInfo.read(root)
+    aggregates = aggregate(runs, info.order)
+    report = Report(root, out, runs, aggregates, PaperTable.build(aggregates, runs), ConditionTable.build(aggregates), _failed_cells(root),
+                    info=info, ablations=ablation_tables(aggregates, runs, info.bases))
     out.mkdir(parents=True, exist_ok=True)
     for name, fmt in (("table.md", "md"), ("table.tex", "latex"), ("table.csv", "csv")):
         with atomic_write(out / name) as fh:
             fh.write(report.text(fmt))
+    if report.ablations:
+        with atomic_write(out / "ablations.md") as fh:
+            fh.write("\n".join(t.markdown() for t in report.ablations))
     if report.conditions is not None:
         for name, text in (("conditions.md", report.conditions.markdown()), ("conditions.tex", report.conditions.latex()),
                            ("conditions.csv", _csv_text(report.conditions.csv_rows()))):
             with atomic_write(out / name) as fh:
                 fh.write(text)
     if plots:
-        from imer.evaluation.plots import write_plots
-
         report.plots = write_plots(report, out)
+    with atomic_write(out / "report.md") as fh:
+        fh.write(report_page(report))
     write_json(out / "report.json", report.to_json())
     return report
-
-
-def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
-    """Per-epoch test (else valid) ``modality_acc`` from ``history.jsonl``; None if the run has none."""
-    path = run_dir / "history.jsonl"
-    if not path.is_file():
-        return None
-    series = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        split = record.get("test") or record.get("valid") or {}
-        if "modality_acc" not in split:
-            return None
-        series.append(split["modality_acc"])
-    return series or None

@@ -70,6 +70,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     eval_test_each_epoch: bool = True
+    log_to: str | None = None
 
 
 @dataclass
@@ -228,9 +229,13 @@ def build_run_config(
     dataset: str,
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
+    in_memory: bool = False,
     **flags: Any,
 ) -> RunConfig:
-    """Assemble a run config from all layers; ``flags`` are ``section.field`` -> value (None = not given)."""
+    """Assemble a run config from all layers; ``flags`` are ``section.field`` -> value (None = not given).
+
+    ``in_memory``: ``dataset`` names a dataset given as an object (``imer.fit``), so it is not checked as a loader name.
+    """
     config = RunConfig(method=method)
     config.data.name = dataset
     for path in packaged_defaults(method, dataset):
@@ -253,7 +258,7 @@ def build_run_config(
         apply_override(config, assignment)
     config.data.name = dataset if config.data.name in (None, "") else config.data.name
     resolve_paths(config)
-    config.validate()
+    config.validate(check_data=not in_memory)
     return config
 
 

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from imer.data import SplitBatcher, all_conditions, missing_fraction
-from imer.errors import DataError
+from imer.data import MultimodalDataset, SplitBatcher, all_conditions, missing_fraction
+from imer.errors import DataError, IMERError
 from imer.evaluation.metrics import headline_metrics
-from imer.experiments.run import LoadedRun, _softmax, evaluation_protocol, load_run, prepare_data, split_mask
-from imer.io import atomic_write, read_npz, write_json
+from imer.experiments.predictions import prediction_rows, write_predictions
+from imer.experiments.run import LoadedRun, dataset_fingerprint, evaluation_protocol, load_run, prepare_data, split_mask
+from imer.io import read_json, read_npz
 from imer.training.trainer import EvalSet, predict_split
 
 
@@ -23,22 +24,25 @@ def evaluate_run(
     condition: str | None = None,
     data_dir: str | None = None,
     loaded: LoadedRun | None = None,
-    dataset: str | None = None,
+    dataset: str | Path | MultimodalDataset | None = None,
 ) -> dict[str, Any]:
     """Test-split metrics of a trained run under a missing rate or a fixed condition.
 
     Masks come from the same seeded function as in training, so evaluating at
     the training rate reproduces the run's own test numbers exactly.
     ``data_dir`` / ``dataset`` (a custom ``.npz`` path) point to the data if it
-    moved since training; it must have the run's modalities and widths.
+    moved since training; it must have the run's modalities and widths. A run
+    trained on an in-memory dataset needs that dataset again (``dataset``, the
+    object or a saved ``.npz``); its fingerprint in ``run_spec.json`` is checked.
     """
     loaded = loaded or load_run(run_dir)
     config = loaded.config
     if data_dir:
         config.data.data_dir = str(Path(data_dir).expanduser().resolve())
-    if dataset:
+    in_memory = _checked_dataset(Path(run_dir), dataset)
+    if dataset is not None and in_memory is None:
         config.data.name = str(Path(dataset).expanduser().resolve())
-    data = prepare_data(config, scaler=loaded.scaler)
+    data = prepare_data(config, dataset=in_memory, scaler=loaded.scaler)
     if data.spec.modalities != loaded.spec.modalities or data.spec.dims != loaded.spec.dims:
         raise DataError(
             f"{data.dataset.source or data.dataset.name}: modalities {dict(zip(data.spec.modalities, data.spec.dims))} differ from the run's "
@@ -50,11 +54,32 @@ def evaluate_run(
     return {"protocol": protocol.name, "missing_fraction": missing_fraction(mask), "test": acc.compute()}
 
 
-def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None, dataset: str | None = None) -> dict[str, Any]:
+def _checked_dataset(run_dir: Path, dataset: str | Path | MultimodalDataset | None) -> MultimodalDataset | None:
+    """The in-memory dataset a run needs, checked against its recorded fingerprint (None for runs on named datasets)."""
+    needed = read_json(run_dir / "run_spec.json", "run spec").get("in_memory_data") if (run_dir / "run_spec.json").is_file() else None
+    if needed is None:
+        if isinstance(dataset, MultimodalDataset):
+            raise IMERError(f"{run_dir}: was trained on a registered dataset or a dataset file, not on in-memory data; pass its path (or nothing)")
+        return None
+    if dataset is None:
+        raise IMERError(f"{run_dir}: was trained on in-memory data '{needed['name']}' ({needed['utterances']} utterances, "
+                        f"fingerprint {needed['fingerprint']}); pass the same dataset: imer.evaluate(run_dir, dataset=ds)")
+    if not isinstance(dataset, MultimodalDataset):
+        from imer.data import load_dataset
+
+        dataset = load_dataset(str(Path(dataset).expanduser()))
+    if dataset_fingerprint(dataset) != needed["fingerprint"]:
+        raise IMERError(f"{run_dir}: the dataset given is not the one the run was trained on (fingerprint "
+                        f"{dataset_fingerprint(dataset)}, expected {needed['fingerprint']})")
+    return dataset
+
+
+def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None, dataset: str | Path | MultimodalDataset | None = None) -> dict[str, Any]:
     """Metrics under every fixed condition ({a}, {t}, ..., full) and their average."""
     loaded = load_run(run_dir)
     modalities = list(loaded.spec.modalities)
-    results = {c.label: evaluate_run(run_dir, condition=c.label, data_dir=data_dir, loaded=loaded, dataset=dataset)["test"] for c in all_conditions(modalities)}
+    results = {c.label: evaluate_run(run_dir, condition=c.label, data_dir=data_dir, loaded=loaded, dataset=dataset)["test"]
+               for c in all_conditions(modalities)}
     keys = [k for k in headline_metrics(loaded.spec.task)]
     average = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}
     return {"conditions": results, "average": average}
@@ -141,6 +166,15 @@ def read_prediction_input(path: str | Path, modalities: list[str], dims: dict[st
         data = read_prediction_table(path, modalities)
     else:
         data = read_npz(path, "prediction input file")
+    return check_prediction_input(data, str(path), modalities, dims)
+
+
+def check_prediction_input(data: dict[str, Any], path: str, modalities: list[str], dims: dict[str, int]) -> dict[str, Any]:
+    """Validate prediction arrays (keys as in the ``.npz``: ``x_<modality>``, ``available``, ...); ``path`` names them in errors.
+
+    Missing means NaN (a whole row of NaN) or False in ``available``; an
+    infinite value or a partly-NaN row is an error naming the rows.
+    """
     present = [m for m in modalities if f"x_{m}" in data]
     unknown = sorted(k for k in data if k.startswith("x_") and k[2:] not in modalities)
     if unknown:
@@ -221,16 +255,14 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
     then ``has_<modality>`` (1 where that modality was used for the row).
     """
     loaded = load_run(run_dir)
-    spec = loaded.spec
-    given = read_prediction_input(input_path, list(spec.modalities), spec.dim_of)
-    rows = predict_given(loaded, given)
+    rows = predict_given(loaded, read_prediction_input(input_path, list(loaded.spec.modalities), loaded.spec.dim_of))
     if out_path is not None:
-        _write_rows(Path(out_path), rows)
+        write_predictions(out_path, rows)
     return rows
 
 
 def predict_given(loaded: LoadedRun, given: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of predictions for input already read (the dict :func:`read_prediction_input` returns)."""
+    """Prediction rows of a loaded run for input already checked (the dict :func:`check_prediction_input` returns)."""
     spec = loaded.spec
     scaled = loaded.scaler.transform(given["features"], given["available"])
     n = len(given["utterance_ids"])
@@ -243,27 +275,5 @@ def predict_given(loaded: LoadedRun, given: dict[str, Any]) -> list[dict[str, An
         given["speakers"] if context else None,
     )
     acc = predict_split(loaded.model, EvalSet(batcher, given["available"]), loaded.config.train.batch_size, torch.device("cpu"))
-    index, _, preds, _ = acc.ordered()
-    rows = []
-    for k, i in enumerate(index):
-        row: dict[str, Any] = {"utterance_id": str(given["utterance_ids"][i])}
-        if spec.task == "classification":
-            probs = _softmax(preds[k])
-            names = loaded.class_names or [str(c) for c in range(spec.num_classes)]
-            row["prediction"] = names[int(probs.argmax())]
-            row.update({f"p_{c}": float(p) for c, p in zip(names, probs)})
-        else:
-            row["score"] = float(preds[k])
-        row.update({f"has_{m}": int(given["available"][i, j]) for j, m in enumerate(spec.modalities)})
-        rows.append(row)
-    return rows
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    if path.suffix == ".json":
-        write_json(path, rows)
-        return
-    with atomic_write(path) as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["utterance_id"])
-        writer.writeheader()
-        writer.writerows(rows)
+    index, _, preds, available = acc.ordered()
+    return prediction_rows(spec.task, preds, given["utterance_ids"][index], list(spec.modalities), available, loaded.class_names)

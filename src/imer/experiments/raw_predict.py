@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from imer.errors import DataError
-from imer.experiments.inference import _write_rows, predict_given
+from imer.experiments.inference import predict_given
+from imer.experiments.predictions import write_predictions
 from imer.experiments.run import load_run
 from imer.features import extract_one, read_manifest, why_not_reproducible
 
@@ -73,5 +74,5 @@ def predict_raw(run_dir: str | Path, raw: dict[str, str | None], out_path: str |
     if out_path is not None:
         flat = {**{k: v for k, v in row.items() if k not in ("used", "missing")}, "used": " ".join(row["used"]),
                 "missing": "; ".join(f"{m}: {why}" for m, why in missing.items())}
-        _write_rows(Path(out_path), [row] if Path(out_path).suffix == ".json" else [flat])
+        write_predictions(Path(out_path), [row] if Path(out_path).suffix == ".json" else [flat])
     return row

@@ -9,12 +9,14 @@ extractor made each modality) when the dataset's feature origin is known.
 
 from __future__ import annotations
 
-import csv
+import copy
 import os
 import platform
+import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,13 @@ from imer.data import (
 from imer.errors import ConfigError, DataError, IMERError
 from imer.evaluation.metrics import headline_metrics, is_better, task_metrics
 from imer.experiments.config import RunConfig
+from imer.experiments.predictions import prediction_rows, write_predictions
+from imer.experiments.spec import config_hash, dataset_label
 from imer.experiments.validation import check_select_metric
 from imer.io import atomic_write, read_json, write_json
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
 from imer.training.checkpoint import load_weights, save_weights
+from imer.training.tracking import tracking_hooks
 from imer.training.trainer import EvalSet, Trainer, predict_split
 
 
@@ -102,10 +107,34 @@ def split_mask(config: RunConfig, data: PreparedData, split: str, protocol: Rand
     return fixed_mask(protocol, data.dataset.available[data.indices[split]], seed, purpose)
 
 
+def source_commit() -> str | None:
+    """The git commit of the imer source tree (``+dirty`` with uncommitted changes); None outside a checkout."""
+    root = Path(imer.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process so far, in MB (None where the platform cannot tell)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024)
+
+
 def environment_info() -> dict[str, Any]:
     """Versions and machine, written next to every result."""
     return {
         "imer": imer.__version__,
+        "commit": source_commit(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -149,18 +178,26 @@ def train(
     resume: bool = False,
     dataset: MultimodalDataset | None = None,
     overwrite: bool = False,
+    variant: str | None = None,
+    hooks: list[Callable[[dict[str, Any]], None]] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run; writes the run directory and returns ``metrics.json``'s content.
 
     A folder that already holds a run (``metrics.json`` or ``checkpoint.pt``) is
     refused unless ``resume`` (continue it) or ``overwrite`` (replace it) is given.
     Warnings raised on the way are listed in ``metrics.json`` under ``warnings``.
+    ``config`` is not changed (the resolved copy is saved as ``config.json``).
+    ``dataset`` trains on an in-memory dataset instead of loading
+    ``config.data.name``; ``run_spec.json`` then records its fingerprint, so a
+    later evaluation can check it gets the same data. ``variant`` is the name
+    the run is reported under (default: the method). ``hooks`` are called with
+    every epoch's history record (see :mod:`imer.training.tracking`).
     """
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            return _train(config, Path(out_dir), resume, dataset, overwrite, caught)
+            return _train(copy.deepcopy(config), Path(out_dir), resume, dataset, overwrite, caught, variant, hooks)
     finally:
         _reemit(caught)  # shown (or recorded by a caller) once the run's own record is complete
 
@@ -243,7 +280,9 @@ def constant_baseline(data: PreparedData, metric: str) -> tuple[float, str]:
     return best
 
 
-def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDataset | None, overwrite: bool, caught: list) -> dict[str, Any]:
+def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDataset | None, overwrite: bool, caught: list,
+           variant: str | None, hooks: list[Callable[[dict[str, Any]], None]] | None) -> dict[str, Any]:
+    started = time.perf_counter()
     config.validate(check_data=dataset is None)
     device = _device(config.train.device)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -265,15 +304,19 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
     check_training_data(config, data, select)
     model = create_model(config.method, data.spec, config.model)
     config.model = _config_values(model)
+    dataset_id = data.dataset.name if dataset is not None else dataset_label(config.data.name)
     write_json(out / "config.json", config.to_dict())
-    write_json(out / "run_spec.json", {
+    run_spec = {
         "modalities": modalities,
         "dims": list(data.spec.dims),
         "task": data.spec.task,
         "num_classes": data.spec.num_classes,
         "class_names": data.dataset.class_names,
         "uses_context": model.uses_context,
-    })
+    }
+    if dataset is not None:
+        run_spec["in_memory_data"] = {"name": data.dataset.name, "utterances": len(data.dataset), "fingerprint": dataset_fingerprint(data.dataset)}
+    write_json(out / "run_spec.json", run_spec)
     write_json(out / "environment.json", environment_info())
     manifest = feature_manifest(config, data.dataset)
     if manifest is not None:
@@ -297,11 +340,17 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         run_dir=out,
         progress=config.train.progress,
         eval_test_each_epoch=config.train.eval_test_each_epoch,
+        hooks=list(hooks or []) + tracking_hooks(config.train.log_to, out, config.to_dict(), variant or config.method),
     )
     if not resume and (out / "history.jsonl").exists():
         (out / "history.jsonl").unlink()
     sets = {s: EvalSet(data.batchers[s], masks[s]) for s in ("valid", "test")}
-    result = trainer.fit(data.batchers["train"], train_mask, sets["valid"], sets["test"], resume=resume)
+    try:
+        result = trainer.fit(data.batchers["train"], train_mask, sets["valid"], sets["test"], resume=resume)
+    finally:
+        for hook in trainer.hooks:
+            if hasattr(hook, "close"):
+                hook.close()
 
     model.load_state_dict(result.best_state)
     model.on_epoch_start(result.best_epoch)
@@ -309,7 +358,9 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
     test_acc = predict_split(model, sets["test"], config.train.batch_size, trainer.device)
     valid_metrics = predict_split(model, sets["valid"], config.train.batch_size, trainer.device).compute()
     test_metrics = test_acc.compute()
-    _write_predictions(out / "predictions_test.csv", data, test_acc)
+    index, labels, preds, available = test_acc.ordered()
+    write_predictions(out / "predictions_test.csv", prediction_rows(
+        data.spec.task, preds, data.dataset.utterance_ids[data.indices["test"]][index], modalities, available, data.dataset.class_names, labels))
     baseline, baseline_name = constant_baseline(data, select)
     if config.train.selection == "valid" and not is_better(select, float(valid_metrics[select]), baseline):
         warnings.warn(
@@ -321,7 +372,10 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         )
     metrics = {
         "method": config.method,
+        "variant": variant or config.method,
+        "config_hash": config_hash(config.to_dict(), dataset_id),
         "dataset": data.dataset.name,
+        "dataset_id": dataset_id,
         "seed": config.seed,
         "fold": config.data.fold,
         "task": data.spec.task,
@@ -335,6 +389,8 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         "valid": valid_metrics,
         "test": test_metrics,
         "seconds_per_epoch": result.seconds_per_epoch,
+        "wall_seconds": time.perf_counter() - started,
+        "peak_rss_mb": peak_memory_mb(),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "warnings": sorted({" ".join(str(w.message).split()) for w in caught}),
     }
@@ -365,33 +421,25 @@ def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None
         raise IMERError(f"{out}: cannot resume, model.{changed[0]} differs from the interrupted run ({saved_model[changed[0]]!r} vs {config.model[changed[0]]!r}); use the same settings, or --overwrite to start again")
 
 
+def dataset_fingerprint(dataset: MultimodalDataset) -> str:
+    """SHA-256 (16 hex digits) of a dataset's arrays: the same data gives the same fingerprint."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    parts = [dataset.labels, dataset.available, dataset.utterance_ids, dataset.group_ids, dataset.order]
+    parts += [dataset.split if dataset.split is not None else np.array([]), dataset.fold if dataset.fold is not None else np.array([])]
+    for m, x in dataset.features.items():
+        digest.update(m.encode())
+        parts.append(np.where(np.isfinite(x), x, 0))
+    for array in parts:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _config_values(model: IMERModel) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(model.config)
-
-
-def _write_predictions(path: Path, data: PreparedData, acc) -> None:
-    index, labels, preds, available = acc.ordered()
-    ids = data.dataset.utterance_ids[data.indices["test"]][index]
-    class_names = data.dataset.class_names
-    with atomic_write(path) as fh:
-        writer = csv.writer(fh)
-        if data.spec.task == "classification":
-            probs = _softmax(preds)
-            writer.writerow(["utterance_id", "label", "prediction", *[f"p_{c}" for c in class_names], *[f"has_{m}" for m in data.dataset.modalities]])
-            for i, row in enumerate(probs):
-                writer.writerow([ids[i], class_names[labels[i]], class_names[int(row.argmax())], *[f"{p:.6f}" for p in row], *available[i].astype(int)])
-        else:
-            writer.writerow(["utterance_id", "label", "score", *[f"has_{m}" for m in data.dataset.modalities]])
-            for i in range(len(ids)):
-                writer.writerow([ids[i], f"{labels[i]:.4f}", f"{float(preds[i]):.6f}", *available[i].astype(int)])
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 @dataclass

@@ -1,10 +1,16 @@
-"""Grids of runs (dataset × method × missing rate × seed), resumable and parallel.
+"""Grids of runs (dataset × variant × missing rate × seed), resumable and parallel.
 
-A sweep directory holds ``sweep.json`` (the grid, its settings and the status
-of every cell, rewritten as cells finish), ``failures.jsonl`` (one line per
-failed attempt) and one run directory per cell::
+A sweep comes from a spec file (:mod:`imer.experiments.spec`) or from the
+command line, where every method is a variant of the same name. A sweep
+directory holds ``sweep.json`` (the grid, its settings and the status of every
+cell, rewritten as cells finish), ``failures.jsonl`` (one line per failed
+attempt) and one run directory per cell::
 
-    DIR/runs/<dataset>/<method>/rate=<r>/seed=<s>/      (``fold=<f>/seed=<s>`` with --folds)
+    DIR/runs/<dataset>/<variant>/rate=<r>/seed=<s>/      (``fold=<f>/seed=<s>`` with --folds)
+
+``<dataset>`` is :func:`~imer.experiments.spec.dataset_label`: the registered
+name, or ``<stem>-<content hash>`` for a file, so two files with the same stem
+never share run folders.
 
 A cell is finished when its ``metrics.json`` exists (and ``conditions.json``
 when fixed-condition evaluation is asked for); finished cells are never run
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from imer.errors import ConfigError, IMERError
+from imer.experiments.spec import ExperimentFile, Variant, dataset_label, variants_table
 from imer.io import append_jsonl, read_json, write_json
 
 STATUS_FILES = ("metrics.json", "conditions.json")
@@ -40,16 +47,17 @@ class Cell:
     """One run of the grid."""
 
     dataset: str
+    variant: str
     method: str
     rate: float
     seed: int
     fold: int | None = None
+    dataset_id: str = ""
 
     @property
     def relpath(self) -> Path:
         """Run directory relative to the sweep directory."""
-        dataset = Path(self.dataset).stem if self.dataset.endswith(".npz") else self.dataset
-        base = Path("runs") / dataset / self.method / f"rate={self.rate:g}"
+        base = Path("runs") / (self.dataset_id or self.dataset) / self.variant / f"rate={self.rate:g}"
         if self.fold is not None:
             base = base / f"fold={self.fold}"
         return base / f"seed={self.seed}"
@@ -57,39 +65,69 @@ class Cell:
     @property
     def label(self) -> str:
         fold = f" fold={self.fold}" if self.fold is not None else ""
-        return f"{self.dataset}/{self.method} rate={self.rate:g}{fold} seed={self.seed}"
+        return f"{self.dataset_id or self.dataset}/{self.variant} rate={self.rate:g}{fold} seed={self.seed}"
 
 
 @dataclass
 class SweepSpec:
-    """The grid and the settings shared by all its cells."""
+    """The grid and the settings shared by all its cells.
 
-    methods: list[str]
-    datasets: list[str]
-    rates: list[float]
-    seeds: list[int]
+    ``variants`` are the rows of the grid; ``methods`` is the command-line
+    shorthand (every method a variant of the same name). ``epochs`` is the
+    budget of variants without their own; ``overrides`` apply to every variant
+    (``METHOD:key=value`` to one method's variants), before the variant's own.
+    """
+
+    methods: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    variants: list[Variant] = field(default_factory=list)
     folds: list[int] | None = None
     epochs: int | None = None
     data_dir: str | None = None
     overrides: list[str] = field(default_factory=list)
     conditions: bool = False
     threads: int = 1
+    log_to: str | None = None
+    experiment: ExperimentFile | None = None
+
+    def __post_init__(self) -> None:
+        self.variants = [v if isinstance(v, Variant) else Variant.from_dict(v) for v in self.variants]
+        if isinstance(self.experiment, dict):
+            self.experiment = ExperimentFile(**self.experiment)
+        names = {v.name for v in self.variants}
+        self.variants += [Variant(m, m) for m in self.methods if m not in names]
+        self.methods = []
+        if len({v.name for v in self.variants}) != len(self.variants):
+            raise ConfigError("variant names must be unique in a sweep")
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
 
     def cells(self) -> list[Cell]:
         """All cells, dataset-major (so early results fill whole table rows first)."""
         folds: list[int | None] = list(self.folds) if self.folds else [None]
+        labels = {d: dataset_label(d) for d in self.datasets}
         return [
-            Cell(d, m, float(r), int(s), f)
+            Cell(d, v.name, v.method, float(r), int(s), f, labels[d])
             for d in self.datasets
-            for m in self.methods
+            for v in self.variants
             for r in self.rates
+            if v.rates is None or float(r) in v.rates
             for f in folds
             for s in self.seeds
+            if v.seeds is None or int(s) in v.seeds
         ]
 
     def settings(self) -> dict[str, Any]:
         """What must agree between runs of one sweep directory for its numbers to be comparable."""
         return {"epochs": self.epochs, "overrides": list(self.overrides)}
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["variants"] = variants_table(self.variants)
+        return values
 
 
 def overrides_for(method: str, overrides: Iterable[str]) -> list[str]:
@@ -132,21 +170,24 @@ def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
         warnings.simplefilter("always")
         try:
             if not (run_dir / "metrics.json").is_file():
+                variant = spec.variant(cell.variant)
                 config = build_run_config(
                     cell.method,
                     cell.dataset,
-                    overrides=overrides_for(cell.method, spec.overrides),
+                    overrides=overrides_for(cell.method, spec.overrides) + list(variant.overrides),
                     seed=cell.seed,
                     data__data_dir=spec.data_dir,
                     data__fold=cell.fold,
                     missing__rate=cell.rate,
-                    train__epochs=spec.epochs,
+                    train__epochs=variant.epochs or spec.epochs,
                     train__threads=spec.threads,
                     train__progress=False,
                 )
+                if spec.log_to:
+                    config.train.log_to = spec.log_to
                 resumed = (run_dir / "checkpoint.pt").is_file()
                 record["resumed"] = resumed
-                train(config, run_dir, resume=resumed)
+                train(config, run_dir, resume=resumed, variant=cell.variant)
             if spec.conditions and not (run_dir / "conditions.json").is_file():
                 write_json(run_dir / "conditions.json", evaluate_conditions(run_dir, data_dir=spec.data_dir))
             (run_dir / "error.json").unlink(missing_ok=True)
@@ -175,7 +216,9 @@ def execute_local(spec: SweepSpec, cells: list[Cell], out: Path, workers: int) -
             yield run_cell(spec, cell, out)
         return
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(spec.threads,))
+    # One fresh process per cell (Python >= 3.11), so each run's peak RSS in metrics.json is its own.
+    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(spec.threads,), **fresh)
     try:
         pending: dict[Future, Cell] = {pool.submit(run_cell, spec, cell, out): cell for cell in cells}
         while pending:
@@ -256,7 +299,7 @@ def _manifest(spec: SweepSpec, out: Path, states: dict[Cell, str], started: str,
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "backend": backend,
         "workers": workers,
-        "spec": asdict(spec),
+        "spec": spec.to_dict(),
         "counts": counts,
         "cells": [{**asdict(c), "path": str(c.relpath), "status": s} for c, s in states.items()],
     }
@@ -277,6 +320,11 @@ def _check_settings(spec: SweepSpec, out: Path) -> None:
             f"{out}: holds a sweep with other settings {old.settings()} (now {spec.settings()}); "
             "results would not be comparable — use another --out"
         )
+    before = {v.name: v.settings() for v in old.variants}
+    for v in spec.variants:
+        if v.name in before and before[v.name] != v.settings():
+            raise ConfigError(f"{out}: variant '{v.name}' was run with other settings {before[v.name]} (now {v.settings()}); "
+                              "give the changed variant a new name or use another --out")
 
 
 def run_sweep(
@@ -299,12 +347,12 @@ def run_sweep(
 
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
-    if not spec.methods or not spec.datasets or not spec.rates or not spec.seeds:
+    if not spec.variants or not spec.datasets or not spec.rates or not spec.seeds:
         raise ConfigError("a sweep needs at least one method, dataset, missing rate and seed")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(spec, out)
-    unknown = sorted(set(spec.methods) - set(list_models()))
+    unknown = sorted({v.method for v in spec.variants} - set(list_models()))
     if unknown:
         warnings.warn(f"unknown method(s) {unknown} (registered: {list_models()}); their cells will be recorded as failed", stacklevel=2)
     cells = spec.cells()

@@ -90,6 +90,7 @@ RUN_RANGES: dict[str, Range] = {
 RUN_CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.selection": ("valid", "test-published"),
+    "train.log_to": ("tensorboard", "mlflow"),
     "train.select_metric": tuple(dict.fromkeys(SELECT_METRICS["classification"] + SELECT_METRICS["regression"])),
 }
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
@@ -342,10 +343,12 @@ def validate_sweep(spec: Any) -> None:
     for seed in spec.seeds:
         _check_range(seed, RUN_RANGES["seed"], "--seeds")
     for dataset in spec.datasets:
-        for method in spec.methods:
+        for variant in spec.variants:
             for fold in spec.folds or [None]:
                 try:
-                    build_run_config(method, dataset, overrides=overrides_for(method, spec.overrides), data__data_dir=spec.data_dir,
-                                     data__fold=fold, train__epochs=spec.epochs, train__threads=spec.threads)
+                    build_run_config(variant.method, dataset, overrides=overrides_for(variant.method, spec.overrides) + list(variant.overrides),
+                                     data__data_dir=spec.data_dir, data__fold=fold, train__epochs=variant.epochs or spec.epochs,
+                                     train__threads=spec.threads)
                 except ConfigError as exc:
-                    raise ConfigError(f"{method} on {dataset}: {exc}") from None
+                    name = variant.method if variant.name == variant.method else f"variant '{variant.name}' ({variant.method})"
+                    raise ConfigError(f"{name} on {dataset}: {exc}") from None

@@ -118,7 +118,19 @@ class IMERModel(nn.Module):
         return (per * w).sum() / w.sum().clamp(min=1.0)
 
     def loss(self, out: ModelOutput, labels: Tensor, mask: Tensor, available: Tensor) -> dict[str, Tensor]:
-        """Named loss terms (already weighted); the trainer minimises their sum."""
+        """Named loss terms (already weighted); the trainer minimises their sum.
+
+        Contract with the trainer: for every training batch it calls ``forward``,
+        then ``loss`` on that same output, then ``backward`` on the summed terms,
+        in this order and nothing in between. A method may therefore pass
+        information from ``loss`` to its own backward pass: ComP's gradient
+        modulator puts a weight tensor into ``out.aux`` during ``forward`` (read
+        lazily by a custom autograd function, ``GradScale``) and fills it in place
+        in ``loss`` once the unimodal errors are known, so the coming backward
+        scales each modality's prompt gradients. Such in-place writes must only
+        touch tensors that no loss term depends on, and evaluation never calls
+        ``loss``, so predictions do not depend on it.
+        """
         return {"task": self.task_loss(out.prediction, labels, mask)}
 
     def on_epoch_start(self, epoch: int) -> None:

@@ -105,6 +105,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         progress: bool = True,
         eval_test_each_epoch: bool = True,
+        hooks: list[Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
         self.model = model
         self.epochs, self.batch_size = epochs, batch_size
@@ -115,6 +116,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.progress = progress
         self.eval_test_each_epoch = eval_test_each_epoch or selection == "test-published"
+        self.hooks = list(hooks or [])  # called with each epoch's history record, after it is logged
         self.model.to(self.device)
         self.optimizer = make_optimizer(model, optimizer, lr, weight_decay)
 
@@ -260,6 +262,9 @@ class Trainer:
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Append an epoch's record to ``history.jsonl`` and hand it to every hook (tracking sinks)."""
+        for hook in self.hooks:
+            hook(record)
         if self.run_dir is None:
             return
         append_jsonl(self.run_dir / "history.jsonl", record)

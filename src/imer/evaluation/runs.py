@@ -1,0 +1,174 @@
+"""Finished runs as records: what ``imer report`` and :func:`results` read from run folders.
+
+A finished run is a folder with ``metrics.json``; ``conditions.json``,
+``history.jsonl``, ``config.json`` and ``environment.json`` are read when
+present. Runs written before variants existed count as the variant named
+after their method, with no config hash.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imer.errors import IMERError
+from imer.io import read_json
+
+METRIC_LABELS = {"acc": "ACC", "ua": "UA", "acc2": "ACC", "f1": "F1", "wf1": "WF1", "mae": "MAE", "corr": "Corr", "acc7": "ACC7"}
+
+
+@dataclass
+class RunRecord:
+    """One finished run, as read from its directory."""
+
+    path: Path
+    dataset: str
+    method: str
+    rate: float
+    seed: int
+    fold: int | None
+    task: str
+    test: dict[str, Any]
+    test_missing_fraction: float
+    selection: str = "valid"
+    epochs: int | None = None
+    conditions: dict[str, dict[str, Any]] | None = None
+    variant: str = ""
+    config_hash: str | None = None
+    metrics: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.variant = self.variant or self.method
+
+    @property
+    def has_history(self) -> bool:
+        return (self.path / "history.jsonl").is_file()
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """The record of one finished run folder."""
+    path = run_dir / "metrics.json"
+    try:
+        m = read_json(path)
+        missing = m.get("missing", {})
+        record = RunRecord(
+            path=run_dir,
+            dataset=str(m.get("dataset_id") or m["dataset"]),
+            method=str(m["method"]),
+            rate=float(missing.get("train_rate", 0.0)),
+            seed=int(m["seed"]),
+            fold=m.get("fold"),
+            task=str(m["task"]),
+            test=m["test"],
+            test_missing_fraction=float(m.get("missing_fraction", {}).get("test", float("nan"))),
+            selection=str(m.get("selection", {}).get("rule", "valid")),
+            epochs=m.get("selection", {}).get("epochs"),
+            variant=str(m.get("variant") or m["method"]),
+            config_hash=m.get("config_hash"),
+            metrics=m,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IMERError(f"{path}: not a metrics file written by imer ({type(exc).__name__}: {exc})") from None
+    if (run_dir / "conditions.json").is_file():
+        record.conditions = read_json(run_dir / "conditions.json")["conditions"]
+    return record
+
+
+def collect_runs(root: str | Path) -> list[RunRecord]:
+    """Every finished run (a folder with ``metrics.json``) under ``root``, sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise IMERError(f"{root}: not a directory")
+    return [read_run(path.parent) for path in sorted(root.rglob("metrics.json"))]
+
+
+def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
+    """Per-epoch test (else valid) ``modality_acc`` from ``history.jsonl``; None if the run has none."""
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        return None
+    series = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        split = record.get("test") or record.get("valid") or {}
+        if "modality_acc" not in split:
+            return None
+        series.append(split["modality_acc"])
+    return series or None
+
+
+def selected_diagnostics(run: RunRecord, split: str = "test") -> dict[str, float] | None:
+    """The method's ``epoch_diagnostics`` on ``split`` at the selected epoch (flattened ``a/b`` keys); None if not logged."""
+    path = run.path / "history.jsonl"
+    best = (run.metrics or {}).get("selection", {}).get("best_epoch")
+    if best is None or not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if record.get("epoch") == best:
+                values = record.get("diagnostics", {}).get(split)
+                return _flatten(values) if values else None
+    return None
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def run_row(run: RunRecord) -> dict[str, Any]:
+    """One flat row: identity, every scalar test metric (plain names), ``valid.*``, ``modality_acc.*``, conditions, cost."""
+    m = run.metrics or {}
+    env = read_json(run.path / "environment.json") if (run.path / "environment.json").is_file() else {}
+    row: dict[str, Any] = {
+        "dataset": run.dataset, "variant": run.variant, "method": run.method, "rate": run.rate, "seed": run.seed, "fold": run.fold,
+        "condition": m.get("missing", {}).get("test_protocol"), "task": run.task,
+    }
+    for k, v in run.test.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            row[k] = v
+    for mod, v in run.test.get("modality_acc", {}).items():
+        row[f"modality_acc.{mod}"] = v
+    for k, v in (m.get("valid") or {}).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            row[f"valid.{k}"] = v
+    for label, values in (run.conditions or {}).items():
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                row[f"conditions.{label}.{k}"] = v
+    selection = m.get("selection", {})
+    row.update({
+        "epochs": selection.get("epochs"), "best_epoch": selection.get("best_epoch"), "seconds": m.get("wall_seconds"),
+        "seconds_per_epoch": m.get("seconds_per_epoch"), "peak_rss_mb": m.get("peak_rss_mb"), "parameters": m.get("parameters"),
+        "test_missing_fraction": run.test_missing_fraction, "config_hash": run.config_hash, "commit": env.get("commit"),
+        "path": str(run.path),
+    })
+    return row
+
+
+def results(path: str | Path):
+    """Every finished run under ``path`` as a ``pandas.DataFrame``, one row per run.
+
+    Columns: dataset, variant, method, rate, seed, fold, condition (the test
+    protocol), task, every scalar test metric (``acc2``, ``f1``, ...),
+    ``modality_acc.<m>``, ``valid.<metric>``, ``conditions.<c>.<metric>``,
+    epochs, best_epoch, seconds (wall time of the run), seconds_per_epoch,
+    peak_rss_mb, parameters, test_missing_fraction, config_hash, commit, path.
+    Needs pandas (``pip install 'imer[analysis]'``).
+    """
+    try:
+        import pandas as pd
+    except ImportError:
+        raise IMERError("imer.results needs pandas: pip install 'imer[analysis]'") from None
+    rows = [run_row(r) for r in collect_runs(path)]
+    return pd.DataFrame(rows)

@@ -1,0 +1,173 @@
+"""Fit and predict in memory, over the same trainer and run-folder format as ``imer train``.
+
+::
+
+    ds = imer.Dataset.from_arrays({"audio": xa, "text": xt}, labels, group_ids=dialogues)
+    model = imer.fit("comp", ds, missing_rate=0.3, epochs=20)
+    model.predict({"audio": xa_new, "text": xt_new})     # NaN rows = modality absent
+    model.save("runs/my-comp")                           # a normal run folder
+    model = imer.load("runs/my-comp")
+
+:func:`fit` trains into a temporary run folder (removed when the model is
+garbage-collected, unless ``out`` is given); :meth:`Model.save` copies it
+without the resume checkpoint. The folder records that its data came from
+memory (name, size and fingerprint in ``run_spec.json``), so
+:meth:`Model.evaluate` / :func:`imer.evaluate` later ask for the same dataset.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imer.data import MultimodalDataset
+from imer.errors import IMERError
+from imer.io import read_json
+
+SAVED = ("config.json", "run_spec.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz", "masks.npz",
+         "environment.json", "predictions_test.csv")
+
+
+class Model:
+    """A trained run, usable from Python: ``predict``, ``predict_proba``, ``evaluate``, ``save``."""
+
+    def __init__(self, run_dir: str | Path, _temporary: bool = False) -> None:
+        from imer.experiments.run import load_run
+
+        self.run_dir = Path(run_dir)
+        self._loaded = load_run(self.run_dir)
+        if _temporary:
+            self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.run_dir), True)
+
+    @property
+    def method(self) -> str:
+        return self._loaded.config.method
+
+    @property
+    def task(self) -> str:
+        return self._loaded.spec.task
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self._loaded.spec.modalities)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """``metrics.json`` of the run (valid/test metrics at the selected epoch, ...)."""
+        return read_json(self.run_dir / "metrics.json")
+
+    def _rows(self, features: dict[str, np.ndarray] | MultimodalDataset, available: np.ndarray | None, group_ids: np.ndarray | None) -> list[dict[str, Any]]:
+        from imer.experiments.inference import check_prediction_input, predict_given
+
+        if isinstance(features, MultimodalDataset):
+            ds = features
+            arrays: dict[str, Any] = {f"x_{m}": x for m, x in ds.features.items()}
+            arrays.update(available=ds.available, group_ids=ds.group_ids, order=ds.order, utterance_ids=ds.utterance_ids)
+            if ds.speakers is not None:
+                arrays["speakers"] = ds.speakers
+        else:
+            arrays = {f"x_{m}": np.asarray(x) for m, x in features.items()}
+            if available is not None:
+                arrays["available"] = np.asarray(available, dtype=bool)
+            if group_ids is not None:
+                arrays["group_ids"] = np.asarray(group_ids)
+                arrays["order"] = _positions(np.asarray(group_ids).astype(str))
+        spec = self._loaded.spec
+        rows = predict_given(self._loaded, check_prediction_input(arrays, "predict input", list(spec.modalities), spec.dim_of))
+        position = {r["utterance_id"]: r for r in rows}
+        n = len(next(iter(arrays.values())))
+        ids = arrays.get("utterance_ids", np.arange(n).astype(str))
+        return [position[str(i)] for i in ids]
+
+    def predict(self, features: dict[str, np.ndarray] | MultimodalDataset, available: np.ndarray | None = None,
+                group_ids: np.ndarray | None = None) -> np.ndarray:
+        """Class names (classification) or scores (regression), one per row, in input order.
+
+        ``features``: modality -> ``[N, d]`` (a modality may be left out, or hold
+        NaN rows where absent), or a dataset. Dialogue methods use ``group_ids``
+        (rows of a group in order); without them each row is its own dialogue.
+        """
+        rows = self._rows(features, available, group_ids)
+        key = "prediction" if self.task == "classification" else "score"
+        return np.array([r[key] for r in rows])
+
+    def predict_proba(self, features: dict[str, np.ndarray] | MultimodalDataset, available: np.ndarray | None = None,
+                      group_ids: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities ``[N, C]`` (classification only), columns in ``class_names`` order."""
+        if self.task != "classification":
+            raise IMERError(f"{self.run_dir}: predict_proba is for classification; this model predicts scores")
+        rows = self._rows(features, available, group_ids)
+        names = [k for k in rows[0] if k.startswith("p_")] if rows else []
+        return np.array([[r[k] for k in names] for r in rows])
+
+    def evaluate(self, dataset: MultimodalDataset | None = None, missing_rate: float | None = None, condition: str | None = None) -> dict[str, Any]:
+        """Test metrics under a missing rate or a fixed condition (in-memory runs need their ``dataset``)."""
+        from imer.experiments.inference import evaluate_run
+
+        return evaluate_run(self.run_dir, missing_rate=missing_rate, condition=condition, loaded=self._loaded, dataset=dataset)
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the run folder (without the resume checkpoint) to ``path``; load it again with :func:`load`."""
+        path = Path(path)
+        if path.resolve() == self.run_dir.resolve():
+            return path
+        if (path / "metrics.json").exists():
+            raise IMERError(f"{path}: already holds a run; choose another folder")
+        path.mkdir(parents=True, exist_ok=True)
+        for name in SAVED:
+            if (self.run_dir / name).is_file():
+                shutil.copy2(self.run_dir / name, path / name)
+        return path
+
+    def __repr__(self) -> str:
+        return f"Model(method={self.method!r}, run_dir={str(self.run_dir)!r})"
+
+
+def _positions(groups: np.ndarray) -> np.ndarray:
+    order = np.zeros(len(groups), dtype=np.int64)
+    for g in np.unique(groups):
+        where = groups == g
+        order[where] = np.arange(int(where.sum()))
+    return order
+
+
+def fit(
+    method: str,
+    dataset: MultimodalDataset,
+    missing_rate: float = 0.0,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> Model:
+    """Train ``method`` on an in-memory dataset; returns the fitted :class:`Model`.
+
+    ``options`` are config fields by bare name (``hidden=64``,
+    ``stage_epoch=5``, ``lr=1e-4``), like ``--set``; ``overrides`` takes
+    ``section.field=value`` strings. ``out`` keeps the run folder there.
+    """
+    import json
+
+    from imer.experiments.config import build_run_config
+    from imer.experiments.run import train
+
+    extra = [f"{k}={json.dumps(v)}" for k, v in options.items()]
+    config = build_run_config(method, dataset.name, overrides=list(overrides or []) + extra, in_memory=True, seed=seed,
+                              missing__rate=missing_rate, train__epochs=epochs, train__progress=progress)
+    temporary = out is None
+    run_dir = Path(tempfile.mkdtemp(prefix="imer-fit-")) if temporary else Path(out)
+    train(config, run_dir, dataset=dataset)
+    return Model(run_dir, _temporary=temporary)
+
+
+def load(path: str | Path) -> Model:
+    """A run folder (from :meth:`Model.save`, ``imer train`` or a sweep) as a :class:`Model`."""
+    return Model(path)

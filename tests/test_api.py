@@ -1,0 +1,113 @@
+"""The in-memory API (the README example runs as written), train() leaving its config alone, tracking sinks."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import imer
+from imer.errors import IMERError
+from imer.experiments.config import build_run_config
+from imer.experiments.run import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_in_memory_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return next(b for b in blocks if "imer.Dataset.from_arrays" in b)
+
+
+def test_readme_in_memory_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_in_memory_example(), "README.md", "exec"), namespace)
+    model, same, ds = namespace["model"], namespace["same"], namespace["ds"]
+    assert (tmp_path / "runs/in-memory/model.safetensors").is_file() and not (tmp_path / "runs/in-memory/checkpoint.pt").exists()
+    assert model.metrics["method"] == "comp" and model.metrics["missing"]["train_rate"] == 0.3
+    x = {"audio": ds.features["audio"][:7], "text": ds.features["text"][:7]}
+    assert np.array_equal(model.predict(x), same.predict(x)) and set(model.predict(x)) <= {"0", "1"}
+    proba = same.predict_proba(x)
+    assert proba.shape == (7, 2) and np.allclose(proba.sum(axis=1), 1)
+    assert same.evaluate(ds)["test"]["acc"] == pytest.approx(model.metrics["test"]["acc"])
+    with pytest.raises(IMERError, match="in-memory data"):
+        imer.evaluate(str(tmp_path / "runs/in-memory"))
+    other = imer.Dataset.from_arrays({m: v + 1 for m, v in ds.features.items()}, ds.labels, group_ids=ds.group_ids)
+    with pytest.raises(IMERError, match="not the one the run was trained on"):
+        same.evaluate(other)
+    temporary = model.run_dir
+    del model, namespace
+    import gc
+
+    gc.collect()
+    assert not temporary.exists()
+
+
+def test_from_arrays_infers_task_classes_groups_and_split():
+    labels = np.array(["sad", "happy"] * 10)
+    x = {"a": np.arange(40, dtype=float).reshape(20, 2), "b": np.ones((20, 3))}
+    x["b"][3] = np.nan
+    ds = imer.Dataset.from_arrays(x, labels)
+    assert ds.task == "classification" and ds.class_names == ["happy", "sad"] and ds.labels[0] == 1
+    assert not ds.available[3, 1] and ds.available[3, 0] and (ds.split == "test").sum() == 4
+    reg = imer.Dataset.from_arrays(x, np.linspace(-1, 1, 20), group_ids=np.repeat(np.arange(5), 4))
+    assert reg.task == "regression" and list(reg.order[:5]) == [0, 1, 2, 3, 0]
+
+
+def test_train_does_not_change_the_callers_config(tmp_path):
+    config = build_run_config("early-fusion", "synthetic", overrides=["data.options.num_groups=10", "data.options.max_len=4", "hidden=8"],
+                              train__epochs=1, train__progress=False)
+    before = copy.deepcopy(config)
+    metrics = train(config, tmp_path / "run")
+    assert config == before
+    saved = json.loads((tmp_path / "run/config.json").read_text())
+    assert saved["model"]["hidden"] == 8 and saved["seed"] == config.seed
+    assert metrics["variant"] == "early-fusion" and len(metrics["config_hash"]) == 12
+
+
+def _tiny(**kw):
+    return build_run_config("late-fusion", "synthetic", overrides=["data.options.num_groups=10", "data.options.max_len=4", "hidden=8"],
+                            train__epochs=2, train__progress=False, **kw)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed (pip install 'imer[tensorboard]')")
+def test_tensorboard_sink_logs_every_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(_tiny(train__log_to="tensorboard"), tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run/tensorboard"))
+    events.Reload()
+    history = [json.loads(line) for line in (tmp_path / "run/history.jsonl").read_text().splitlines()]
+    logged = events.Scalars("valid/acc")
+    assert [e.step for e in logged] == [0, 1]
+    assert [e.value for e in logged] == pytest.approx([h["valid"]["acc"] for h in history])
+    assert "loss/total" in events.Tags()["scalars"] and "test/modality_acc/a" not in events.Tags()["scalars"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow not installed (pip install 'imer[mlflow]')")
+def test_mlflow_sink_logs_params_and_every_epoch(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "imer-test")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a throw-away local store for the test
+    from mlflow.tracking import MlflowClient
+
+    train(_tiny(train__log_to="mlflow"), tmp_path / "run", variant="lf-tiny")
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("imer-test").experiment_id])
+    assert run.info.run_name == "lf-tiny" and run.info.status == "FINISHED"
+    assert run.data.params["method"] == "late-fusion" and run.data.params["model.hidden"] == "8"
+    history = [json.loads(line) for line in (tmp_path / "run/history.jsonl").read_text().splitlines()]
+    logged = client.get_metric_history(run.info.run_id, "valid/acc")
+    assert [m.step for m in logged] == [0, 1] and [m.value for m in logged] == pytest.approx([h["valid"]["acc"] for h in history])
+
+
+def test_unknown_sink_is_refused():
+    with pytest.raises(Exception, match="log_to"):
+        _tiny(train__log_to="wandb")
