@@ -77,7 +77,7 @@ def prepare_data(config: RunConfig, dataset: MultimodalDataset | None = None, sc
     indices = dataset.split_indices(fold, config.data.valid_fraction, config.data.split_seed)
     scaler = scaler or Standardizer.fit(dataset.features, indices["train"], dataset.available)
     scaled = scaler.transform(dataset.features, dataset.available)
-    by_group = get_model_class(config.method).uses_context
+    by_group = get_model_class(config.method).reads_dialogues(config.model)
     batchers = {}
     for split, idx in indices.items():
         batchers[split] = SplitBatcher(

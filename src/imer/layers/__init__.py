@@ -1,6 +1,6 @@
 """Building blocks shared by methods: masked pooling, MLPs, masked sequence encoders."""
 
-from imer.layers.blocks import MLP, ModalityEmbedding, masked_mean
+from imer.layers.blocks import MLP, ModalityEmbedding, dialogue_mean, masked_mean
 from imer.layers.sequence import MaskedTransformer
 
-__all__ = ["MLP", "MaskedTransformer", "ModalityEmbedding", "masked_mean"]
+__all__ = ["MLP", "MaskedTransformer", "ModalityEmbedding", "dialogue_mean", "masked_mean"]

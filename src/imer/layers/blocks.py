@@ -64,3 +64,24 @@ class ModalityEmbedding(nn.Module):
             x = torch.where(keep, features[m], torch.zeros((), dtype=features[m].dtype))
             out.append(torch.where(keep, self.dropout(self.proj[m](x)), torch.zeros((), dtype=x.dtype)))
         return torch.stack(out, dim=-2)
+
+
+
+def dialogue_mean(values: Tensor, valid: Tensor) -> Tensor:
+    """Per modality, the mean of the *observed* utterance representations of each dialogue.
+
+    ``values`` ``[B, L, M, H]`` (one representation per utterance and
+    modality), ``valid`` ``[B, L, M]`` (observed and not padding). Returns
+    ``[B, L, M, H + 1]``: for every position of dialogue ``b`` the mean of
+    ``values[b, j, m]`` over the utterances ``j`` where ``m`` is observed (the
+    utterance itself included), followed by the bit "``m`` observed somewhere
+    in the dialogue". Only observed entries enter the mean, so a missing
+    modality's values never reach the output; a dialogue where ``m`` is never
+    observed gives exactly 0. Computed from the same per-utterance
+    representations a model learns on every utterance, it adds no parameters:
+    the video-level signal a linear model gets from the dialogue mean of its
+    inputs (``w . mean(x) = mean(w . x)``).
+    """
+    mean = masked_mean(values.transpose(1, 2), valid.transpose(1, 2), dim=2)  # [B, M, H]
+    seen = valid.any(dim=1).to(values.dtype).unsqueeze(-1)  # [B, M, 1]
+    return torch.cat([mean, seen], dim=-1).unsqueeze(1).expand(-1, values.shape[1], -1, -1)

@@ -18,7 +18,7 @@ must never influence any output.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -63,6 +63,7 @@ class ModelConfig:
     dropout: float = 0.3
     regression_loss: str = "mse"
     packed: bool = True
+    sign_weight: float = 0.0
 
 
 @dataclass
@@ -93,6 +94,15 @@ class IMERModel(nn.Module):
         self.config = config
         self.spec = spec
 
+    @classmethod
+    def reads_dialogues(cls, options: Mapping[str, Any]) -> bool:
+        """Whether a model built with config values ``options`` needs whole dialogues per batch.
+
+        ``uses_context`` by default; utterance-level methods with an opt-in
+        dialogue-context input (e.g. ``context_mean``) override it.
+        """
+        return cls.uses_context
+
     @property
     def modalities(self) -> tuple[str, ...]:
         return self.spec.modalities
@@ -109,6 +119,8 @@ class IMERModel(nn.Module):
         else:
             per = (prediction.reshape(-1) - labels.reshape(-1).float()).pow(2)
         w = weight.reshape(-1).to(per.dtype)
+        if self.spec.task == "regression" and self.config.sign_weight > 0:
+            per = per + self.config.sign_weight * sign_loss(prediction.reshape(-1), labels.reshape(-1).float())
         return (per * w).sum() / w.sum().clamp(min=1.0)
 
     def loss(self, out: ModelOutput, labels: Tensor, mask: Tensor, available: Tensor) -> dict[str, Tensor]:
@@ -167,6 +179,17 @@ class IMERModel(nn.Module):
         each candidate on validation exactly like an epoch and keeps the best.
         """
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient epochs")
+
+
+def sign_loss(score: Tensor, label: Tensor) -> Tensor:
+    """Logistic loss of the score's sign against the label's sign, per element; 0 where the label is 0.
+
+    ``log(1 + exp(-sign(y) * s))``: the surrogate of binary accuracy (acc2)
+    that logistic regression minimises. Added to the regression loss with
+    weight ``sign_weight``; the squared/absolute error keeps the score on the
+    label's scale for MAE, correlation and acc7.
+    """
+    return F.softplus(-torch.sign(label) * score) * (label != 0).to(score.dtype)
 
 
 def scores(prediction: Tensor, task: str) -> Tensor:

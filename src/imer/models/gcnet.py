@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from imer.layers import dialogue_mean
 from imer.layers.graph import GraphConv, RelationalGraphConv, speaker_relations, temporal_relations, window_edges
 from imer.layers.modality_masking import drop_modalities, zero_missing
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
@@ -43,7 +44,10 @@ class GCNetConfig(ModelConfig):
     ``hidden`` is the per-direction size of the BiLSTM encoder (GCNet's D_e);
     ``graph_hidden`` 0 means ``hidden // 2``. ``hide_prob`` is the extra
     training-time masking of observed modalities that gives the
-    reconstruction targets (0 disables it).
+    reconstruction targets (0 disables it). ``context_mean`` (opt-in,
+    diagnostic) lets the classifier also read the mean of the final
+    representations over the dialogue (:func:`imer.layers.dialogue_mean`),
+    an explicit video-level summary next to what the LSTM/graph layers learn.
     """
 
     hidden: int = 100
@@ -53,6 +57,7 @@ class GCNetConfig(ModelConfig):
     window_future: int = 6
     recon_weight: float = 1.0
     hide_prob: float = 0.2
+    context_mean: bool = False
 
 
 def packed_bilstm(lstm: nn.LSTM, x: Tensor, mask: Tensor) -> Tensor:
@@ -102,7 +107,7 @@ class GCNet(IMERModel):
         self.speaker = GraphBranch(encoded, graph_hidden, 2, config.dropout)
         represented = encoded + graph_hidden
         self.drop = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(represented, spec.output_size)
+        self.classifier = nn.Linear(2 * represented + 1 if config.context_mean else represented, spec.output_size)
         self.decoder = nn.Linear(represented, sum(spec.dims))
 
     def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor, speakers: Tensor | None = None) -> ModelOutput:
@@ -121,6 +126,8 @@ class GCNet(IMERModel):
         aux = {f"recon_{m}": r for m, r in zip(self.modalities, recon)}
         aux.update({f"target_{m}": t for m, t in zip(self.modalities, observed)})
         aux["used_available"] = used
+        if self.config.context_mean:
+            hidden = torch.cat([hidden, dialogue_mean(hidden.unsqueeze(2), mask.unsqueeze(-1)).squeeze(2)], dim=-1)
         return ModelOutput(prediction=scores(self.classifier(hidden), self.spec.task), aux=aux)
 
     def reconstruction_error(self, out: ModelOutput, weight: Tensor) -> Tensor:

@@ -30,8 +30,9 @@ Pipeline for one utterance with available set ``S``:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imer.data.batching import SplitBatcher
-from imer.layers import MLP, MaskedTransformer
+from imer.layers import MLP, MaskedTransformer, dialogue_mean
 from imer.layers.sequence import safe_key_padding
 from imer.layers.contrastive import multi_positive_contrastive
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
@@ -76,6 +77,11 @@ class PromiseConfig(ModelConfig):
         prompts: False = plain cross-attention generation (no pools, no
             pattern embedding, no prompted copy).
         frozen_encoder: False = fine-tune encoders in stage 2.
+        context_mean: opt-in video-level input: the classifier head also
+            reads, per modality, the mean of the encodings of that modality's
+            observed utterances in the same dialogue
+            (:func:`imer.layers.dialogue_mean`); the model then reads whole
+            dialogues. Off = the paper's utterance-level model.
     """
 
     hidden: int = 64
@@ -95,6 +101,7 @@ class PromiseConfig(ModelConfig):
     cccl: bool = True
     prompts: bool = True
     frozen_encoder: bool = True
+    context_mean: bool = False
 
 
 class _Encoder(nn.Module):
@@ -150,10 +157,15 @@ class Promise(IMERModel):
         self.generator_out = nn.Sequential(nn.Linear(h, h), nn.LayerNorm(h))
         self.cross_modal = MaskedTransformer(h, config.fusion_depth, config.heads, config.dropout)
         self.per_modality = nn.ModuleList([MaskedTransformer(h, 1, config.heads, config.dropout) for _ in spec.modalities])
-        self.head = MLP(h, h, spec.output_size, layers=2, dropout=config.dropout)
+        self.uses_context = config.context_mean
+        self.head = MLP(h + (m * (h + 1) if config.context_mean else 0), h, spec.output_size, layers=2, dropout=config.dropout)
         self.projection = MLP(h, h, config.proj_dim, layers=2) if config.proj_dim > 0 else nn.Identity()
         self.register_buffer("_bits", 2 ** torch.arange(m), persistent=False)
         self._epoch = 0
+
+    @classmethod
+    def reads_dialogues(cls, options: Mapping[str, Any]) -> bool:
+        return bool(options.get("context_mean", False))
 
     # ----- stages -------------------------------------------------------------------------
     def encoder_parameters(self) -> Iterable[nn.Parameter]:
@@ -231,8 +243,11 @@ class Promise(IMERModel):
         prompted = self.refine_norm(encoded + refined)
         return torch.where(available.unsqueeze(-1), prompted, torch.zeros((), dtype=prompted.dtype))
 
-    def fuse(self, encoded: Tensor, available: Tensor) -> dict[str, Tensor]:
-        """Tokens (prompted if available, generated if missing), classifier representation and prediction."""
+    def fuse(self, encoded: Tensor, available: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
+        """Tokens (prompted if available, generated if missing), classifier representation and prediction.
+
+        ``context`` (``[N, M * (H + 1)]``, with ``context_mean``) is appended to the head's input.
+        """
         generated, has_source = self.generate(encoded, available)
         prompted = self.prompt(encoded, available)
         tokens = torch.where(available.unsqueeze(-1), prompted, generated)
@@ -244,7 +259,7 @@ class Promise(IMERModel):
             summed = summed + block(pair, valid[:, j : j + 1].expand(-1, 2))
         fused = summed.mean(dim=1)
         return {"tokens": tokens, "token_valid": valid, "generated": generated, "has_source": has_source, "prompted": prompted,
-                "fused": fused, "prediction": self.head(fused)}
+                "fused": fused, "prediction": self.head(fused if context is None else torch.cat([fused, context], dim=-1))}
 
     def more_masked(self, available: Tensor) -> Tensor:
         """A copy of ``available`` with each entry dropped w.p. ``extra_mask_rate``; one random available modality always kept."""
@@ -258,16 +273,20 @@ class Promise(IMERModel):
         flat = {name: x.reshape(b * length, -1) for name, x in features.items()}
         encoded = self.encode(flat, available)
         downstream = encoded.detach() if self.encoder_stage else encoded
+        context = None
+        if self.config.context_mean:
+            context = dialogue_mean(downstream.reshape(b, length, m, -1), available.reshape(b, length, m)).reshape(b * length, -1)
         copy = None
         if self.training and self.config.fncl and self.config.lambda_1 > 0:
             copy_available = self.more_masked(available)
             if self.config.packed:  # one pass over both copies: half the (many, small) operations
-                both = self.fuse(torch.cat([downstream, downstream]), torch.cat([available, copy_available]))
+                both_context = None if context is None else torch.cat([context, context])
+                both = self.fuse(torch.cat([downstream, downstream]), torch.cat([available, copy_available]), both_context)
                 main, copy = {k: v[: b * length] for k, v in both.items()}, {k: v[b * length :] for k, v in both.items()}
             else:
-                main, copy = self.fuse(downstream, available), self.fuse(downstream, copy_available)
+                main, copy = self.fuse(downstream, available, context), self.fuse(downstream, copy_available, context)
         else:
-            main = self.fuse(downstream, available)
+            main = self.fuse(downstream, available, context)
         unimodal = {
             name: scores(self.unimodal_heads[name](encoded[:, j]).reshape(b, length, -1), self.spec.task) for j, name in enumerate(self.modalities)
         }
