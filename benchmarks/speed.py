@@ -221,7 +221,7 @@ def machine() -> dict[str, Any]:
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) -> str:
     """Result tables, one per size: after (current) and, where measured, before (legacy) and their ratio."""
     lines = [f"Command: `{command}`  ", f"Commit {info['commit']}, {info['date']}, {info['cpu']} ({info['nproc']} cores visible, "
-             f"load average {info['load']}), torch {info['torch']}, {results[0]['threads'] if results else 1} thread(s).", ""]
+             f"load average {info['load']}), torch {info['torch']}, {next((r['threads'] for r in results if 'threads' in r), 1)} thread(s).", ""]
     for size in dict.fromkeys(r["size"] for r in results):
         rows = [r for r in results if r["size"] == size]
         ok = next((r for r in rows if "error" not in r), None)
@@ -282,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                         "and/or after (current defaults); both = interleaved pairs with ratios (default before,after)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from imer.io import dumps, write_json  # strict JSON (null for NaN), like every file imer writes
 
     if args.worker:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        print(json.dumps(measure(args.methods, args.sizes, args.epochs, args.eval_repeats, args.data_dir, args.threads, args.set, variants)))
+        print(dumps(measure(args.methods, args.sizes, args.epochs, args.eval_repeats, args.data_dir, args.threads, args.set, variants)))
         return 0
 
     from imer.models import list_models
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             if "speedup_train" in r:
                 status += f"; × {r['speedup_train']:.2f} train, × {r['speedup_epoch_total']:.2f} epoch; {r['peak_rss_mb']:.0f} MB"
             print(f"{size:>10} {method:>18}: {status}", flush=True)
-            (out / "speed.json").write_text(json.dumps({"machine": info, "command": command, "results": results}, indent=2) + "\n")
+            write_json(out / "speed.json", {"machine": info, "command": command, "results": results})
             (out / "speed.md").write_text(markdown(results, info, command))
     print(f"wrote {out / 'speed.json'} and {out / 'speed.md'}")
     return 0

@@ -74,6 +74,17 @@ def jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level with dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def dumps(obj: Any, indent: int | None = None) -> str:
     """Strict JSON text of ``obj`` (see :func:`jsonable`); never emits NaN or Infinity."""
     return json.dumps(jsonable(obj), indent=indent, allow_nan=False)

@@ -35,7 +35,7 @@ from imer.errors import IMERError
 from imer.evaluation.metrics import headline_metrics, is_better
 from imer.evaluation.plots import write_plots
 from imer.evaluation.runs import METRIC_LABELS, RunRecord, collect_runs, selected_diagnostics
-from imer.io import atomic_write, read_json, write_json
+from imer.io import atomic_write, flatten, read_json, write_json
 
 STD_NOTE = "mean ± population std (ddof=0) over seeds, ×100"
 
@@ -80,21 +80,11 @@ def _per_seed(runs: list[RunRecord], value) -> tuple[list[int], list[float]]:
     return seeds, [float(np.mean(by_seed[s])) for s in seeds]
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _config_difference(a: RunRecord, b: RunRecord) -> str:
     """The first config fields that differ between two runs (from their ``config.json``), for error messages."""
     if not (a.path / "config.json").is_file() or not (b.path / "config.json").is_file():
         return ""
-    ca, cb = _flat(read_json(a.path / "config.json")), _flat(read_json(b.path / "config.json"))
+    ca, cb = flatten(read_json(a.path / "config.json")), flatten(read_json(b.path / "config.json"))
     keys = [k for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k) and k not in ("seed", "data.fold", "data.data_dir", "train.threads", "train.progress")]
     return "; differing: " + ", ".join(f"{k} ({ca.get(k)!r} vs {cb.get(k)!r})" for k in keys[:4]) if keys else ""
 

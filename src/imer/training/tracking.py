@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imer.errors import ConfigError
+from imer.io import flatten
 
 SINKS = ("tensorboard", "mlflow")
 
@@ -72,7 +73,7 @@ class MLflowSink:
         run = self.client.create_run(experiment_id, run_name=name, tags={"imer.run_dir": str(Path(run_dir).resolve())})
         self.run_id = run.info.run_id
         self._metric = mlflow.entities.Metric
-        params = [mlflow.entities.Param(k, str(v)[:250]) for k, v in _flat_params(config).items()]
+        params = [mlflow.entities.Param(k, str(v)[:250]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
@@ -87,15 +88,6 @@ class MLflowSink:
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
 
-
-def _flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def tracking_hooks(log_to: str | None, run_dir: Path, config: dict[str, Any], name: str) -> list[Callable[[dict[str, Any]], None]]:
