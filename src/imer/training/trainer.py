@@ -187,15 +187,8 @@ class Trainer:
             available = train_mask(epoch)
             losses = self._train_epoch(train, available, epoch)
             seconds = time.perf_counter() - t0
-            valid_metrics = predict_split(self.model, valid, self.batch_size, self.device).compute()
-            test_metrics = None
-            if test is not None and self.eval_test_each_epoch:
-                test_metrics = predict_split(self.model, test, self.batch_size, self.device).compute()
+            valid_metrics, test_metrics, score = self._evaluate_epoch(valid, test)
             diagnostics = self._diagnostics(valid, test if self.eval_test_each_epoch else None)
-            judged = test_metrics if self.selection == "test-published" else valid_metrics
-            if self.select_metric not in judged:
-                raise TrainingError(f"selection metric '{self.select_metric}' is not computed for this task; available: {sorted(judged)}")
-            score = float(judged[self.select_metric])
             if is_better(self.select_metric, score, best["score"]):
                 best = {"epoch": epoch, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy_state(self.model)}
             record = {
@@ -255,10 +248,7 @@ class Trainer:
         best, history = {"epoch": -1, "score": None}, []
         for k, candidate in enumerate(self.model.convex_fits(train, masks)):
             seconds = time.perf_counter() - t0
-            valid_metrics = predict_split(self.model, valid, self.batch_size, self.device).compute()
-            test_metrics = predict_split(self.model, test, self.batch_size, self.device).compute() if test is not None and self.eval_test_each_epoch else None
-            judged = test_metrics if self.selection == "test-published" else valid_metrics
-            score = float(judged[self.select_metric])
+            valid_metrics, test_metrics, score = self._evaluate_epoch(valid, test)
             if is_better(self.select_metric, score, best["score"]):
                 best = {"epoch": k, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy_state(self.model), "fit": candidate}
             record = {"epoch": k, "stage": "convex", "seconds": seconds, "train_missing_fraction": float(np.mean([missing_fraction(m) for m in masks])), "fit": candidate, "loss": {}, "valid": valid_metrics}
@@ -279,6 +269,17 @@ class Trainer:
             history=history,
             fit=best["fit"],
         )
+
+    def _evaluate_epoch(self, valid: EvalSet, test: EvalSet | None) -> tuple[dict[str, float], dict[str, float] | None, float]:
+        """Validation metrics, test metrics (only when asked for every epoch) and the selection score."""
+        valid_metrics = predict_split(self.model, valid, self.batch_size, self.device).compute()
+        test_metrics = None
+        if test is not None and self.eval_test_each_epoch:
+            test_metrics = predict_split(self.model, test, self.batch_size, self.device).compute()
+        judged = test_metrics if self.selection == "test-published" else valid_metrics
+        if self.select_metric not in judged:
+            raise TrainingError(f"selection metric '{self.select_metric}' is not computed for this task; available: {sorted(judged)}")
+        return valid_metrics, test_metrics, float(judged[self.select_metric])
 
     @torch.inference_mode()
     def _diagnostics(self, valid: EvalSet, test: EvalSet | None) -> dict[str, Any]:
