@@ -320,6 +320,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     spec.threads = resolve_threads(spec.threads, max(1, args.workers))
     validate_sweep(spec)  # every variant × dataset config is checked before the first cell starts
+    if args.plan:
+        return _print_plan(spec, args)
     try:
         manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
     except KeyboardInterrupt:
@@ -331,6 +333,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"failures: {Path(args.out) / 'failures.jsonl'} (and error.json in each failed run); rerun the same command to retry them")
         return 1
     print(f"table and plots: imer report {args.out}")
+    return 0
+
+
+def _print_plan(spec: Any, args: argparse.Namespace) -> int:
+    """``imer sweep ... --plan``: the cells, their budgets and the estimated cost; runs nothing."""
+    from imer.experiments.sweep import plan_sweep
+
+    sources = args.costs if args.costs else ([p for p in ("results",) if Path(p).is_dir()])
+    rows = plan_sweep(spec, args.out, sources)
+
+    def hours(seconds: float | None) -> str:
+        return "?" if seconds is None else f"{seconds / 3600:.2f}"
+
+    print(f"Plan of {args.spec or 'the grid'} into {args.out} (nothing is run):\n")
+    print("| stage | dataset | variant | cells | to do | epochs | s / epoch | CPU h to do | cost from |\n|---|---|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        per_epoch = "?" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.2f}"
+        print(f"| {r['stage']} | {r['dataset']} | {r['variant']} | {r['cells']} | {r['todo']} | {r['epochs']} | {per_epoch} | "
+              f"{hours(r['seconds'])} | {r['source']} |")
+    print()
+    known = sum(r["seconds"] for r in rows if r["seconds"] is not None)
+    unknown = [f"{r['dataset']}/{r['variant']}" for r in rows if r["seconds"] is None and r["todo"]]
+    cells, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
+    print(f"{cells} cells ({sum(r['cells'] for r in rows if r['stage'] == 'search')} search trials), {todo} to do; "
+          f"estimated {hours(known)} CPU hours = {hours(known / max(1, args.workers))} hours with --workers {max(1, args.workers)} "
+          f"at {spec.threads} thread(s) each (wall seconds per epoch of finished runs, the whole run included)"
+          + (f"; no estimate for {', '.join(unknown)}" if unknown else ""))
     return 0
 
 
@@ -556,6 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray instance)")
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sw.add_argument("--log-to", choices=("tensorboard", "mlflow"), help="send every run's per-epoch history to TensorBoard or MLflow")
+    sw.add_argument("--plan", action="store_true", help="print the cells, their epoch budgets and an estimated cost, and run nothing")
+    sw.add_argument("--costs", action="append", default=[], metavar="DIR",
+                    help="with --plan: folders of finished runs to estimate seconds per epoch from (default: ./results and --out)")
     sw.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser(
