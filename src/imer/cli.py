@@ -354,7 +354,7 @@ def _print_plan(spec: Any, args: argparse.Namespace) -> int:
               f"{hours(r['seconds'])} | {r['source']} |")
     print()
     known = sum(r["seconds"] for r in rows if r["seconds"] is not None)
-    unknown = [f"{r['dataset']}/{r['variant']}" for r in rows if r["seconds"] is None and r["todo"]]
+    unknown = list(dict.fromkeys(f"{r['dataset']}/{r['variant']}" for r in rows if r["seconds"] is None and r["todo"]))
     cells, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
     print(f"{cells} cells ({sum(r['cells'] for r in rows if r['stage'] == 'search')} search trials), {todo} to do; "
           f"estimated {hours(known)} CPU hours = {hours(known / max(1, args.workers))} hours with --workers {max(1, args.workers)} "
