@@ -358,7 +358,8 @@ def _print_plan(spec: Any, args: argparse.Namespace) -> int:
     cells, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
     print(f"{cells} cells ({sum(r['cells'] for r in rows if r['stage'] == 'search')} search trials), {todo} to do; "
           f"estimated {hours(known)} CPU hours = {hours(known / max(1, args.workers))} hours with --workers {max(1, args.workers)} "
-          f"at {spec.threads} thread(s) each (wall seconds per epoch of finished runs, the whole run included)"
+          f"at {spec.threads} thread(s) each (median seconds per epoch of finished runs: wall time of the whole run, or training "
+          f"time only for runs older than wall_seconds)"
           + (f"; no estimate for {', '.join(unknown)}" if unknown else ""))
     return 0
 

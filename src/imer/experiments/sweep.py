@@ -549,7 +549,12 @@ def run_sweep(
 
 
 def _observed_costs(sources: list[Path]) -> dict[tuple[str, str], list[float]]:
-    """Wall seconds per configured epoch of finished runs under ``sources``, keyed by (dataset id, variant) and (dataset id, method)."""
+    """Seconds per configured epoch of finished runs under ``sources``, keyed by (dataset id, variant) and (dataset id, method).
+
+    Wall seconds of the whole run divided by its epochs; runs written before
+    ``wall_seconds`` existed give their training ``seconds_per_epoch``
+    (evaluation excluded, so a lower bound).
+    """
     costs: dict[tuple[str, str], list[float]] = {}
     for source in sources:
         if not source.is_dir():
@@ -557,7 +562,8 @@ def _observed_costs(sources: list[Path]) -> dict[tuple[str, str], list[float]]:
         for path in sorted(source.rglob("metrics.json")):
             try:
                 m = read_json(path)
-                per_epoch = float(m["wall_seconds"]) / max(int(m["selection"]["epochs"]), 1)
+                wall = m.get("wall_seconds")
+                per_epoch = float(wall) / max(int(m["selection"]["epochs"]), 1) if wall is not None else float(m["seconds_per_epoch"])
                 dataset = str(m.get("dataset_id") or m["dataset"])
             except (KeyError, TypeError, ValueError, IMERError):
                 continue
