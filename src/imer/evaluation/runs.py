@@ -138,7 +138,7 @@ def selected_by_rule(run: RunRecord, rule: str) -> dict[str, Any] | None:
         return {"epoch": (run.metrics or {}).get("selection", {}).get("best_epoch"), "test": run.test}
     metric = (run.metrics or {}).get("selection", {}).get("metric")
     records = history(run.path)
-    if metric is None or not records or any("test" not in r for r in records):
+    if metric is None or not records or any(not r.get("test") for r in records):
         return None
     split = "test" if rule == "test-published" else "valid"
     best = None
