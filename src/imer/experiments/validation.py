@@ -77,6 +77,7 @@ RUN_RANGES: dict[str, Range] = {
     "data.fold": Range(None),
     "data.valid_fraction": FRACTION,
     "data.split_seed": Range(0, MAX_SEED),
+    "data.dev_folds": NON_NEGATIVE,
     "missing.rate": UNIT,
     "missing.test_rate": UNIT,
     "missing.mask_seed": Range(0, MAX_SEED),
