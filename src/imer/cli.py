@@ -264,7 +264,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         variants = load_spec(args.spec)[0]["variants"]
         shown = set(filter_names([v.name for v in variants], args.pattern))
         _table(f"variants of {args.spec}", ["name", "method", "base", "overrides", "epochs"],
-               [[v.name, v.method, v.base or "", " ".join(v.overrides), v.epochs or ""] for v in variants if v.name in shown])
+               [[v.name, v.method, v.base or "", (f"preset {v.config} " if v.config else "") + " ".join(v.overrides), v.epochs or ""]
+                for v in variants if v.name in shown])
         return 0
     _table("methods", ["name", "kind", "description"],
            [[m, "dialogue" if get_model_class(m).uses_context else "utterance", _method_description(get_model_class(m))]

@@ -12,8 +12,9 @@ its folds. The rate of a run is its training missing rate
 another — the realised test fraction is kept in ``report.json``).
 
 Outputs (``DIR/report/``): ``report.md`` (the whole page: spec, variants,
-main table, ablation tables with deltas, per-metric tables, conditions, cost,
-plots), ``table.md``, ``table.tex``, ``table.csv`` (one row per dataset ×
+the frozen hyper-parameter search, main table, both selection rules side by
+side, paired significance, ablation tables with deltas, per-metric tables,
+conditions, cost, plots), ``table.md``, ``table.tex``, ``table.csv`` (one row per dataset ×
 variant × rate, unrounded), ``ablations.md`` when the sweep's variants have
 bases, ``report.json`` (everything, machine-readable),
 ``conditions.{md,tex,csv}`` when runs hold a ``conditions.json``, and the PNG
@@ -672,8 +673,8 @@ def significance_table(rows: list[Comparison]) -> str:
     note = ("Δ = variant − baseline on the test split (points ×100; raw for MAE/Corr), paired by seed: runs with the same seed on "
             "the same dataset and rate share their test masks. The baseline is, per rate, the baseline variant with the best mean "
             "test score (chosen on test, which favours the baseline), unless the spec names one; \"all\" pools every rate's "
-            "(rate, seed) pairs. Sign test: exact, two-sided, ties dropped. Paired t-test: two-sided (– when undefined). "
-            "With 3 seeds a single rate cannot reach p < 0.25 by the sign test; see docs/protocol.md.")
+            "(rate, seed) pairs. Sign test: exact, two-sided, ties dropped; with n pairs it cannot go below 2 / 2^n (0.25 for "
+            "3 seeds at one rate). Paired t-test: two-sided (– when undefined). See docs/protocol.md.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 

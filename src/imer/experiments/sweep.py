@@ -12,6 +12,12 @@ attempt) and one run directory per cell::
 name, or ``<stem>-<content hash>`` for a file, so two files with the same stem
 never share run folders.
 
+A spec with a ``[search]`` runs its hyper-parameter search first, as cells
+under ``DIR/search/runs/<dataset>/<variant>/trial=<k>/...``; each searched
+variant's validation-best trial is frozen in ``DIR/search.json`` and the grid
+runs with it (:func:`freeze_search`). ``plan_sweep`` says what would run and
+roughly what it costs, without running it.
+
 A cell is finished when its ``metrics.json`` exists (and ``conditions.json``
 when fixed-condition evaluation is asked for); finished cells are never run
 again, an interrupted cell continues from its ``checkpoint.pt``. Cells run in
