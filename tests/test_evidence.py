@@ -217,3 +217,22 @@ def test_plan_prints_cells_and_runs_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| search | synthetic | ef | 3 | 3 | 2 |" in text and "| grid | synthetic | ef-nodrop | 2 | 2 | 2 |" in text
     assert "12 cells (6 search trials), 12 to do" in text and "no estimate for synthetic/ef, synthetic/lf, synthetic/ef-nodrop" in text and not (out / "runs").exists()
+
+
+def test_selection_table_numbers_by_hand(tmp_path):
+    """Valid picks epoch 1 (valid 0.7), test picks epoch 2 (test 0.9): the row shows both and their paired difference."""
+    history = [({"acc2": 0.6, "f1": 0.6}, {"acc2": 0.5, "f1": 0.5}), ({"acc2": 0.7, "f1": 0.7}, {"acc2": 0.6, "f1": 0.55}),
+               ({"acc2": 0.65, "f1": 0.6}, {"acc2": 0.9, "f1": 0.8})]
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        fake_run(tmp_path, "ef", 0.3, seed, 0.6 + shift)
+        run = tmp_path / f"runs/cmu-mosi/ef/rate=0.3/seed={seed}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["test"] = {"acc2": 0.6 + shift, "f1": 0.55 + shift}
+        metrics["selection"]["best_epoch"] = 1
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / "history.jsonl").write_text("".join(json.dumps({"epoch": e, "valid": v, "test": {k: x + shift for k, x in t.items()}}) + "\n"
+                                                   for e, (v, t) in enumerate(history)))
+    build_report(tmp_path, plots=False)
+    page = (tmp_path / "report/report.md").read_text()
+    # valid-selected acc2: 60, 70 -> 65.00 ± 5.00; test-selected: 90, 100 -> 95.00 ± 5.00, Δ +30.00; f1: 55/65 -> 80/90, Δ +25.00
+    assert "| cmu-mosi | ef | 0.3 | 2 | 65.00 ± 5.00 | 95.00 ± 5.00 (+30.00) | 60.00 ± 5.00 | 85.00 ± 5.00 (+25.00) | 1/2 1/2 |" in page
