@@ -402,6 +402,7 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         "missing_fraction": {"train": result.train_missing_fraction, "valid": missing_fraction(masks["valid"]), "test": missing_fraction(masks["test"])},
         "valid": valid_metrics,
         "test": test_metrics,
+        "test_by_pattern": test_acc.by_pattern(),
         "seconds_per_epoch": result.seconds_per_epoch,
         "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": peak_memory_mb(),
