@@ -51,6 +51,10 @@ grid = { "train.lr" = [1e-4, 3e-3, 3e-2] }
 def test_search_picks_the_validation_best_and_never_changes(tmp_path, capsys):
     spec = write_spec(tmp_path / "s.toml", SEARCH, extra_set={"train.eval_test_each_epoch": True})
     out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--no-progress", "--search-only", "--out", str(out)]) == 0
+    assert (out / "search.json").is_file() and not (out / "runs").exists()
+    states = {c["status"] for c in json.loads((out / "sweep.json").read_text())["cells"] if c.get("trial") is None}
+    assert states == {"todo"}
     assert main(["sweep", str(spec), "--no-progress", "--out", str(out)]) == 0
     frozen = json.loads((out / "search.json").read_text())
     for name in ("ef", "lf"):  # ef-nodrop has a base: not searched, takes ef's choice

@@ -324,7 +324,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.plan:
         return _print_plan(spec, args)
     try:
-        manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
+        if args.search_only and spec.search is None:
+            raise ConfigError("sweep: --search-only needs a spec with a [search] table")
+        manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress,
+                             search_only=args.search_only)
     except KeyboardInterrupt:
         print(f"imer: sweep interrupted; rerun the same command to resume (finished cells are kept, see {Path(args.out) / 'sweep.json'})", file=sys.stderr)
         return 130
@@ -588,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sw.add_argument("--log-to", choices=("tensorboard", "mlflow"), help="send every run's per-epoch history to TensorBoard or MLflow")
     sw.add_argument("--plan", action="store_true", help="print the cells, their epoch budgets and an estimated cost, and run nothing")
+    sw.add_argument("--search-only", action="store_true",
+                    help="run the spec's [search] stage only and freeze search.json (commit it before splitting the grid over machines)")
     sw.add_argument("--costs", action="append", default=[], metavar="DIR",
                     help="with --plan: folders of finished runs to estimate seconds per epoch from (default: ./results and --out)")
     sw.set_defaults(func=cmd_sweep)

@@ -473,8 +473,9 @@ def run_sweep(
     address: str | None = None,
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    search_only: bool = False,
 ) -> dict[str, Any]:
-    """Run every unfinished cell of ``spec`` into ``out``; returns the final manifest.
+    """Run every unfinished cell of ``spec`` into ``out`` (``search_only``: the search stage only); returns the final manifest.
 
     With a search (``spec.search``) the search trials run first; each searched
     variant's winner is frozen in ``search.json`` and its grid cells then run
@@ -544,8 +545,8 @@ def run_sweep(
             execute([c for c in search_cells if states[c] == "todo" or states[c] == "partial"])
             for line in freeze_search(spec, out):
                 bar.write(f"search open, its grid cells wait: {line} (rerun to finish it)")
-        main = [c for c in cells if c.trial is None]
-        execute([c for c in main if states[c] != "done" and not spec.waiting(c)])
+        if not search_only:
+            execute([c for c in cells if c.trial is None and states[c] != "done" and not spec.waiting(c)])
     finally:
         restore()
         bar.close()
