@@ -110,10 +110,12 @@ def test_bad_search_and_report_tables_are_refused(tmp_path, body, message):
         load_spec(write_spec(tmp_path / "s.toml", body))
 
 
-@pytest.mark.parametrize("method", ["early-fusion", "linear"])
-def test_test_selection_from_history_equals_a_test_published_run(tmp_path, method):
-    """The published rule read from a valid-selected run's per-epoch history is exactly what a test-published run reports."""
-    sets = [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + ["train.eval_test_each_epoch=true"]
+@pytest.mark.parametrize("method, stage", [("early-fusion", []), ("linear", []), ("comp", ["stage_epoch=2"]),
+                                           ("promise", ["encoder_epochs=2"]), ("momke", [])])
+def test_test_selection_from_history_equals_a_test_published_run(tmp_path, method, stage):
+    """The published rule read from a valid-selected run's per-epoch history is exactly what a test-published run reports
+    (staged methods switch stage within the 4 epochs; linear's epochs are its penalty candidates)."""
+    sets = [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + ["train.eval_test_each_epoch=true"] + stage
     for rule in ("valid", "test-published"):
         config = build_run_config(method, "synthetic", overrides=sets + [f"train.selection={rule}"], seed=1, missing__rate=0.4,
                                   train__epochs=4, train__progress=False, train__threads=1)
