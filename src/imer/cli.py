@@ -361,7 +361,8 @@ def _print_plan(spec: Any, args: argparse.Namespace) -> int:
     unknown = list(dict.fromkeys(f"{r['dataset']}/{r['variant']}" for r in rows if r["seconds"] is None and r["todo"]))
     cells, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
     print(f"{cells} cells ({sum(r['cells'] for r in rows if r['stage'] == 'search')} search trials), {todo} to do; "
-          f"estimated {hours(known)} CPU hours = {hours(known / max(1, args.workers))} hours with --workers {max(1, args.workers)} "
+          f"estimated {hours(known)} CPU hours for the cells with a known cost = {hours(known / max(1, args.workers))} hours with "
+          f"--workers {max(1, args.workers)} "
           f"at {spec.threads} thread(s) each (median seconds per epoch of finished runs: wall time of the whole run, or training "
           f"time only for runs older than wall_seconds)"
           + (f"; no estimate for {', '.join(unknown)}" if unknown else ""))
@@ -569,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         "             --missing-rates 0.1,0.2,0.3,0.4,0.5,0.6,0.7 --seeds 0,1,2 --conditions --workers 2 --out sweeps/mosi\n"
         "  imer sweep ... --set hidden=64 --set late-fusion:dropout=0.5      # all methods / one method only\n"
         "  imer sweep ... --backend ray --address auto                       # cells as tasks on a Ray cluster\n"
+        "  imer sweep experiments/evidence_minilm.toml --plan --out results/evidence_minilm   # what it would run and cost\n"
         "then: imer report DIR",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
