@@ -66,6 +66,44 @@ class Packing:
         return self.unpack(fn(self.pack(x)))
 
 
+class ModalityPacking:
+    """A batch's real utterances and, per modality, its present entries, with the maps between them.
+
+    Multimodal dialogue methods run each modality's utterance-wise layers on
+    that modality's present entries (``modality[j]``, a :class:`Packing` of
+    ``valid[..., j]``, whose row layout also serves attention over the
+    dialogue) and combine modalities per utterance on the ``N`` real
+    utterances (``utterances``, a :class:`Packing` of ``mask``). ``rows_of[j]``
+    says which of the ``N`` utterances each of modality ``j``'s ``N_j`` entries
+    belongs to; :meth:`stack` and :meth:`select` move tensors between the two.
+    """
+
+    def __init__(self, available: Tensor, mask: Tensor) -> None:
+        self.valid = available & mask.unsqueeze(-1)  # [B, L, M]
+        self.utterances = Packing(mask)
+        self.valid_rows = self.utterances.pack(self.valid)  # [N, M]
+        self.modality = [Packing(self.valid[..., j]) for j in range(self.valid.shape[-1])]
+        rank = torch.cumsum(mask.reshape(-1).long(), dim=0) - 1  # utterance number of each [B*L] position
+        self.rows_of = [rank.index_select(0, packing.index) for packing in self.modality]  # [N_j] each
+        m = len(self.modality)
+        self._stack_index = torch.cat([rows * m + j for j, rows in enumerate(self.rows_of)])
+
+    @property
+    def count(self) -> int:
+        """``N``, the number of real utterances."""
+        return self.utterances.count
+
+    def stack(self, per_modality: list[Tensor]) -> Tensor:
+        """``[N_j, ...]`` per modality -> ``[N, M, ...]`` per utterance, exact 0 where a modality is absent."""
+        flat = torch.cat(per_modality)
+        out = flat.new_zeros(self.count * len(per_modality), *flat.shape[1:]).index_copy(0, self._stack_index, flat)
+        return out.reshape(self.count, len(per_modality), *flat.shape[1:])
+
+    def select(self, j: int, rows: Tensor) -> Tensor:
+        """``[N, ...]`` per utterance -> ``[N_j, ...]`` at the utterances where modality ``j`` is present."""
+        return rows.index_select(0, self.rows_of[j])
+
+
 def on_valid(fn: Callable[[Tensor], Tensor], x: Tensor, valid: Tensor, packed: bool = True) -> Tensor:
     """``where(valid, fn(x), 0)`` for an utterance-wise ``fn``; ``packed`` runs ``fn`` on the valid entries only.
 
