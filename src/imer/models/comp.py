@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from imer.errors import ConfigError
 from imer.layers import MLP, MaskedTransformer, ModalityEmbedding
+from imer.layers.dropout import use_fast_dropout
 from imer.layers.packing import ModalityPacking, Packing, on_valid
 from imer.layers.plain_transformer import PlainTransformer
 from imer.models._comp_modulator import GradScale, modulator_weights
@@ -279,6 +280,8 @@ class Comp(IMERModel):
         self.final = nn.Linear(m * h, spec.output_size)
         # True from stage 2 on; a buffer so the stage travels with saved weights and checkpoints.
         self.register_buffer("stage2", torch.tensor(self._stage2_at(0)))
+        if config.packed:  # the fast path: packed rows and cheaper dropout masks (same functions)
+            use_fast_dropout(self)
 
     # ----- schedule -------------------------------------------------------------------------
     def _stage2_at(self, epoch: int) -> bool:
