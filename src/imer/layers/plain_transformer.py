@@ -63,10 +63,9 @@ class PlainTransformer(nn.Module):
 
         Projections and feed-forward blocks run on the ``N`` entries; attention
         on each dialogue's entries laid out left-aligned. No positional
-        encodings, so this is the function :meth:`forward` computes at the valid positions.
+        encodings, so this is the function :meth:`forward` computes at the valid positions
+        (with no valid entry, every parameter still gets its zero gradient).
         """
-        if packing.count == 0:
-            return h
         attend = (~packing.row_padding)[:, None, None, :]
         for layer in self.layers:
             a = packing.from_rows(layer.attention(packing.to_rows(layer.qkv(h)), attend))

@@ -60,8 +60,8 @@ class MaskedTransformer(nn.Module):
 
     def forward_packed(self, h: Tensor, packing: Packing) -> Tensor:
         """The encoder on packed valid entries ``[N, H]`` (see :class:`Packing`) -> ``[N, H]``."""
-        if packing.count == 0:
-            return self.norm(h)
+        if packing.count == 0:  # nothing to attend over; every parameter still gets its (zero) gradient, as in the padded computation
+            return self.norm(h) + 0.0 * sum(p.sum() for p in self.parameters())
         for layer in self.layers:
             rows = packing.to_rows(layer.norm1(h))
             attended, _ = layer.self_attn(rows, rows, rows, key_padding_mask=packing.row_padding, need_weights=False)
