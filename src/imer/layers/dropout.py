@@ -16,6 +16,24 @@ import torch
 from torch import Tensor, nn
 
 
+class _Dropout(torch.autograd.Function):
+    """``x * keep / (1 - p)`` with ``keep = uniform >= p``; the output reuses the uniform draws' buffer."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
+        out = torch.rand_like(x)
+        keep = out >= p
+        torch.mul(x, keep, out=out).mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(keep)
+        ctx.scale = 1.0 / (1.0 - p)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        return (grad * keep).mul_(ctx.scale), None
+
+
 class FastDropout(nn.Dropout):
     """``nn.Dropout`` (same ``p``, same train/eval behaviour) with a ``rand_like`` bool mask."""
 
@@ -24,8 +42,7 @@ class FastDropout(nn.Dropout):
             return x
         if self.p == 1.0:
             return x * 0.0
-        keep = torch.rand_like(x) >= self.p
-        return (x * keep).mul_(1.0 / (1.0 - self.p))
+        return _Dropout.apply(x, self.p)
 
 
 def use_fast_dropout(module: nn.Module) -> nn.Module:

@@ -314,6 +314,7 @@ class Trainer:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["total"] = sums.get("total", 0.0) + float(total.detach())
+            del out, terms, total  # the outputs' tensors would otherwise live through the next batch's forward
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def _log(self, record: dict[str, Any]) -> None:
