@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import imer
+from imer.data import load_dataset
 from imer.errors import IMERError
 from imer.experiments.config import build_run_config
 from imer.experiments.run import train
@@ -111,3 +112,15 @@ def test_mlflow_sink_logs_params_and_every_epoch(tmp_path, monkeypatch):
 def test_unknown_sink_is_refused():
     with pytest.raises(Exception, match="log_to"):
         _tiny(train__log_to="wandb")
+
+
+def test_development_folds_run_holds_out_a_fold_and_never_reads_the_test_part(tmp_path):
+    config = build_run_config("early-fusion", "synthetic", overrides=["data.options.num_groups=12", "data.options.max_len=4", "hidden=8",
+                                                                      "data.dev_folds=3", "data.fold=2"], train__epochs=1, train__progress=False)
+    metrics = train(config, tmp_path / "run")
+    full = load_dataset("synthetic", None, num_groups=12, max_len=4)
+    dev = full.development_folds(3, seed=0)
+    held_out = set(dev.utterance_ids[dev.fold == 2])
+    predicted = {row.split(",")[0] for row in (tmp_path / "run/predictions_test.csv").read_text().splitlines()[1:]}
+    assert metrics["fold"] == 2 and predicted == held_out
+    assert not predicted & set(full.utterance_ids[full.split == "test"])

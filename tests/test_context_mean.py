@@ -13,7 +13,7 @@ from imer.models import create_model, get_model_class
 from imer.models.base import sign_loss
 
 CONTEXT_METHODS = ["early-fusion", "promise"]
-ALL_CONTEXT = [*CONTEXT_METHODS, "gcnet"]
+ALL_CONTEXT = [(m, {}) for m in (*CONTEXT_METHODS, "gcnet")] + [("early-fusion", {"context_source": "own"})]
 DIMS = {"audio": 6, "text": 8, "video": 5}
 LATE = 10**6
 
@@ -53,9 +53,9 @@ def test_switch_makes_the_model_read_dialogues(method):
     assert model.uses_context
 
 
-@pytest.mark.parametrize("method", ALL_CONTEXT)
-def test_context_changes_predictions_but_missing_values_do_not(method):
-    model, batcher, mask = _setup(method)
+@pytest.mark.parametrize(("method", "options"), ALL_CONTEXT)
+def test_context_changes_predictions_but_missing_values_do_not(method, options):
+    model, batcher, mask = _setup(method, **options)
     batch = next(batcher.batches(mask, batch_size=64))
     with torch.no_grad():
         reference = model(batch.features, batch.available, batch.mask, batch.speakers).prediction
@@ -72,9 +72,9 @@ def test_context_changes_predictions_but_missing_values_do_not(method):
     assert not torch.allclose(changed[b, 0], reference[b, 0])
 
 
-@pytest.mark.parametrize("method", ALL_CONTEXT)
-def test_context_prediction_independent_of_batch_composition(method):
-    model, batcher, mask = _setup(method)
+@pytest.mark.parametrize(("method", "options"), ALL_CONTEXT)
+def test_context_prediction_independent_of_batch_composition(method, options):
+    model, batcher, mask = _setup(method, **options)
     with torch.no_grad():
         results = []
         for size in (64, 1):
@@ -86,9 +86,9 @@ def test_context_prediction_independent_of_batch_composition(method):
     np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ALL_CONTEXT)
-def test_context_parameters_all_train(method):
-    model, batcher, mask = _setup(method)
+@pytest.mark.parametrize(("method", "options"), ALL_CONTEXT)
+def test_context_parameters_all_train(method, options):
+    model, batcher, mask = _setup(method, **options)
     batch = next(batcher.batches(mask, batch_size=64))
     reached = set()
     for epoch in (0, LATE):
@@ -119,3 +119,12 @@ def test_sign_weight_adds_to_the_regression_loss():
     keep = batch.mask
     extra = 0.5 * sign_loss(out.prediction[keep], batch.labels[keep].float()).mean()
     torch.testing.assert_close(weighted, plain + extra)
+
+
+def test_own_context_source_adds_its_own_projection_only():
+    shared, _, _ = _setup("early-fusion")
+    own, _, _ = _setup("early-fusion", context_source="own")
+    extra = {n for n, _ in own.named_parameters()} - {n for n, _ in shared.named_parameters()}
+    assert extra and all(n.startswith("context_embed.") for n in extra)
+    with pytest.raises(ValueError, match="context_source"):
+        _setup("early-fusion", context_source="video")

@@ -81,6 +81,26 @@ def test_minilm_uses_standard_split_with_its_validation_part(minilm, data_dir):
     assert np.array_equal(minilm.split_indices(split_seed=3)["valid"], parts["valid"])
 
 
+def test_minilm_development_folds_drop_the_test_videos(minilm):
+    dev = minilm.development_folds(5, seed=0)
+    test_videos = set(minilm.group_ids[minilm.split == "test"])
+    assert dev.split is None and dev.folds == [1, 2, 3, 4, 5]
+    assert len(dev) == 1284 + 229 and not set(dev.group_ids) & test_videos
+    sizes = np.bincount(dev.fold)[1:]
+    assert sizes.max() - sizes.min() <= 30  # largest-first dealing: similar utterance counts
+    for g in np.unique(dev.group_ids):  # a video lies in one fold
+        assert len(np.unique(dev.fold[dev.group_ids == g])) == 1
+    parts = dev.split_indices(fold=2)
+    assert set(dev.group_ids[parts["test"]]) == set(dev.group_ids[dev.fold == 2])
+    assert not set(dev.group_ids[parts["valid"]]) & set(dev.group_ids[parts["test"]])
+    np.testing.assert_array_equal(minilm.development_folds(5, seed=0).fold, dev.fold)
+    assert not np.array_equal(minilm.development_folds(5, seed=1).fold, dev.fold)
+    with pytest.raises(DataError, match="dev_folds"):
+        minilm.development_folds(1)
+    with pytest.raises(DataError, match="already evaluated by folds"):
+        dev.development_folds(5)
+
+
 def test_minilm_ids_features_and_labels_are_aligned(minilm, data_dir):
     raw = np.load(data_dir / "cmu-mosi-minilm" / "features.npz", allow_pickle=False)
     row_of = {u: i for i, u in enumerate(raw["ids"])}

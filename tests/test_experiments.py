@@ -213,3 +213,12 @@ def test_committed_results_render_byte_for_byte(sweep_dir, tmp_path):
     for name in ("table.md", "table.tex", "table.csv", "ablations.md", "conditions.md"):
         if (page.parent / name).is_file():
             assert (tmp_path / name).read_bytes() == (page.parent / name).read_bytes(), name
+
+
+def test_results_page_quotes_rendered_tables_verbatim():
+    """Tables in docs/results.md are copies of `imer report` output (checked above against the committed runs)."""
+    page = (ROOT / "docs" / "results.md").read_text()
+    quoted = re.findall(r"<!-- table from (\S+) -->\n(.*?)<!-- end of table -->", page, flags=re.S)
+    assert quoted, "docs/results.md quotes no rendered table"
+    for source, block in quoted:
+        assert (ROOT / source).read_text() == block, f"docs/results.md differs from {source}; re-render and copy it"

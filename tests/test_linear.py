@@ -85,6 +85,22 @@ def test_logistic_on_scores_keeps_the_classifier_sign_on_the_label_scale():
         assert best == pytest.approx(1.0, rel=1e-3)
 
 
+def test_regression_outputs_are_clipped_to_the_training_score_range():
+    ds, model, batcher, masks = _setup("regression", "ridge", grid=[1e-3])
+    list(model.convex_fits(batcher, masks))
+    low, high = float(ds.labels.min()), float(ds.labels.max())
+    assert model.score_range.tolist() == pytest.approx([low, high])
+    batch = next(batcher.batches(masks[0], batch_size=batcher.num_groups))
+    far = {m: x * 100.0 for m, x in batch.features.items()}  # far outside the training inputs
+    raw = model.linear(model.design(far, batch.available, batch.mask)).squeeze(-1)[batch.mask]
+    out = model(far, batch.available, batch.mask).prediction[batch.mask]
+    assert raw.max() > high and raw.min() < low  # the unclipped map leaves the range here
+    assert out.min() >= low and out.max() <= high
+    inside = (raw >= low) & (raw <= high)
+    torch.testing.assert_close(out[inside], raw[inside])
+    assert torch.equal(torch.sign(out), torch.sign(raw))
+
+
 def test_logistic_classification_gives_class_logits():
     ds, model, batcher, masks = _setup("classification", "logistic")
     candidates = list(model.convex_fits(batcher, masks))

@@ -89,6 +89,17 @@ def test_accumulator_orders_by_index():
     assert acc.compute()["acc2"] == 1.0
 
 
+def test_metrics_by_availability_pattern_by_hand():
+    acc = MetricAccumulator("regression", 1, ["audio", "text"])
+    available = np.array([[1, 1], [1, 0], [1, 0], [0, 1], [1, 1]], bool)
+    acc.update(np.array([1.0, 2.0, -1.0, -2.0, 0.5]), np.array([0.5, -1.0, -1.0, -0.5, -0.5]), available, np.arange(5))
+    parts = acc.by_pattern()
+    assert list(parts) == ["audio+text", "audio", "text"]
+    assert [parts[k]["n"] for k in parts] == [2, 2, 1]
+    assert parts["audio+text"]["acc2"] == 0.5 and parts["audio"]["acc2"] == 0.5 and parts["text"]["acc2"] == 1.0
+    assert parts["audio"]["mae"] == pytest.approx(1.5)
+
+
 def test_selection_direction():
     assert is_better("acc", 0.8, 0.7) and not is_better("acc", 0.7, 0.7)
     assert is_better("mae", 0.5, 0.7) and not is_better("mae", 0.9, 0.7)

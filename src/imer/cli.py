@@ -264,7 +264,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         variants = load_spec(args.spec)[0]["variants"]
         shown = set(filter_names([v.name for v in variants], args.pattern))
         _table(f"variants of {args.spec}", ["name", "method", "base", "overrides", "epochs"],
-               [[v.name, v.method, v.base or "", " ".join(v.overrides), v.epochs or ""] for v in variants if v.name in shown])
+               [[v.name, v.method, v.base or "", (f"preset {v.config} " if v.config else "") + " ".join(v.overrides), v.epochs or ""]
+                for v in variants if v.name in shown])
         return 0
     _table("methods", ["name", "kind", "description"],
            [[m, "dialogue" if get_model_class(m).uses_context else "utterance", _method_description(get_model_class(m))]
@@ -320,8 +321,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     spec.threads = resolve_threads(spec.threads, max(1, args.workers))
     validate_sweep(spec)  # every variant × dataset config is checked before the first cell starts
+    if args.plan:
+        return _print_plan(spec, args)
     try:
-        manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress)
+        if args.search_only and spec.search is None:
+            raise ConfigError("sweep: --search-only needs a spec with a [search] table")
+        manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress,
+                             search_only=args.search_only)
     except KeyboardInterrupt:
         print(f"imer: sweep interrupted; rerun the same command to resume (finished cells are kept, see {Path(args.out) / 'sweep.json'})", file=sys.stderr)
         return 130
@@ -331,6 +337,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"failures: {Path(args.out) / 'failures.jsonl'} (and error.json in each failed run); rerun the same command to retry them")
         return 1
     print(f"table and plots: imer report {args.out}")
+    return 0
+
+
+def _print_plan(spec: Any, args: argparse.Namespace) -> int:
+    """``imer sweep ... --plan``: the cells, their budgets and the estimated cost; runs nothing."""
+    from imer.experiments.sweep import plan_sweep
+
+    sources = args.costs if args.costs else ([p for p in ("results",) if Path(p).is_dir()])
+    rows = plan_sweep(spec, args.out, sources)
+
+    def hours(seconds: float | None) -> str:
+        return "?" if seconds is None else f"{seconds / 3600:.2f}"
+
+    print(f"Plan of {args.spec or 'the grid'} into {args.out} (nothing is run):\n")
+    print("| stage | dataset | variant | cells | to do | epochs | s / epoch | CPU h to do | cost from |\n|---|---|---|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        per_epoch = "?" if r["seconds_per_epoch"] is None else f"{r['seconds_per_epoch']:.2f}"
+        print(f"| {r['stage']} | {r['dataset']} | {r['variant']} | {r['cells']} | {r['todo']} | {r['epochs']} | {per_epoch} | "
+              f"{hours(r['seconds'])} | {r['source']} |")
+    print()
+    known = sum(r["seconds"] for r in rows if r["seconds"] is not None)
+    unknown = list(dict.fromkeys(f"{r['dataset']}/{r['variant']}" for r in rows if r["seconds"] is None and r["todo"]))
+    cells, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
+    print(f"{cells} cells ({sum(r['cells'] for r in rows if r['stage'] == 'search')} search trials), {todo} to do; "
+          f"estimated {hours(known)} CPU hours for the cells with a known cost = {hours(known / max(1, args.workers))} hours with "
+          f"--workers {max(1, args.workers)} "
+          f"at {spec.threads} thread(s) each (median seconds per epoch of finished runs: wall time of the whole run, or training "
+          f"time only for runs older than wall_seconds)"
+          + (f"; no estimate for {', '.join(unknown)}" if unknown else ""))
     return 0
 
 
@@ -535,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         "             --missing-rates 0.1,0.2,0.3,0.4,0.5,0.6,0.7 --seeds 0,1,2 --conditions --workers 2 --out sweeps/mosi\n"
         "  imer sweep ... --set hidden=64 --set late-fusion:dropout=0.5      # all methods / one method only\n"
         "  imer sweep ... --backend ray --address auto                       # cells as tasks on a Ray cluster\n"
+        "  imer sweep experiments/evidence_minilm.toml --plan --out results/evidence_minilm   # what it would run and cost\n"
         "then: imer report DIR",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -556,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--address", help="Ray cluster address for --backend ray (default: $RAY_ADDRESS, else a local Ray instance)")
     sw.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sw.add_argument("--log-to", choices=("tensorboard", "mlflow"), help="send every run's per-epoch history to TensorBoard or MLflow")
+    sw.add_argument("--plan", action="store_true", help="print the cells, their epoch budgets and an estimated cost, and run nothing")
+    sw.add_argument("--search-only", action="store_true",
+                    help="run the spec's [search] stage only and freeze search.json (commit it before splitting the grid over machines)")
+    sw.add_argument("--costs", action="append", default=[], metavar="DIR",
+                    help="with --plan: folders of finished runs to estimate seconds per epoch from (default: ./results and --out)")
     sw.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser(

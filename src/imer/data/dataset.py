@@ -265,6 +265,54 @@ class MultimodalDataset:
                 raise DataError(f"dataset '{self.name}': the '{name}' split is empty")
         return parts
 
+    def development_folds(self, k: int, seed: int = 0) -> "MultimodalDataset":
+        """The dataset without its test part, its other groups dealt into ``k`` seeded folds.
+
+        For choosing settings without the test set: cross-validation over every
+        train + valid group holds out about ``k`` times more groups than one
+        validation part (``data.dev_folds``). Fold ``f`` then plays the test
+        part of a run (validation is carved from the other folds, as for any
+        fold-based dataset). Groups go, largest first (ties in seeded random
+        order), to the fold with the fewest utterances so far, so folds hold
+        similar numbers of utterances.
+        """
+        if self.split is None:
+            raise DataError(f"dataset '{self.name}' is already evaluated by folds {self.folds}; drop data.dev_folds")
+        keep = np.flatnonzero(self.split != "test")
+        groups, sizes = np.unique(self.group_ids[keep], return_counts=True)
+        if not 2 <= k <= len(groups):
+            raise DataError(f"dataset '{self.name}': data.dev_folds must be between 2 and its {len(groups)} train+valid groups, got {k}")
+        shuffled = np.random.default_rng(seed).permutation(len(groups))
+        by_size = shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+        load = np.zeros(k, dtype=np.int64)
+        fold_of: dict[str, int] = {}
+        for g in by_size:
+            f = int(np.argmin(load))
+            fold_of[str(groups[g])] = f + 1
+            load[f] += sizes[g]
+        fold = np.array([fold_of[g] for g in self.group_ids[keep]], dtype=np.int64)
+
+        def take(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[keep]
+
+        return MultimodalDataset(
+            name=self.name,
+            features={m: x[keep] for m, x in self.features.items()},
+            labels=self.labels[keep],
+            task=self.task,
+            utterance_ids=self.utterance_ids[keep],
+            group_ids=self.group_ids[keep],
+            order=self.order[keep],
+            split=None,
+            fold=fold,
+            speakers=take(self.speakers),
+            class_names=self.class_names,
+            available=self.available[keep],
+            source=self.source,
+            notes=[*self.notes, f"development folds: test part dropped, {len(groups)} train+valid groups in {k} folds (seed {seed})"],
+            manifest=self.manifest,
+        )
+
     def _carve_valid(self, train_idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         groups = np.unique(self.group_ids[train_idx])
         if len(groups) < 2:

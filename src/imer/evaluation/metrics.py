@@ -145,6 +145,20 @@ class MetricAccumulator:
         order = np.argsort(index, kind="stable")
         return index[order], np.concatenate(self.labels)[order], np.concatenate(self.predictions)[order], np.concatenate(self.available)[order]
 
+    def by_pattern(self) -> dict[str, dict]:
+        """All metrics per availability pattern (``"audio+text"``, ``"text"``, ...; ``n`` utterances each).
+
+        Where the points are won or lost: e.g. utterances that kept only their
+        weakest modality must get their answer from context or not at all.
+        """
+        _, labels, preds, available = self.ordered()
+        out = {}
+        for pattern in np.unique(available, axis=0):
+            rows = (available == pattern).all(axis=1)
+            name = "+".join(m for m, kept in zip(self.modalities, pattern) if kept) or "none"
+            out[name] = {"n": int(rows.sum()), **task_metrics(self.task, labels[rows], preds[rows], self.num_classes)}
+        return dict(sorted(out.items(), key=lambda item: (-item[0].count("+"), item[0])))
+
     def compute(self) -> dict:
         _, labels, preds, available = self.ordered()
         result = task_metrics(self.task, labels, preds, self.num_classes)

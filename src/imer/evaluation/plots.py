@@ -6,6 +6,10 @@
   (``modality_acc``) per variant, grouped by missing rate: the "balance" view.
 * ``modality_over_epochs.png`` — per-modality validation accuracy over epochs from
   ``history.jsonl``, for methods that report ``modality_acc`` (ComP-style).
+* ``modality_conditions.png`` — the balance view for every method (ComP's Figure 1):
+  test accuracy with one modality only (fixed conditions ``{a}``, ``{t}``, ...) and
+  with all of them, per variant, and, as markers, the variant's own unimodal head
+  where it has one; from runs evaluated with ``conditions = true``.
 
 Colours are fixed per variant and per modality across all figures.
 """
@@ -169,6 +173,76 @@ def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
     return path
 
 
+def single_conditions(labels: list[str]) -> list[str]:
+    """The one-modality conditions among fixed-condition labels (``all_conditions`` lists singles first: 2^M - 1 labels)."""
+    m = int(round(np.log2(len(labels) + 1)))
+    return labels[:m] if 2 ** m - 1 == len(labels) else []
+
+
+def _head_for(label: str, heads: dict[str, tuple[float, float]]) -> tuple[float, float] | None:
+    """The unimodal head of the modality a single-modality condition keeps (``a`` -> ``audio``; or its full name)."""
+    for name, value in heads.items():
+        if name == label or (len(label) == 1 and name[:1] == label):
+            return value
+    return None
+
+
+def plot_modality_conditions(report: "Report", path: Path) -> Path | None:
+    """Per-modality balance for every variant: one-modality and full fixed-condition accuracy, head accuracy as markers."""
+    rows = [a for a in report.aggregates if a.conditions]
+    if not rows:
+        return None
+    labels = list(dict.fromkeys(c for a in rows for c in a.conditions))
+    singles = single_conditions(labels)
+    if not singles:
+        return None
+    bars = singles + [labels[-1]]  # the full set last: the multimodal reference
+    plt = _pyplot()
+    datasets = list(dict.fromkeys(a.dataset for a in rows))
+    rates = _chosen_rates([a.rate for a in rows])
+    colour = _colours(bars)
+    variants = list(dict.fromkeys(a.variant for a in rows))
+    fig, axes = plt.subplots(len(datasets), len(rates), figsize=(max(4.8, 0.9 * len(variants) + 1.5) * len(rates) + 1.8, 3.8 * len(datasets)),
+                             squeeze=False, sharey=True)
+    width = 0.8 / len(bars)
+    for r, dataset in enumerate(datasets):
+        for c, rate in enumerate(rates):
+            ax = axes[r][c]
+            here = [a for a in rows if a.dataset == dataset and a.rate == rate]
+            ax.set_title(f"{dataset} — trained at rate {rate:g}")
+            if not here:
+                ax.set_axis_off()
+                continue
+            x = np.arange(len(here))
+            for j, label in enumerate(bars):
+                offset = x + (j - (len(bars) - 1) / 2) * width
+                values = [a.conditions.get(label, {}).get(a.headline[0], (np.nan, np.nan)) for a in here]
+                ax.bar(offset, [100 * v[0] for v in values], width, yerr=[100 * v[1] for v in values], capsize=2, color=colour[label],
+                       label=f"{{{label}}}" + (" (all)" if label not in singles else ""))
+                heads = [_head_for(label, a.modality_acc) if label in singles else None for a in here]
+                if any(h is not None for h in heads):
+                    ax.scatter([o for o, h in zip(offset, heads) if h is not None], [100 * h[0] for h in heads if h is not None],
+                               marker="D", color="black", s=18, zorder=3, label="own unimodal head" if j == 0 else None)
+            ax.set_xticks(x, [a.variant for a in here], rotation=30, ha="right")
+            if c == 0:
+                ax.set_ylabel(f"test {METRIC_LABELS.get(here[0].headline[0], here[0].headline[0])} (%)")
+            ax.set_ylim(0, 100)
+    handles, names = {}, []
+    for row in axes:
+        for ax in row:
+            for h, n in zip(*ax.get_legend_handles_labels()):
+                if n not in handles:
+                    handles[n] = h
+                    names.append(n)
+    fig.legend([handles[n] for n in names], names, loc="center right", title="test condition", frameon=False)
+    fig.suptitle("Per-modality balance: test accuracy with one modality only, and with all\n(fixed conditions, mean ± std over seeds)")
+    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
 def write_plots(report: "Report", out_dir: Path) -> list[Path]:
     """All plots that the report's runs support; returns the files written."""
     out_dir = Path(out_dir)
@@ -176,5 +250,6 @@ def write_plots(report: "Report", out_dir: Path) -> list[Path]:
         plot_metric_vs_rate(report, out_dir / "metric_vs_rate.png"),
         plot_modality_balance(report, out_dir / "modality_balance.png"),
         plot_modality_over_epochs(report, out_dir / "modality_over_epochs.png"),
+        plot_modality_conditions(report, out_dir / "modality_conditions.png"),
     ]
     return [p for p in made if p is not None]

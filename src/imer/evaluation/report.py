@@ -12,8 +12,9 @@ its folds. The rate of a run is its training missing rate
 another — the realised test fraction is kept in ``report.json``).
 
 Outputs (``DIR/report/``): ``report.md`` (the whole page: spec, variants,
-main table, ablation tables with deltas, per-metric tables, conditions, cost,
-plots), ``table.md``, ``table.tex``, ``table.csv`` (one row per dataset ×
+the frozen hyper-parameter search, main table, both selection rules side by
+side, paired significance, ablation tables with deltas, per-metric tables,
+conditions, cost, plots), ``table.md``, ``table.tex``, ``table.csv`` (one row per dataset ×
 variant × rate, unrounded), ``ablations.md`` when the sweep's variants have
 bases, ``report.json`` (everything, machine-readable),
 ``conditions.{md,tex,csv}`` when runs hold a ``conditions.json``, and the PNG
@@ -34,7 +35,8 @@ import numpy as np
 from imer.errors import IMERError
 from imer.evaluation.metrics import headline_metrics, is_better
 from imer.evaluation.plots import write_plots
-from imer.evaluation.runs import METRIC_LABELS, RunRecord, collect_runs, selected_diagnostics
+from imer.evaluation.runs import METRIC_LABELS, RunRecord, collect_runs, selected_by_rule, selected_diagnostics
+from imer.evaluation.significance import Comparison, compare_runs
 from imer.io import atomic_write, flatten, read_json, write_json
 
 STD_NOTE = "mean ± population std (ddof=0) over seeds, ×100"
@@ -349,6 +351,7 @@ class Report:
     plots: list[Path] = field(default_factory=list)
     info: SweepInfo = field(default_factory=lambda: SweepInfo())
     ablations: list[AblationTable] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
 
     def text(self, fmt: str) -> str:
         """The main table as ``md``, ``latex`` or ``csv`` text."""
@@ -413,6 +416,8 @@ class Report:
             ],
             "ablations": [{"dataset": t.dataset, "rate": t.rate, "base": t.base.variant, "variants": [a.variant for a in t.variants],
                            "delta": {f"{v}/{k}": d for (v, k), d in t.deltas.items()}} for t in self.ablations],
+            "significance": [c.to_json() for c in self.comparisons],
+            "search": self.info.search,
             "notes": self.table.notes,
             "failed_cells": self.failed,
             "plots": [str(p.name) for p in self.plots],
@@ -433,6 +438,10 @@ def _metric_text(k: str, mean: float, std: float) -> str:
     if k in RAW_METRICS:
         return f"{mean:.3f} ± {std:.3f}"
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _value_text(k: str, value: float) -> str:
+    return f"{value:.3f}" if k in RAW_METRICS else f"{100 * value:.2f}"
 
 
 def _delta_text(k: str, delta: float) -> str:
@@ -577,6 +586,119 @@ def diagnostics_table(runs: list[RunRecord], order: dict[str, int]) -> str | Non
     return "\n".join(lines) + "\n"
 
 
+def selection_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
+    """Validation-selected (the honest numbers) beside test-selected (the published code's rule), per dataset × variant × rate.
+
+    Both come from the same runs: the run's own rule from ``metrics.json``,
+    the other from its per-epoch history (``train.eval_test_each_epoch``).
+    None when no run logged the test split every epoch.
+    """
+    groups: dict[tuple[str, str, float], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        groups[(r.dataset, r.variant, r.rate)].append(r)
+    lines: list[str] = []
+    missing: list[str] = []
+    header = None
+    for (dataset, variant, rate), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2])):
+        picked = {rule: {id(r): selected_by_rule(r, rule) for r in members} for rule in ("valid", "test-published")}
+        usable = [r for r in members if all(picked[rule][id(r)] is not None for rule in picked)]
+        if not usable:
+            missing.append(variant)
+            continue
+        keys = headline_metrics(members[0].task)
+        if header != keys:
+            if header is not None:
+                lines.append("")
+            header = keys
+            labels = [METRIC_LABELS.get(k, k) for k in keys]
+            lines += ["| dataset | variant | rate | n | " + " | ".join(f"{lab} valid-selected | {lab} test-selected (Δ)" for lab in labels) + " | epochs (valid / test) |",
+                      "|---|---|---|---:|" + "---:|---:|" * len(keys) + "---|"]
+        cells = []
+        for k in keys:
+            values = {rule: _seed_values(usable, lambda r, rule=rule, k=k: picked[rule][id(r)]["test"].get(k)) for rule in picked}
+            common = sorted(set(values["valid"]) & set(values["test-published"]))
+            honest = mean_std([values["valid"][s] for s in common])
+            chosen = mean_std([values["test-published"][s] for s in common])
+            delta = float(np.mean([values["test-published"][s] - values["valid"][s] for s in common]))
+            cells += [_metric_text(k, *honest), f"{_metric_text(k, *chosen)} ({_delta_text(k, delta)})"]
+        epochs = [f"{picked['valid'][id(r)]['epoch']}/{picked['test-published'][id(r)]['epoch']}" for r in sorted(usable, key=lambda r: (r.seed, r.fold or 0))]
+        lines.append(f"| {dataset} | {variant} | {_rate(rate)} | {len({r.seed for r in usable})} | " + " | ".join(cells) + f" | {' '.join(epochs)} |")
+    if not lines:
+        return None
+    notes = [f"{STD_NOTE}. Valid-selected: the epoch with the best validation score (imer's rule; the numbers of the tables above). "
+             "Test-selected: the epoch with the best *test* score of the same run (`train.selection=test-published`, the published "
+             "ComP/MoMKE code's rule), read from its per-epoch history (`train.eval_test_each_epoch`); for `linear` an epoch is a "
+             "regularisation candidate. (Δ) = mean paired difference test-selected − valid-selected: how much of a paper-style number "
+             "is selection on the test set. Epochs: valid / test choice per seed."]
+    if missing:
+        notes.append("not logged per epoch (no test-selected numbers): " + ", ".join(dict.fromkeys(missing)))
+    return "\n".join(lines) + "\n\n" + "  \n".join(notes) + "\n"
+
+
+def comparisons(aggregates: list[Aggregate], runs: list[RunRecord], info: "SweepInfo") -> list[Comparison]:
+    """``[report] compare`` variants against the best baseline (or ``[report] baseline``), paired over seeds and rates."""
+    if not info.compare or not aggregates:
+        return []
+    methods = {a.variant: a.method for a in aggregates}
+    bases = info.bases
+    compared_methods = {methods[c] for c in info.compare if c in methods}
+    ordered = sorted(methods, key=lambda v: (info.order.get(v, len(info.order)), v))
+    baselines = [v for v in ordered if v not in info.compare and v not in bases and methods[v] not in compared_methods]
+    by_cell: dict[tuple[str, str, float], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        by_cell[(r.dataset, r.variant, r.rate)].append(r)
+    out = []
+    for dataset in dict.fromkeys(a.dataset for a in aggregates):
+        metric = next(a for a in aggregates if a.dataset == dataset).headline[0]
+        per_seed = {key: _seed_values(members, lambda r: r.test.get(metric)) for key, members in by_cell.items() if key[0] == dataset}
+        named = None if info.baseline == "best" else info.baseline
+        out += compare_runs(per_seed, [c for c in info.compare if c in methods], baselines, metric, named)
+    return out
+
+
+def _p_text(p: float | None) -> str:
+    if p is None:
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def significance_table(rows: list[Comparison]) -> str:
+    """One row per compared variant × dataset × rate, plus the pooled row (rate "all")."""
+    lines = ["| dataset | variant | rate | baseline | pairs | metric | mean Δ | wins / ties / losses | sign test p | paired t-test p |",
+             "|---|---|---|---|---:|---|---:|---|---:|---:|"]
+    for c in rows:
+        rate = "all" if c.rate is None else _rate(c.rate)
+        lines.append(f"| {c.dataset} | {c.variant} | {rate} | {c.baseline} | {c.n} | {METRIC_LABELS.get(c.metric, c.metric)} | "
+                     f"{_delta_text(c.metric, c.mean)} | {c.wins} / {c.ties} / {c.losses} | {_p_text(c.p_sign)} | {_p_text(c.p_t)} |")
+    note = ("Δ = variant − baseline on the test split (points ×100; raw for MAE/Corr), paired by seed: runs with the same seed on "
+            "the same dataset and rate share their test masks. The baseline is, per rate, the baseline variant with the best mean "
+            "test score (chosen on test, which favours the baseline), unless the spec names one; \"all\" pools every rate's "
+            "(rate, seed) pairs. Sign test: exact, two-sided, ties dropped; with n pairs it cannot go below 2 / 2^n (0.25 for "
+            "3 seeds at one rate). Paired t-test: two-sided (– when undefined). See docs/protocol.md.")
+    return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def search_table(search: dict[str, Any]) -> str:
+    """The frozen search: every trial's settings and validation score, the chosen one marked."""
+    lines = ["| dataset | variant | trial | settings | validation score | chosen |", "|---|---|---:|---|---:|:---:|"]
+    settings = None
+    for dataset, entries in search.get("datasets", {}).items():
+        for name, entry in entries.items():
+            settings = entry["settings"]
+            label = METRIC_LABELS.get(entry["metric"], entry["metric"])
+            for t in entry["trials"]:
+                score = "failed" if t["score"] is None else f"{label} {_value_text(entry['metric'], t['score'])}"
+                mark = "✓" if t["trial"] == entry["winner"] else ""
+                lines.append(f"| {dataset} | {name} | {t['trial']} | {' '.join(f'`{o}`' for o in t['overrides'])} | {score} | {mark} |")
+    head = ""
+    if settings is not None:
+        head = (f"Run before the grid at seed {settings['seed']}, missing rate {_rate(settings['rate'])}, one run per trial; chosen on the "
+                "validation split only (score at each trial's validation-selected epoch; ties keep the earlier trial), frozen in "
+                "`search.json` before any grid cell ran. The grid then runs every variant with its choice (variants with a base take "
+                "their base's).\n\n")
+    return head + "\n".join(lines) + "\n"
+
+
 @dataclass
 class SweepInfo:
     """What the sweep directory says about its experiment (``sweep.json``); empty for a plain run tree."""
@@ -588,6 +710,9 @@ class SweepInfo:
     overrides: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
     title: str = ""
+    compare: list[str] = field(default_factory=list)
+    baseline: str = "best"
+    search: dict[str, Any] = field(default_factory=dict)  # search.json: frozen hyper-parameter choices
 
     @classmethod
     def read(cls, root: Path) -> "SweepInfo":
@@ -598,8 +723,19 @@ class SweepInfo:
         experiment = spec.get("experiment") or {}
         report = experiment.get("report", {})
         variants = spec.get("variants") or [{"name": m, "method": m, "overrides": [], "epochs": None, "base": None} for m in spec.get("methods", [])]
+        search = read_json(root / "search.json") if (root / "search.json").is_file() else {}
         return cls(experiment.get("name", ""), experiment.get("description", ""), experiment.get("path", ""), variants,
-                   list(spec.get("overrides", [])), list(report.get("metrics", [])), report.get("title", ""))
+                   list(spec.get("overrides", [])), list(report.get("metrics", [])), report.get("title", ""),
+                   list(report.get("compare", [])), str(report.get("baseline", "best")), search)
+
+    def chosen(self, dataset: str, variant: str) -> list[str]:
+        """The frozen search winner's overrides that apply to ``variant`` on ``dataset`` (its own or its base's)."""
+        entries = self.search.get("datasets", {}).get(dataset, {})
+        by_name = {v["name"]: v for v in self.variants}
+        name: str | None = variant
+        while name is not None and name not in entries:
+            name = by_name.get(name, {}).get("base")
+        return list(entries[name]["overrides"]) if name is not None else []
 
     @property
     def order(self) -> dict[str, int]:
@@ -630,13 +766,27 @@ def report_page(report: "Report") -> str:
         used = {a.variant for a in report.aggregates}
         epochs = {r.variant: r.epochs for r in report.runs}
         lines += ["## Variants", "", "| variant | method | base | settings (on top of the method's packaged config) | epochs |", "|---|---|---|---|---:|"]
+        datasets = list(dict.fromkeys(a.dataset for a in report.aggregates))
         for v in info.variants:
             if v["name"] not in used:
                 continue
             settings = " ".join(f"`{o}`" for o in overrides_for(v["method"], info.overrides) + list(v.get("overrides") or [])) or "–"
+            if v.get("config"):
+                settings = f"preset `{v['config']}` " + settings
+            for dataset in datasets:
+                chosen = info.chosen(dataset, v["name"])
+                if chosen:
+                    settings += f" + searched{f' ({dataset})' if len(datasets) > 1 else ''}: " + " ".join(f"`{o}`" for o in chosen)
             lines.append(f"| {v['name']} | {v['method']} | {v.get('base') or '–'} | {settings} | {epochs.get(v['name'], '–')} |")
         lines.append("")
+    if info.search.get("datasets"):
+        lines += ["## Hyper-parameter search", "", search_table(info.search)]
     lines += ["## Test results", "", markdown_table(report.table)]
+    selection = selection_table(report.runs, info.order)
+    if selection:
+        lines += ["## Selection rules side by side", "", selection]
+    if report.comparisons:
+        lines += ["## Significance: paired comparisons with the best baseline", "", significance_table(report.comparisons)]
     if report.ablations:
         lines += ["## Ablations", "", "Mean ± std over seeds ×100; (Δ) = mean paired difference to the base over the seeds both ran "
                   "(same seed = same test masks).", ""]
@@ -674,7 +824,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, plots: boo
     info = SweepInfo.read(root)
     aggregates = aggregate(runs, info.order)
     report = Report(root, out, runs, aggregates, PaperTable.build(aggregates, runs), ConditionTable.build(aggregates), _failed_cells(root),
-                    info=info, ablations=ablation_tables(aggregates, runs, info.bases))
+                    info=info, ablations=ablation_tables(aggregates, runs, info.bases), comparisons=comparisons(aggregates, runs, info))
     out.mkdir(parents=True, exist_ok=True)
     for name, fmt in (("table.md", "md"), ("table.tex", "latex"), ("table.csv", "csv")):
         with atomic_write(out / name) as fh:

@@ -77,11 +77,17 @@ def read_run(run_dir: Path) -> RunRecord:
 
 
 def collect_runs(root: str | Path) -> list[RunRecord]:
-    """Every finished run (a folder with ``metrics.json``) under ``root``, sorted by path."""
+    """Every finished run (a folder with ``metrics.json``) under ``root``, sorted by path.
+
+    The trials of a sweep's hyper-parameter search (``root/search/``) are not
+    runs of the grid and are left out; ``search.json`` and the report's search
+    table show them.
+    """
     root = Path(root)
     if not root.is_dir():
         raise IMERError(f"{root}: not a directory")
-    return [read_run(path.parent) for path in sorted(root.rglob("metrics.json"))]
+    trials = root / "search"
+    return [read_run(path.parent) for path in sorted(root.rglob("metrics.json")) if trials not in path.parents]
 
 
 def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
@@ -104,6 +110,42 @@ def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
             return None
         series.append(split["modality_acc"])
     return series or None
+
+
+def history(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``history.jsonl`` (empty when absent)."""
+    path = run_dir / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def selected_by_rule(run: RunRecord, rule: str) -> dict[str, Any] | None:
+    """Test metrics at the epoch that selection rule ``rule`` picks, from the run's per-epoch history.
+
+    ``valid``: best validation score of the run's selection metric;
+    ``test-published``: best test score (the published ComP/MoMKE rule). Ties
+    keep the earlier epoch, as in training. The run's own rule gives its
+    ``metrics.json`` test metrics; the other one needs the test split logged
+    every epoch (``train.eval_test_each_epoch``), else None. Exact for every
+    method: each epoch's (or convex candidate's) test metrics are computed on
+    the same weights and fixed masks as the final evaluation. A run stopped
+    early by validation patience offers only the epochs it ran.
+    """
+    from imer.evaluation.metrics import is_better
+
+    if rule == run.selection:
+        return {"epoch": (run.metrics or {}).get("selection", {}).get("best_epoch"), "test": run.test}
+    metric = (run.metrics or {}).get("selection", {}).get("metric")
+    records = history(run.path)
+    if metric is None or not records or any(not r.get("test") for r in records):
+        return None
+    split = "test" if rule == "test-published" else "valid"
+    best = None
+    for record in records:
+        if best is None or is_better(metric, record[split][metric], best[split][metric]):
+            best = record
+    return {"epoch": best["epoch"], "test": best["test"]}
 
 
 def selected_diagnostics(run: RunRecord, split: str = "test") -> dict[str, float] | None:

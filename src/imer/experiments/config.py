@@ -30,13 +30,19 @@ CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 @dataclass
 class DataConfig:
-    """Which data, which fold, and how the validation part is carved."""
+    """Which data, which fold, and how the validation part is carved.
+
+    ``dev_folds = K > 0`` selects settings without the test set: the test part
+    is dropped and the train + valid groups are dealt into K seeded folds;
+    ``fold`` is then the held-out fold (see ``MultimodalDataset.development_folds``).
+    """
 
     name: str = "synthetic"
     data_dir: str | None = None
     fold: int | None = None
     valid_fraction: float = 0.15
     split_seed: int = 0
+    dev_folds: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
 

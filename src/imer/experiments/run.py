@@ -70,6 +70,8 @@ def spec_of(dataset: MultimodalDataset) -> DataSpec:
 def prepare_data(config: RunConfig, dataset: MultimodalDataset | None = None, scaler: Standardizer | None = None) -> PreparedData:
     """Load and split the data of ``config``; fit the scaler on train unless one is given."""
     dataset = dataset or load_dataset(config.data.name, config.data.data_dir, **config.data.options)
+    if config.data.dev_folds:
+        dataset = dataset.development_folds(config.data.dev_folds, config.data.split_seed)
     fold = config.data.fold
     if fold is None and dataset.fold is not None:
         fold = dataset.folds[0]
@@ -400,6 +402,7 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         "missing_fraction": {"train": result.train_missing_fraction, "valid": missing_fraction(masks["valid"]), "test": missing_fraction(masks["test"])},
         "valid": valid_metrics,
         "test": test_metrics,
+        "test_by_pattern": test_acc.by_pattern(),
         "seconds_per_epoch": result.seconds_per_epoch,
         "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": peak_memory_mb(),

@@ -28,8 +28,18 @@ A **spec file** (TOML, committed under ``experiments/``) holds one experiment:
     set = { prompts = false }
     missing_rates = [0.4]                     # this variant runs at 0.4 only
 
+    [variants.comp-published]
+    method = "comp"
+    config = "published"                      # a packaged preset (configs/<method>/<name>.toml) or a config file
+
+    [search]                                  # equal hyper-parameter search on validation, frozen before the grid
+    seed = 0
+    rate = 0.4
+    grid = { "train.lr" = [1e-4, 1e-3], dropout = [0.3, 0.5] }
+
     [report]
     metrics = ["mae", "corr"]                 # extra per-metric tables
+    compare = ["comp"]                        # paired significance vs the best baseline
 
 ``set`` is either a table (TOML values, keys as in ``--set``) or a list of
 ``key=value`` strings. Every run records its variant name and
@@ -42,6 +52,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import hashlib
+import itertools
 import json
 import re
 import sys
@@ -58,9 +69,10 @@ else:  # pragma: no cover
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+=-]*$")
 SPEC_KEYS = {"name", "description", "datasets", "missing_rates", "seeds", "folds", "epochs", "data_dir", "conditions",
-             "methods", "set", "variants", "report", "threads"}
-VARIANT_KEYS = {"method", "base", "set", "epochs", "missing_rates", "seeds", "description"}
-REPORT_KEYS = {"metrics", "title"}
+             "methods", "set", "variants", "report", "threads", "search"}
+VARIANT_KEYS = {"method", "base", "set", "epochs", "missing_rates", "seeds", "description", "config"}
+REPORT_KEYS = {"metrics", "title", "compare", "baseline"}
+SEARCH_KEYS = {"seed", "rate", "metric", "grid", "grids", "variants"}
 # Config fields that never change a run's numbers (or identify the cell rather than the setting).
 HASH_FREE = {("seed",), ("data", "fold"), ("data", "data_dir"), ("train", "threads"), ("train", "progress"), ("train", "device"),
              ("train", "log_to")}
@@ -78,10 +90,14 @@ class Variant:
     rates: tuple[float, ...] | None = None
     seeds: tuple[int, ...] | None = None
     description: str = ""
+    config: str | None = None  # a packaged preset name (``published``) or a config file, applied before the overrides
 
     def settings(self) -> dict[str, Any]:
         """What determines this variant's numbers (used to refuse mixing runs in one sweep directory)."""
-        return {"method": self.method, "overrides": list(self.overrides), "epochs": self.epochs}
+        values = {"method": self.method, "overrides": list(self.overrides), "epochs": self.epochs}
+        if self.config is not None:
+            values["config"] = self.config
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Variant":
@@ -143,24 +159,143 @@ def resolve_variants(plain: list[str], tables: dict[str, dict[str, Any]], where:
             if method != base.method:
                 raise ConfigError(f"{where}: variant '{name}' uses method '{method}' but its base '{base_name}' is '{base.method}'")
             overrides, epochs = base.overrides + own, table.get("epochs", base.epochs)
+            config = table.get("config", base.config)
         else:
             method = table.get("method", name)
-            overrides, epochs = own, table.get("epochs")
+            overrides, epochs, config = own, table.get("epochs"), table.get("config")
         if method not in list_models():
             raise ConfigError(f"{where}: variant '{name}': unknown method '{method}' (registered: {', '.join(list_models())}); "
                               "name the method with method = \"...\"")
         if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1):
             raise ConfigError(f"{where}: variant '{name}': epochs must be a positive integer, got {epochs!r}")
+        if config is not None and (not isinstance(config, str) or not config):
+            raise ConfigError(f"{where}: variant '{name}': config must be a preset name or a file path, got {config!r}")
         rates = table.get("missing_rates")
         seeds = table.get("seeds")
         variant = Variant(name, method, tuple(overrides), epochs, base_name,
                           tuple(float(r) for r in rates) if rates is not None else None,
                           tuple(int(s) for s in seeds) if seeds is not None else None,
-                          str(table.get("description", "")))
+                          str(table.get("description", "")), config)
         resolved[name] = variant
         return variant
 
     return [build(name, ()) for name in raw]
+
+
+def override_key(assignment: str) -> str:
+    """The field an override sets, with the optional ``model.`` prefix dropped (``model.dropout=0.3`` -> ``dropout``)."""
+    key = assignment.split("=", 1)[0].strip()
+    return key[len("model."):] if key.startswith("model.") else key
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """An equal hyper-parameter search on validation, run before the grid and frozen in ``search.json``.
+
+    Every searched variant is trained once per trial (the product of its grid's
+    values, keys in spec order) at one ``seed`` and one ``rate`` on each
+    dataset; the trial with the best validation ``metric`` wins (ties: the
+    earlier trial). ``grid`` is shared; ``grids[variant]`` replaces it for one
+    variant (same number of trials). Variants with a ``base`` inherit their
+    base's winner; ``variants`` names the searched ones (default: every
+    variant without a base).
+    """
+
+    rate: float
+    seed: int = 0
+    metric: str | None = None
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    grids: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = ()
+    variants: tuple[str, ...] = ()
+
+    def grid_of(self, variant: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        return dict(self.grids).get(variant, self.grid)
+
+    def trials(self, variant: str) -> list[tuple[str, ...]]:
+        """The trials of ``variant``: override lists in grid order (first key slowest)."""
+        grid = self.grid_of(variant)
+        return [tuple(f"{k}={json.dumps(v)}" for k, v in zip([k for k, _ in grid], values))
+                for values in itertools.product(*[vals for _, vals in grid])]
+
+    def settings(self, variant: str) -> dict[str, Any]:
+        """What a frozen choice depends on: a rerun with other settings is refused."""
+        return {"seed": self.seed, "rate": self.rate, "metric": self.metric, "trials": [list(t) for t in self.trials(variant)]}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SearchSpec":
+        def grid(pairs):
+            return tuple((str(k), tuple(v)) for k, v in pairs)
+
+        return cls(float(values["rate"]), int(values.get("seed", 0)), values.get("metric"), grid(values.get("grid", ())),
+                   tuple((str(n), grid(g)) for n, g in values.get("grids", ())), tuple(values.get("variants", ())))
+
+
+def _grid_from(value: Any, where: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: a search grid is a non-empty table of key = [values]")
+    for key, values in value.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: grid key '{key}' needs a non-empty list of values")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise ConfigError(f"{where}: grid key '{key}' lists a value twice")
+    return tuple((str(k), tuple(v)) for k, v in value.items())
+
+
+def search_from(table: Any, variants: list[Variant], overrides: list[str], where: str) -> SearchSpec:
+    """Read and check a spec's ``[search]`` table against its variants."""
+    from imer.experiments.sweep import overrides_for
+
+    where = f"{where}: [search]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(table) - SEARCH_KEYS)
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {unknown}; known: {sorted(SEARCH_KEYS)}")
+    if not isinstance(table.get("rate"), (int, float)) or isinstance(table.get("rate"), bool):
+        raise ConfigError(f"{where}: 'rate' (the missing rate of the search runs) must be a number")
+    seed = table.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"{where}: 'seed' must be an integer")
+    metric = table.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ConfigError(f"{where}: 'metric' must be a metric name such as \"acc2\"")
+    by_name = {v.name: v for v in variants}
+    names = table.get("variants", [v.name for v in variants if v.base is None])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{where}: 'variants' must be a list of variant names")
+    for name in names:
+        if name not in by_name:
+            raise ConfigError(f"{where}: variant '{name}' is not a variant of this spec")
+        if by_name[name].base is not None:
+            raise ConfigError(f"{where}: variant '{name}' has a base; it inherits the choice of its base's search")
+    shared = _grid_from(table["grid"], f"{where} grid") if "grid" in table else ()
+    own = table.get("grids", {})
+    if not isinstance(own, dict):
+        raise ConfigError(f"{where}: 'grids' must hold one table per variant ([search.grids.<variant>])")
+    grids = []
+    for name, grid in own.items():
+        if name not in names:
+            raise ConfigError(f"{where}: grids.{name}: '{name}' is not a searched variant")
+        grids.append((name, _grid_from(grid, f"{where} grids.{name}")))
+    search = SearchSpec(float(table["rate"]), seed, metric, shared, tuple(grids), tuple(names))
+    counts = {name: len(search.trials(name)) for name in names}
+    missing = [n for n, c in counts.items() if not search.grid_of(n)]
+    if missing:
+        raise ConfigError(f"{where}: no grid for variant(s) {missing}; give grid = {{...}} or [search.grids.<variant>]")
+    if len(set(counts.values())) > 1:
+        raise ConfigError(f"{where}: every searched variant needs the same number of trials, got {counts}")
+    for variant in variants:
+        root = variant
+        while root.name not in names and root.base is not None:
+            root = by_name[root.base]
+        if root.name not in names:
+            continue
+        keys = {k for k, _ in search.grid_of(root.name)}
+        fixed = {override_key(o) for o in overrides_for(variant.method, overrides) + list(variant.overrides)} & keys
+        if fixed:
+            raise ConfigError(f"{where}: variant '{variant.name}' sets {sorted(fixed)}, which the search chooses for '{root.name}'; "
+                              "remove it from its set (or from the search)")
+    return search
 
 
 @dataclass
@@ -195,6 +330,8 @@ def load_spec(path: str | Path) -> tuple[dict[str, Any], ExperimentFile]:
     variants = resolve_variants(list(data.get("methods", [])), data.get("variants", {}), where)
     if not variants:
         raise ConfigError(f"{where}: no variants; list methods = [...] or add [variants.<name>] tables")
+    _check_report(report, variants, where)
+    overrides = list(overrides_from(data.get("set"), where))
     kwargs = {
         "variants": variants,
         "datasets": [str(d) for d in data["datasets"]],
@@ -203,13 +340,26 @@ def load_spec(path: str | Path) -> tuple[dict[str, Any], ExperimentFile]:
         "folds": [int(f) for f in data["folds"]] if data.get("folds") else None,
         "epochs": data.get("epochs"),
         "data_dir": data.get("data_dir"),
-        "overrides": list(overrides_from(data.get("set"), where)),
+        "overrides": overrides,
         "conditions": bool(data.get("conditions", False)),
     }
+    if "search" in data:
+        kwargs["search"] = search_from(data["search"], variants, overrides, where)
     if "threads" in data:
         kwargs["threads"] = int(data["threads"])
     meta = ExperimentFile(path=path.as_posix(), name=str(data.get("name", path.stem)), description=str(data.get("description", "")), report=report)
     return kwargs, meta
+
+
+def _check_report(report: dict[str, Any], variants: list[Variant], where: str) -> None:
+    """``[report] compare`` / ``baseline`` must name variants of the spec."""
+    names = {v.name for v in variants}
+    compare = report.get("compare", [])
+    if not isinstance(compare, list) or not all(isinstance(c, str) and c in names for c in compare):
+        raise ConfigError(f"{where}: [report] compare must be a list of variant names of this spec, got {compare!r}")
+    baseline = report.get("baseline", "best")
+    if not isinstance(baseline, str) or (baseline != "best" and baseline not in names):
+        raise ConfigError(f"{where}: [report] baseline must be \"best\" or a variant name of this spec, got {baseline!r}")
 
 
 def filter_names(names: list[str], pattern: str | None) -> list[str]:

@@ -12,6 +12,12 @@ attempt) and one run directory per cell::
 name, or ``<stem>-<content hash>`` for a file, so two files with the same stem
 never share run folders.
 
+A spec with a ``[search]`` runs its hyper-parameter search first, as cells
+under ``DIR/search/runs/<dataset>/<variant>/trial=<k>/...``; each searched
+variant's validation-best trial is frozen in ``DIR/search.json`` and the grid
+runs with it (:func:`freeze_search`). ``plan_sweep`` says what would run and
+roughly what it costs, without running it.
+
 A cell is finished when its ``metrics.json`` exists (and ``conditions.json``
 when fixed-condition evaluation is asked for); finished cells are never run
 again, an interrupted cell continues from its ``checkpoint.pt``. Cells run in
@@ -35,11 +41,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imer.errors import ConfigError, IMERError
-from imer.experiments.spec import ExperimentFile, Variant, dataset_label, variants_table
+from imer.evaluation.metrics import LOWER_IS_BETTER, is_better
+from imer.experiments.spec import ExperimentFile, SearchSpec, Variant, dataset_label, variants_table
 from imer.io import append_jsonl, read_json, write_json
 
 STATUS_FILES = ("metrics.json", "conditions.json")
+SEARCH_FILE = "search.json"
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,15 @@ class Cell:
     seed: int
     fold: int | None = None
     dataset_id: str = ""
+    trial: int | None = None  # a trial of the hyper-parameter search stage (run under search/)
 
     @property
     def relpath(self) -> Path:
         """Run directory relative to the sweep directory."""
-        base = Path("runs") / (self.dataset_id or self.dataset) / self.variant / f"rate={self.rate:g}"
+        base = Path("runs") / (self.dataset_id or self.dataset) / self.variant
+        if self.trial is not None:
+            base = Path("search") / base / f"trial={self.trial}"
+        base = base / f"rate={self.rate:g}"
         if self.fold is not None:
             base = base / f"fold={self.fold}"
         return base / f"seed={self.seed}"
@@ -65,7 +79,8 @@ class Cell:
     @property
     def label(self) -> str:
         fold = f" fold={self.fold}" if self.fold is not None else ""
-        return f"{self.dataset_id or self.dataset}/{self.variant} rate={self.rate:g}{fold} seed={self.seed}"
+        trial = f" search trial {self.trial}" if self.trial is not None else ""
+        return f"{self.dataset_id or self.dataset}/{self.variant}{trial} rate={self.rate:g}{fold} seed={self.seed}"
 
 
 @dataclass
@@ -91,11 +106,15 @@ class SweepSpec:
     threads: int = 1
     log_to: str | None = None
     experiment: ExperimentFile | None = None
+    search: SearchSpec | None = None
+    chosen: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # frozen search winners: dataset id -> variant -> overrides
 
     def __post_init__(self) -> None:
         self.variants = [v if isinstance(v, Variant) else Variant.from_dict(v) for v in self.variants]
         if isinstance(self.experiment, dict):
             self.experiment = ExperimentFile(**self.experiment)
+        if isinstance(self.search, dict):
+            self.search = SearchSpec.from_dict(self.search)
         names = {v.name for v in self.variants}
         self.variants += [Variant(m, m) for m in self.methods if m not in names]
         self.methods = []
@@ -119,6 +138,42 @@ class SweepSpec:
             for s in self.seeds
             if v.seeds is None or int(s) in v.seeds
         ]
+
+    def search_cells(self) -> list[Cell]:
+        """The search stage: every searched variant × trial on each dataset, at the search's seed and rate (first fold)."""
+        if self.search is None:
+            return []
+        labels = {d: dataset_label(d) for d in self.datasets}
+        fold = self.folds[0] if self.folds else None
+        return [Cell(d, v.name, v.method, self.search.rate, self.search.seed, fold, labels[d], trial=k)
+                for d in self.datasets for v in self.variants if v.name in self.search.variants
+                for k in range(len(self.search.trials(v.name)))]
+
+    def searched_root(self, name: str) -> str | None:
+        """The variant whose search decides ``name``'s settings (itself or a base), None when it is not searched."""
+        if self.search is None:
+            return None
+        variant = self.variant(name)
+        while variant.name not in self.search.variants and variant.base is not None:
+            variant = self.variant(variant.base)
+        return variant.name if variant.name in self.search.variants else None
+
+    def waiting(self, cell: Cell) -> bool:
+        """A grid cell whose variant's search has no frozen choice yet."""
+        root = self.searched_root(cell.variant)
+        return cell.trial is None and root is not None and root not in self.chosen.get(cell.dataset_id or cell.dataset, {})
+
+    def run_overrides(self, cell: Cell) -> list[str]:
+        """Overrides of a cell, in order: spec ``set``, the variant's (base first), then the trial's or the frozen winner's."""
+        variant = self.variant(cell.variant)
+        items = overrides_for(cell.method, self.overrides) + list(variant.overrides)
+        if cell.trial is not None:
+            assert self.search is not None
+            return items + list(self.search.trials(cell.variant)[cell.trial])
+        root = self.searched_root(cell.variant)
+        if root is not None:
+            items += self.chosen[cell.dataset_id or cell.dataset][root]
+        return items
 
     def settings(self) -> dict[str, Any]:
         """What must agree between runs of one sweep directory for its numbers to be comparable."""
@@ -174,7 +229,8 @@ def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
                 config = build_run_config(
                     cell.method,
                     cell.dataset,
-                    overrides=overrides_for(cell.method, spec.overrides) + list(variant.overrides),
+                    config_file=variant.config,
+                    overrides=spec.run_overrides(cell),
                     seed=cell.seed,
                     data__data_dir=spec.data_dir,
                     data__fold=cell.fold,
@@ -187,8 +243,8 @@ def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
                     config.train.log_to = spec.log_to
                 resumed = (run_dir / "checkpoint.pt").is_file()
                 record["resumed"] = resumed
-                train(config, run_dir, resume=resumed, variant=cell.variant)
-            if spec.conditions and not (run_dir / "conditions.json").is_file():
+                train(config, run_dir, resume=resumed, variant=cell.variant if cell.trial is None else f"{cell.variant}@trial{cell.trial}")
+            if spec.conditions and cell.trial is None and not (run_dir / "conditions.json").is_file():
                 write_json(run_dir / "conditions.json", evaluate_conditions(run_dir, data_dir=spec.data_dir))
             (run_dir / "error.json").unlink(missing_ok=True)
             record["status"] = "ok"
@@ -327,6 +383,88 @@ def _check_settings(spec: SweepSpec, out: Path) -> None:
                               "give the changed variant a new name or use another --out")
 
 
+def read_search(spec: SweepSpec, out: Path) -> dict[str, Any]:
+    """``out/search.json`` (frozen search choices), checked against the spec; an empty record when absent.
+
+    A frozen choice never changes: a spec whose search of a variant differs from
+    the frozen one (seed, rate, metric or trials) is refused.
+    """
+    path = out / SEARCH_FILE
+    data = read_json(path) if path.is_file() else {"datasets": {}}
+    if spec.search is not None:
+        for dataset, entries in data["datasets"].items():
+            for name, entry in entries.items():
+                if name in spec.search.variants and entry["settings"] != spec.search.settings(name):
+                    raise ConfigError(f"{path}: the search of '{name}' on {dataset} was frozen with other settings {entry['settings']} "
+                                      f"(now {spec.search.settings(name)}); a frozen choice never changes — use another --out")
+    return data
+
+
+def pick_winner(trials: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The trial with the best validation score (``is_better`` direction); ties keep the earlier trial."""
+    best = None
+    for trial in trials:
+        if trial["score"] is not None and is_better(metric, trial["score"], None if best is None else best["score"]):
+            best = trial
+    if best is None:
+        raise ConfigError("no trial has a score")
+    return best
+
+
+def freeze_search(spec: SweepSpec, out: Path) -> list[str]:
+    """Freeze every searched variant whose trials are all finished into ``search.json`` and set ``spec.chosen``.
+
+    A trial is finished when it has ``metrics.json`` or failed with an imer
+    error (``error.json`` with ``user_error``, e.g. a loss that became NaN: it
+    cannot win); a crashed trial keeps its variant open until a rerun. Returns
+    one line per variant left open.
+    """
+    data = read_search(spec, out)
+    open_: list[str] = []
+    changed = False
+    assert spec.search is not None
+    by_key: dict[tuple[str, str], list[Cell]] = {}
+    for cell in spec.search_cells():
+        by_key.setdefault((cell.dataset_id or cell.dataset, cell.variant), []).append(cell)
+    for (dataset, name), cells in by_key.items():
+        if name in data["datasets"].get(dataset, {}):
+            continue
+        trials, complete = [], True
+        for cell in cells:
+            run_dir = out / cell.relpath
+            record = {"trial": cell.trial, "overrides": list(spec.search.trials(name)[cell.trial]), "path": cell.relpath.as_posix()}
+            if (run_dir / "metrics.json").is_file():
+                m = read_json(run_dir / "metrics.json")
+                metric = spec.search.metric or m["selection"]["metric"]
+                score = m.get("valid", {}).get(metric)
+                if score is None:
+                    raise ConfigError(f"[search] metric '{metric}' is not a validation metric of {cell.label} (has {sorted(m.get('valid', {}))})")
+                record.update(status="ok", metric=metric, score=float(score), best_epoch=m["selection"]["best_epoch"])
+            elif (run_dir / "error.json").is_file() and read_json(run_dir / "error.json").get("user_error"):
+                record.update(status="failed", score=None, error=read_json(run_dir / "error.json").get("error"))
+            else:
+                complete = False
+                break
+            trials.append(record)
+        scored = [t for t in trials if t["score"] is not None]
+        if not complete or not scored:
+            open_.append(f"{dataset}/{name}: " + ("trials unfinished" if not complete else "every trial failed"))
+            continue
+        metric = scored[0]["metric"]
+        winner = pick_winner(trials, metric)
+        data["datasets"].setdefault(dataset, {})[name] = {
+            "settings": spec.search.settings(name), "metric": metric, "direction": "min" if metric in LOWER_IS_BETTER else "max",
+            "trials": trials, "winner": winner["trial"], "overrides": winner["overrides"],
+        }
+        changed = True
+    if changed:
+        data["rule"] = ("best validation score of the search metric at each trial's selected epoch; ties keep the earlier trial "
+                        "(grid order: first key slowest); frozen: a rerun never changes a choice")
+        write_json(out / SEARCH_FILE, data)
+    spec.chosen = {d: {n: list(e["overrides"]) for n, e in entries.items()} for d, entries in data["datasets"].items()}
+    return open_
+
+
 def run_sweep(
     spec: SweepSpec,
     out: str | Path,
@@ -335,11 +473,16 @@ def run_sweep(
     address: str | None = None,
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    search_only: bool = False,
 ) -> dict[str, Any]:
-    """Run every unfinished cell of ``spec`` into ``out``; returns the final manifest.
+    """Run every unfinished cell of ``spec`` into ``out`` (``search_only``: the search stage only); returns the final manifest.
 
-    Finished cells are skipped, interrupted ones resumed; failures are recorded
-    in ``failures.jsonl`` and each run's ``error.json`` and the sweep goes on.
+    With a search (``spec.search``) the search trials run first; each searched
+    variant's winner is frozen in ``search.json`` and its grid cells then run
+    with the winning overrides (cells whose search is still open are left
+    ``waiting``). Finished cells are skipped, interrupted ones resumed;
+    failures are recorded in ``failures.jsonl`` and each run's ``error.json``
+    and the sweep goes on.
     """
     from tqdm.auto import tqdm
 
@@ -355,45 +498,135 @@ def run_sweep(
     unknown = sorted({v.method for v in spec.variants} - set(list_models()))
     if unknown:
         warnings.warn(f"unknown method(s) {unknown} (registered: {list_models()}); their cells will be recorded as failed", stacklevel=2)
-    cells = spec.cells()
-    states = {c: cell_state(out / c.relpath, spec.conditions) for c in cells}
-    todo = [c for c in cells if states[c] != "done"]
+    search_cells = spec.search_cells()
+    if spec.search is not None:
+        frozen = read_search(spec, out)["datasets"]
+        spec.chosen = {d: {n: list(e["overrides"]) for n, e in entries.items()} for d, entries in frozen.items()}
+    cells = search_cells + spec.cells()
+    states = {c: _state(spec, out, c) for c in cells}
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
-    runner = execute_ray(spec, todo, out, workers, address) if backend == "ray" else execute_local(spec, todo, out, workers)
     plain = progress and not sys.stderr.isatty()  # logs and pipes get one line per finished cell, no carriage returns
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="sweep", unit="run", disable=not progress or plain, dynamic_ncols=True)
-    finished = len(cells) - len(todo)
+    done = sum(s == "done" for s in states.values())
+    bar = tqdm(total=len(cells), initial=done, desc="sweep", unit="run", disable=not progress or plain, dynamic_ncols=True)
     restore = _interrupt_on_sigterm()
     seen_warnings: set[str] = set()
-    failed = 0
+    counter = {"finished": done, "failed": 0}
+
+    def execute(todo: list[Cell]) -> None:
+        if not todo:
+            return
+        runner = execute_ray(spec, todo, out, workers, address) if backend == "ray" else execute_local(spec, todo, out, workers)
+        try:
+            for record in runner:
+                cell = Cell(**record["cell"])
+                states[cell] = "done" if record["status"] == "ok" else "failed"
+                if record["status"] != "ok":
+                    counter["failed"] += 1
+                    append_jsonl(out / "failures.jsonl", {**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                    bar.write(f"FAILED {cell.label}: {record['error']}")
+                for message in record.get("warnings", []):
+                    if message not in seen_warnings:
+                        seen_warnings.add(message)
+                        bar.write(f"warning ({cell.label}): {message}")
+                write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
+                if on_result is not None:
+                    on_result(record)
+                bar.update(1)
+                counter["finished"] += 1
+                if plain:
+                    print(f"sweep {counter['finished']}/{len(cells)}: {cell.label} {states[cell]} ({record.get('seconds', 0.0):.0f}s)", file=sys.stderr, flush=True)
+                bar.set_postfix(failed=counter["failed"])
+        finally:
+            runner.close()  # on interruption: stops the workers now (see execute_local)
+
     try:
-        for record in runner:
-            cell = Cell(**record["cell"])
-            states[cell] = "done" if record["status"] == "ok" else "failed"
-            if record["status"] != "ok":
-                failed += 1
-                append_jsonl(out / "failures.jsonl", {**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-                bar.write(f"FAILED {cell.label}: {record['error']}")
-            for message in record.get("warnings", []):
-                if message not in seen_warnings:
-                    seen_warnings.add(message)
-                    bar.write(f"warning ({cell.label}): {message}")
-            write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
-            if on_result is not None:
-                on_result(record)
-            bar.update(1)
-            finished += 1
-            if plain:
-                print(f"sweep {finished}/{len(cells)}: {cell.label} {states[cell]} ({record.get('seconds', 0.0):.0f}s)", file=sys.stderr, flush=True)
-            bar.set_postfix(failed=failed)
+        if spec.search is not None:
+            execute([c for c in search_cells if states[c] == "todo" or states[c] == "partial"])
+            for line in freeze_search(spec, out):
+                bar.write(f"search open, its grid cells wait: {line} (rerun to finish it)")
+        if not search_only:
+            execute([c for c in cells if c.trial is None and states[c] != "done" and not spec.waiting(c)])
     finally:
-        runner.close()  # on interruption: stops the workers now (see execute_local)
         restore()
         bar.close()
-        states = {c: (s if s == "failed" else cell_state(out / c.relpath, spec.conditions)) for c, s in states.items()}
+        states = {c: (s if s == "failed" else _state(spec, out, c)) for c, s in states.items()}
         write_json(out / "sweep.json", _manifest(spec, out, states, started, backend, workers))
     return read_json(out / "sweep.json")
+
+
+def _observed_costs(sources: list[Path]) -> dict[tuple[str, str], list[float]]:
+    """Seconds per configured epoch of finished runs under ``sources``, keyed by (dataset id, variant) and (dataset id, method).
+
+    Wall seconds of the whole run divided by its epochs; runs written before
+    ``wall_seconds`` existed give their training ``seconds_per_epoch``
+    (evaluation excluded, so a lower bound).
+    """
+    costs: dict[tuple[str, str], list[float]] = {}
+    for source in sources:
+        if not source.is_dir():
+            continue
+        for path in sorted(source.rglob("metrics.json")):
+            try:
+                m = read_json(path)
+                wall = m.get("wall_seconds")
+                per_epoch = float(wall) / max(int(m["selection"]["epochs"]), 1) if wall is not None else float(m["seconds_per_epoch"])
+                dataset = str(m.get("dataset_id") or m["dataset"])
+            except (KeyError, TypeError, ValueError, IMERError):
+                continue
+            for key in ((dataset, f"variant:{m.get('variant')}"), (dataset, f"method:{m['method']}")):
+                costs.setdefault(key, []).append(per_epoch)
+    return costs
+
+
+def plan_sweep(spec: SweepSpec, out: str | Path, sources: list[str | Path] = ()) -> list[dict[str, Any]]:
+    """What ``run_sweep`` would run, without running it: one row per stage × dataset × variant.
+
+    Each row: cells, cells still to do, the resolved epoch budget (search rows:
+    of the first trial), and an estimate of the CPU seconds still needed: the
+    median wall seconds per epoch of finished runs of the same variant (in
+    ``out``), else of the same method and dataset (in ``out`` and ``sources``,
+    e.g. ``results/``), times the epochs of the cells to do. ``None`` when no run
+    of that method on that dataset was found.
+    """
+    from imer.experiments.config import build_run_config
+
+    out = Path(out)
+    own = _observed_costs([out])
+    other = _observed_costs([out, *[Path(s) for s in sources]])
+    if spec.search is not None and (out / SEARCH_FILE).is_file():
+        spec.chosen = {d: {n: list(e["overrides"]) for n, e in entries.items()} for d, entries in read_search(spec, out)["datasets"].items()}
+    groups: dict[tuple[str, str, str], list[Cell]] = {}
+    for cell in spec.search_cells() + spec.cells():
+        groups.setdefault(("search" if cell.trial is not None else "grid", cell.dataset, cell.variant), []).append(cell)
+    rows = []
+    for (stage, dataset, name), cells in groups.items():
+        variant = spec.variant(name)
+        first = cells[0]
+        overrides = spec.run_overrides(first) if not spec.waiting(first) else overrides_for(variant.method, spec.overrides) + list(variant.overrides)
+        config = build_run_config(variant.method, dataset, config_file=variant.config, overrides=overrides, data__data_dir=spec.data_dir,
+                                  train__epochs=variant.epochs or spec.epochs, train__threads=spec.threads)
+        states = [_state(spec, out, c) for c in cells]
+        todo = sum(s not in ("done", "frozen") for s in states)
+        label = first.dataset_id or dataset
+        observed, source = own.get((label, f"variant:{name}")), "runs of this variant here"
+        if not observed:
+            observed, source = other.get((label, f"method:{variant.method}")), f"{variant.method} runs"
+        per_epoch = float(np.median(observed)) if observed else None
+        rows.append({"stage": stage, "dataset": label, "variant": name, "method": variant.method, "cells": len(cells), "todo": todo,
+                     "epochs": config.train.epochs, "seconds_per_epoch": per_epoch, "source": source if observed else "no finished run found",
+                     "seconds": None if per_epoch is None else per_epoch * config.train.epochs * todo})
+    return rows
+
+
+def _state(spec: SweepSpec, out: Path, cell: Cell) -> str:
+    """A cell's state: ``cell_state``; ``frozen`` for an unfinished trial of a frozen search; ``waiting`` for a cell whose search is open."""
+    state = cell_state(out / cell.relpath, spec.conditions and cell.trial is None)
+    if cell.trial is not None and state != "done" and cell.variant in spec.chosen.get(cell.dataset_id or cell.dataset, {}):
+        return "frozen"
+    if state != "done" and spec.waiting(cell):
+        return "waiting"
+    return state
 
 
 def _interrupt_on_sigterm() -> Callable[[], None]:

@@ -77,6 +77,7 @@ RUN_RANGES: dict[str, Range] = {
     "data.fold": Range(None),
     "data.valid_fraction": FRACTION,
     "data.split_seed": Range(0, MAX_SEED),
+    "data.dev_folds": NON_NEGATIVE,
     "missing.rate": UNIT,
     "missing.test_rate": UNIT,
     "missing.mask_seed": Range(0, MAX_SEED),
@@ -338,21 +339,25 @@ def check_select_metric(metric: str, task: str) -> None:
 
 
 def validate_sweep(spec: Any) -> None:
-    """Build (and so check) the config of every method × dataset of a sweep before any cell runs."""
+    """Build (and so check) the config of every method × dataset of a sweep, and of every search trial, before any cell runs."""
     from imer.experiments.config import build_run_config
     from imer.experiments.sweep import overrides_for
 
-    for rate in spec.rates:
+    for rate in spec.rates + ([spec.search.rate] if spec.search is not None else []):
         _check_range(rate, UNIT, "--missing-rates")
     for seed in spec.seeds:
         _check_range(seed, RUN_RANGES["seed"], "--seeds")
     for dataset in spec.datasets:
         for variant in spec.variants:
+            base = overrides_for(variant.method, spec.overrides) + list(variant.overrides)
+            trials = spec.search.trials(variant.name) if spec.search is not None and variant.name in spec.search.variants else [()]
             for fold in spec.folds or [None]:
-                try:
-                    build_run_config(variant.method, dataset, overrides=overrides_for(variant.method, spec.overrides) + list(variant.overrides),
-                                     data__data_dir=spec.data_dir, data__fold=fold, train__epochs=variant.epochs or spec.epochs,
-                                     train__threads=spec.threads)
-                except ConfigError as exc:
-                    name = variant.method if variant.name == variant.method else f"variant '{variant.name}' ({variant.method})"
-                    raise ConfigError(f"{name} on {dataset}: {exc}") from None
+                for trial in trials:
+                    try:
+                        build_run_config(variant.method, dataset, config_file=variant.config, overrides=base + list(trial),
+                                         data__data_dir=spec.data_dir, data__fold=fold, train__epochs=variant.epochs or spec.epochs,
+                                         train__threads=spec.threads)
+                    except ConfigError as exc:
+                        name = variant.method if variant.name == variant.method else f"variant '{variant.name}' ({variant.method})"
+                        where = f" (search trial {' '.join(trial)})" if trial else ""
+                        raise ConfigError(f"{name} on {dataset}{where}: {exc}") from None

@@ -11,6 +11,9 @@ concatenated to the fused vector. The model then reads whole dialogues (``uses_c
 each utterance is still predicted by the same MLP; only this mean connects
 utterances. It is the input that separates the linear baseline from
 utterance-level models on CMU-MOSI (docs/results/minilm.md).
+``context_source = "own"`` is the alternative design compared there: the
+video mean of each modality's *raw* observed features, embedded by a projection
+of its own (separate parameters) instead of averaging the shared embeddings.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class EarlyFusionConfig(ModelConfig):
     fusion: str = "concat"
     layers: int = 2
     context_mean: bool = False
+    context_source: str = "shared"
 
 
 @register_model("early-fusion")
@@ -47,8 +51,12 @@ class EarlyFusion(IMERModel):
         self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout)
         fused = config.hidden * m + m if config.fusion == "concat" else config.hidden
         self.uses_context = config.context_mean
+        if config.context_source not in ("shared", "own"):
+            raise ValueError(f"early-fusion: context_source must be 'shared' or 'own', got {config.context_source!r}")
         if config.context_mean:
             fused += m * (config.hidden + 1)
+        if config.context_mean and config.context_source == "own":
+            self.context_embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout)
         self.head = MLP(fused, config.hidden, spec.output_size, layers=config.layers, dropout=config.dropout)
 
     @classmethod
@@ -62,5 +70,15 @@ class EarlyFusion(IMERModel):
         else:
             fused = masked_mean(z, available, dim=-2)
         if self.config.context_mean:
-            fused = torch.cat([fused, dialogue_mean(z, available & mask.unsqueeze(-1)).flatten(-2)], dim=-1)
+            valid = available & mask.unsqueeze(-1)
+            context = self._own_context(features, valid) if self.config.context_source == "own" else dialogue_mean(z, valid)
+            fused = torch.cat([fused, context.flatten(-2)], dim=-1)
         return ModelOutput(prediction=scores(self.head(fused), self.spec.task))
+
+    def _own_context(self, features: dict[str, Tensor], valid: Tensor) -> Tensor:
+        """``[B, L, M, H + 1]``: own embedding of each modality's raw video mean, plus the observed-somewhere bit."""
+        length = valid.shape[1]
+        seen = valid.any(dim=1)  # [B, M]
+        means = {m: masked_mean(features[m], valid[..., j], dim=1).unsqueeze(1).expand(-1, length, -1) for j, m in enumerate(self.spec.modalities)}
+        context = torch.relu(self.context_embed(means, seen.unsqueeze(1).expand(-1, length, -1)))
+        return torch.cat([context, seen.to(context.dtype).unsqueeze(1).unsqueeze(-1).expand(-1, length, -1, -1)], dim=-1)

@@ -12,7 +12,10 @@ its fixed masks, over ``grid``. The training split is stacked under
 ``mask_draws`` seeded training masks. For ``logistic`` on a regression task
 the decision function is multiplied by a non-negative factor fitted by least
 squares on the training scores, so acc2 is that of the classifier and MAE /
-correlation are on the label scale.
+correlation are on the label scale. Regression outputs are clipped to the
+range of the training scores (a linear map is unbounded: a very positive
+sentence could score 4 on a [-3, 3] scale); clipping never changes a sign, so
+acc2 and F1 are untouched and MAE can only improve.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Linear(IMERModel):
             raise ValueError("linear: mask_draws must be >= 1 and grid a non-empty list of positive strengths")
         per_block = sum(spec.dims) + len(spec.modalities)
         self.linear = nn.Linear(per_block * (2 if config.dialogue_mean else 1), spec.output_size)
+        self.register_buffer("score_range", torch.tensor([-torch.inf, torch.inf]))
 
     def design(self, features: dict[str, Tensor], available: Tensor, mask: Tensor) -> Tensor:
         """``[B, L, D]`` inputs of the linear map; absent modalities' values never enter."""
@@ -75,7 +79,10 @@ class Linear(IMERModel):
         return torch.cat(parts, dim=-1)
 
     def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor, speakers: Tensor | None = None) -> ModelOutput:
-        return ModelOutput(prediction=scores(self.linear(self.design(features, available, mask)), self.spec.task))
+        prediction = scores(self.linear(self.design(features, available, mask)), self.spec.task)
+        if self.spec.task == "regression":
+            prediction = prediction.clamp(float(self.score_range[0]), float(self.score_range[1]))
+        return ModelOutput(prediction=prediction)
 
     def convex_mask_draws(self) -> int:
         return self.config.mask_draws
@@ -94,6 +101,8 @@ class Linear(IMERModel):
         scale = x.std(axis=0)
         scale = np.where(scale > 1e-8, scale, 1.0)
         z = (x - center) / scale
+        if self.spec.task == "regression":
+            self.score_range.copy_(torch.tensor([float(y.min()), float(y.max())]))
         grid = sorted(self.config.grid, reverse=True)
         fit = self._ridge if self.config.objective == "ridge" else self._logistic
         for strength, (coef, intercept, extra) in zip(grid, fit(z, y, grid)):
