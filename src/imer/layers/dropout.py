@@ -23,7 +23,7 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx, x: Tensor, p: float) -> Tensor:  # type: ignore[override]
         out = torch.rand_like(x)
         keep = out >= p
-        torch.mul(x, keep, out=out).mul_(1.0 / (1.0 - p))
+        torch.where(keep, x, x.new_zeros(()), out=out).mul_(1.0 / (1.0 - p))
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return out
@@ -31,7 +31,7 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (keep,) = ctx.saved_tensors
-        return (grad * keep).mul_(ctx.scale), None
+        return torch.where(keep, grad, grad.new_zeros(())).mul_(ctx.scale), None
 
 
 class FastDropout(nn.Dropout):

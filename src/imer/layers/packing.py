@@ -49,13 +49,13 @@ class Packing:
     def unpack(self, flat: Tensor) -> Tensor:
         """``[N, ...]`` -> ``[B, L, ...]`` with exact zeros at invalid positions (differentiable)."""
         out = flat.new_zeros(self.shape[0] * self.shape[1], *flat.shape[1:])
-        return out.index_copy(0, self.index, flat).reshape(*self.shape, *flat.shape[1:])
+        return out.index_copy_(0, self.index, flat).reshape(*self.shape, *flat.shape[1:])
 
     def to_rows(self, flat: Tensor) -> Tensor:
         """``[N, ...]`` -> ``[R, Lc, ...]``: each non-empty row's valid entries left-aligned, zeros after."""
         rows = len(self.row_lengths)
         out = flat.new_zeros(rows * self.row_width, *flat.shape[1:])
-        return out.index_copy(0, self.row_index, flat).reshape(rows, self.row_width, *flat.shape[1:])
+        return out.index_copy_(0, self.row_index, flat).reshape(rows, self.row_width, *flat.shape[1:])
 
     def from_rows(self, rows: Tensor) -> Tensor:
         """Inverse of :meth:`to_rows`: ``[R, Lc, ...]`` -> ``[N, ...]``."""
@@ -96,7 +96,7 @@ class ModalityPacking:
     def stack(self, per_modality: list[Tensor]) -> Tensor:
         """``[N_j, ...]`` per modality -> ``[N, M, ...]`` per utterance, exact 0 where a modality is absent."""
         flat = torch.cat(per_modality)
-        out = flat.new_zeros(self.count * len(per_modality), *flat.shape[1:]).index_copy(0, self._stack_index, flat)
+        out = flat.new_zeros(self.count * len(per_modality), *flat.shape[1:]).index_copy_(0, self._stack_index, flat)
         return out.reshape(self.count, len(per_modality), *flat.shape[1:])
 
     def select(self, j: int, rows: Tensor) -> Tensor:
