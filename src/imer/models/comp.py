@@ -120,6 +120,10 @@ class CompConfig(ModelConfig):
         modulator_scope: ``upstream`` (the weight scales everything behind the
             prompt: generator, shared encoder, embedding, block 1) or
             ``generator`` (only the prompt generator's parameters).
+        packed (from :class:`ModelConfig`): the fast path (default): every
+            utterance-wise part on packed rows (:meth:`Comp._forward_packed`)
+            and :class:`imer.layers.dropout.FastDropout`; ``false`` is the padded
+            reference computation with torch's dropout (same function, tested).
     """
 
     hidden: int = 256
