@@ -258,6 +258,24 @@ def test_gcnet_uses_speaker_edges():
     assert not torch.allclose(given[valid], no_speakers[valid])
 
 
+@pytest.mark.parametrize("bits", [False, True])
+def test_gcnet_availability_bits_tell_missing_from_zero_features(bits):
+    data = make_data()
+    model = build("gcnet", data, availability_bits=bits)
+    batch = one_batch(model, data)
+    model.eval()
+    b, t = (int(i) for i in torch.nonzero(batch.mask & ~batch.available[..., 0])[0])
+    zeroed = {m: x.clone() for m, x in batch.features.items()}
+    first = list(zeroed)[0]
+    zeroed[first][b, t] = 0.0
+    present = batch.available.clone()
+    present[b, t, 0] = True  # the same utterance, its first modality "observed" with all-zero features
+    with torch.no_grad():
+        missing = model(batch.features, batch.available, batch.mask, batch.speakers).prediction
+        observed_zero = model(zeroed, present, batch.mask, batch.speakers).prediction
+    assert torch.allclose(missing, observed_zero) != bits
+
+
 def test_gcnet_reconstruction_is_reported_and_uses_observed_entries_only():
     data = make_data()
     model = build("gcnet", data)

@@ -143,3 +143,19 @@ def test_method_diagnostics_at_the_selected_epoch(tmp_path):
     page = (tmp_path / "report" / "report.md").read_text()
     assert "| dataset | variant | rate | n | gen/audio/matched | gen/audio/count |" in page
     assert "| cmu-mosi | P | 0.4 | 2 | 1.300 | 9.000 |" in page
+
+
+def test_pattern_table_averages_each_availability_pattern_over_seeds(tmp_path):
+    from imer.evaluation.report import pattern_table
+    from imer.evaluation.runs import RunRecord
+
+    def run(variant: str, seed: int, both: float, audio: float) -> RunRecord:
+        patterns = {"audio+text": {"n": 10, "acc2": both}, "audio": {"n": 4 + seed, "acc2": audio}}
+        return RunRecord(tmp_path, "ds", variant, 0.3, seed, None, "regression", {"acc2": 0.7}, 0.3, variant=variant, metrics={"test_by_pattern": patterns})
+
+    runs = [run("a", 0, 0.8, 0.5), run("a", 1, 0.6, 0.7), run("b", 0, 0.9, 0.4)]
+    lines = pattern_table(runs, {"a": 0, "b": 1}).splitlines()
+    assert lines[0] == "| dataset | variant | rate | {audio+text} | {audio} |"
+    assert lines[2] == "| ds | a | 0.3 | 70.00 ± 10.00 (10) | 60.00 ± 10.00 (4) |"  # mean sizes 4.5 -> "4" (banker's rounding)
+    assert lines[3] == "| ds | b | 0.3 | 90.00 ± 0.00 (10) | 40.00 ± 0.00 (4) |"
+    assert pattern_table([RunRecord(tmp_path, "ds", "a", 0.3, 0, None, "regression", {}, 0.3)], {}) is None

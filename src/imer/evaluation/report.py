@@ -586,6 +586,31 @@ def diagnostics_table(runs: list[RunRecord], order: dict[str, int]) -> str | Non
     return "\n".join(lines) + "\n"
 
 
+def pattern_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
+    """Headline test metric per availability pattern of the test mask (``test_by_pattern``), mean ± std over seeds.
+
+    Where a method wins or loses its points: e.g. utterances that kept only a
+    weak modality. None when no run records patterns.
+    """
+    groups: dict[tuple[str, str, float], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        if (r.metrics or {}).get("test_by_pattern"):
+            groups[(r.dataset, r.variant, r.rate)].append(r)
+    if not groups:
+        return None
+    patterns = sorted({p for members in groups.values() for r in members for p in r.metrics["test_by_pattern"]}, key=lambda p: (-p.count("+"), p))
+    metric = headline_metrics(next(iter(groups.values()))[0].task)[0]
+    lines = ["| dataset | variant | rate | " + " | ".join(f"{{{p}}}" for p in patterns) + " |", "|---|---|---|" + "---:|" * len(patterns)]
+    for (dataset, variant, rate), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], order.get(kv[0][1], len(order)), kv[0][1])):
+        cells = []
+        for p in patterns:
+            _, values = _per_seed(members, lambda r, p=p: r.metrics["test_by_pattern"].get(p, {}).get(metric))
+            sizes = [r.metrics["test_by_pattern"][p]["n"] for r in members if p in r.metrics["test_by_pattern"]]
+            cells.append(f"{_metric_text(metric, *mean_std(values))} ({np.mean(sizes):.0f})" if values else "–")
+        lines.append(f"| {dataset} | {variant} | {_rate(rate)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def selection_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
     """Validation-selected (the honest numbers) beside test-selected (the published code's rule), per dataset × variant × rate.
 
@@ -795,6 +820,12 @@ def report_page(report: "Report") -> str:
         label = METRIC_LABELS.get(k, k)
         scale = "as is" if k in RAW_METRICS else "×100"
         lines += [f"## Test {label} (`{k}`)", "", metric_table(report.aggregates, k), f"mean ± population std over seeds, {scale}; best per dataset and column in bold.", ""]
+    patterns = pattern_table(report.runs, info.order)
+    if patterns:
+        lines += ["## Test results by availability pattern", "", patterns,
+                  f"Test {_metric_pair(report.runs[0].task).split('/')[0]} of the utterances that kept exactly the modalities in braces under "
+                  "the random test mask (`test_by_pattern` in metrics.json), mean ± population std over seeds ×100, (mean number of "
+                  "utterances). Post-hoc: where the points of the main table are won or lost.", ""]
     if report.conditions is not None:
         lines += ["## Fixed conditions", "", report.conditions.markdown()]
     diagnostics = diagnostics_table(report.runs, info.order)

@@ -48,6 +48,9 @@ class GCNetConfig(ModelConfig):
     diagnostic) lets the classifier also read the mean of the final
     representations over the dialogue (:func:`imer.layers.dialogue_mean`),
     an explicit video-level summary next to what the LSTM/graph layers learn.
+    ``availability_bits`` (opt-in, diagnostic) appends the utterance's
+    availability bits to the encoder input, so a missing modality (zeros) is
+    no longer indistinguishable from an average one (standardised zeros).
     """
 
     hidden: int = 100
@@ -58,6 +61,7 @@ class GCNetConfig(ModelConfig):
     recon_weight: float = 1.0
     hide_prob: float = 0.2
     context_mean: bool = False
+    availability_bits: bool = False
 
 
 def packed_bilstm(lstm: nn.LSTM, x: Tensor, mask: Tensor) -> Tensor:
@@ -102,7 +106,8 @@ class GCNet(IMERModel):
             raise ValueError(f"gcnet: hide_prob must be in [0, 1), got {config.hide_prob}")
         graph_hidden = config.graph_hidden or max(config.hidden // 2, 1)
         encoded = 2 * config.hidden
-        self.encoder = nn.LSTM(sum(spec.dims), config.hidden, num_layers=2, bidirectional=True, dropout=config.dropout, batch_first=True)
+        inputs = sum(spec.dims) + (len(spec.dims) if config.availability_bits else 0)
+        self.encoder = nn.LSTM(inputs, config.hidden, num_layers=2, bidirectional=True, dropout=config.dropout, batch_first=True)
         self.temporal = GraphBranch(encoded, graph_hidden, 3, config.dropout)
         self.speaker = GraphBranch(encoded, graph_hidden, 2, config.dropout)
         represented = encoded + graph_hidden
@@ -115,6 +120,8 @@ class GCNet(IMERModel):
         if self.training and self.config.hide_prob > 0:
             used = drop_modalities(used, self.config.hide_prob)
         x = torch.cat(zero_missing(features, used, self.modalities), dim=-1)
+        if self.config.availability_bits:
+            x = torch.cat([x, used.to(x.dtype)], dim=-1)
         h = packed_bilstm(self.encoder, x, mask)
         edges = window_edges(mask, self.config.window_past, self.config.window_future)
         hidden = self.temporal(h, temporal_relations(edges), mask)
