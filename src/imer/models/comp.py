@@ -372,7 +372,7 @@ class Comp(IMERModel):
         z = [self.embed.project(m, packs[j].pack(features[m])) for j, m in enumerate(names)]  # [N_j, H] each
         weights = torch.ones(pk.valid.shape, dtype=z[0].dtype, device=z[0].device)  # modulator, filled by loss()
         aux: dict[str, Tensor] = {"valid": pk.valid, "modulator_weights": weights, "rows_valid": pk.valid_rows, "rows_index": pk.utterances.index}
-        codes, private, private_pred = [], [], []
+        codes, private = [], []
         for j, m in enumerate(names):
             stream = self.streams[m]
             aux[f"rows_index_{m}"] = packs[j].index
