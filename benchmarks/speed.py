@@ -8,6 +8,10 @@ computation, unbucketed batches, per-parameter Adam loop, test split and a
 checkpoint after every epoch) and the ``after`` variant (current defaults) run
 their epochs interleaved with the same seed, and the ratio is printed: on a
 shared machine absolute times vary by 2x from run to run, ratios much less.
+With ``--baseline-src DIR`` (a source tree of another commit, e.g.
+``git archive main | tar -x -C DIR``) a third variant, ``main``, runs that
+tree's model code inside the same process under the current trainer, so
+two versions of a method compare epoch by epoch under the same load.
 
 Sizes (``--sizes``, comma-separated):
 
@@ -82,13 +86,41 @@ def _legacy_optimizer(model, config):
     return cls(model.parameters(), foreach=False, **kwargs)
 
 
+def baseline_model_factory(src: str):
+    """``create_model`` of the imer package in source tree ``src`` (its ``src/`` or itself), imported beside this one.
+
+    The other tree's modules are imported under the usual names and moved out
+    of ``sys.modules`` afterwards, so its model classes keep their own layers
+    while everything else (data, trainer) stays this tree's.
+    """
+    root = Path(src) / "src" if (Path(src) / "src" / "imer").is_dir() else Path(src)
+    if not (root / "imer").is_dir():
+        raise SystemExit(f"--baseline-src {src}: no imer package in it")
+    ours = {k: v for k, v in sys.modules.items() if k == "imer" or k.startswith("imer.")}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, str(root))
+    try:
+        import imer.models as baseline
+
+        baseline.list_models()  # registers every method now, from that tree's modules
+        create = baseline.create_model
+    finally:
+        sys.path.remove(str(root))
+        for name in [k for k in sys.modules if k == "imer" or k.startswith("imer.")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+    return create
+
+
 def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: str | None, threads: int, overrides: list[str],
-            variants: list[str]) -> dict[str, Any]:
+            variants: list[str], baseline_src: str | None = None) -> dict[str, Any]:
     """One measurement (runs inside the worker subprocess): the variants' epochs interleaved, same seed.
 
     ``after`` = the current defaults; ``before`` = :data:`LEGACY_OVERRIDES`, the
     plain optimizer loop, the test split evaluated and a checkpoint written
-    after every epoch (what every epoch cost before issue 10). Interleaving
+    after every epoch (what every epoch cost before issue 10); ``main`` = the
+    current defaults with the model code of ``baseline_src``. Interleaving
     epoch by epoch exposes both variants to the same machine load, so their
     ratio is meaningful even when absolute times are not.
     """
@@ -104,6 +136,7 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
     from imer.training.trainer import EvalSet, Trainer, predict_split
 
     torch.set_num_threads(threads)
+    baseline_create = baseline_model_factory(baseline_src) if "main" in variants else None
     t0 = time.perf_counter()
     dataset = make_dataset(size, data_dir)
     load_seconds = time.perf_counter() - t0
@@ -116,7 +149,7 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
                                   seed=0, train__epochs=epochs, train__progress=False, train__threads=threads, missing__rate=0.4)
         data = prepare_data(config, dataset)
         torch.manual_seed(0)
-        model = create_model(method, data.spec, config.model)
+        model = (baseline_create if variant == "main" else create_model)(method, data.spec, config.model)
         trainer = Trainer(model, epochs=epochs, batch_size=config.train.batch_size, lr=config.train.lr, weight_decay=config.train.weight_decay,
                           optimizer=config.train.optimizer, grad_clip=config.train.grad_clip, select_metric=_select(data.spec.task),
                           seed=0, progress=False, bucket=config.train.bucket, run_dir=scratch / variant if variant == "before" else None)
@@ -187,10 +220,12 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
             "seconds_first_epoch": r["train"][0], "seconds_train": train_s, "seconds_valid": valid_s, "seconds_test": test_s,
             "seconds_checkpoint": checkpoint_s, "seconds_epoch_total": total, "stages": r["stages"],
         }
-    if "before" in result["variants"] and "after" in result["variants"]:
-        b, a = result["variants"]["before"], result["variants"]["after"]
-        result["speedup_train"] = b["seconds_train"] / a["seconds_train"]
-        result["speedup_epoch_total"] = b["seconds_epoch_total"] / a["seconds_epoch_total"]
+    if "after" in result["variants"]:
+        a = result["variants"]["after"]
+        for ref in (v for v in variants if v != "after"):
+            b = result["variants"][ref]
+            result.setdefault("speedup", {})[ref] = {"train": b["seconds_train"] / a["seconds_train"],
+                                                     "epoch_total": b["seconds_epoch_total"] / a["seconds_epoch_total"]}
     return result
 
 
@@ -231,19 +266,24 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
                          f"(mean length {ok['mean_length']:.1f}, max {ok['max_length']}), dims {'/'.join(map(str, ok['dims'].values()))}")
         else:
             lines.append(f"**{size}**")
-        lines += ["", "| method | params | s train (before → after) | × train | s valid | s test | s epoch total (before → after) | × epoch | peak RSS MB (data → total) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        order = list(ok["variants"]) if ok else ["after"]
+        refs = [v for v in order if v != "after"] if "after" in order else []
+        arrow = " → ".join(order)
+        ratio_cols = [f"× train vs {ref}" for ref in refs] + [f"× epoch vs {ref}" for ref in refs]
+        lines += ["", f"| method | params | s train ({arrow}) | s valid | s test | s epoch total ({arrow}) | " + " | ".join(ratio_cols)
+                  + (" | " if ratio_cols else "") + "peak RSS MB (data → total) |",
+                  "|---|---:|---:|---:|---:|---:|" + "---:|" * len(ratio_cols) + "---:|"]
         for r in rows:
             if "error" in r:
-                lines.append(f"| {r['method']} | | failed: {r['error'][:80]} | | | | | | |")
+                lines.append(f"| {r['method']} | | failed: {r['error'][:80]} |" + " |" * (4 + len(ratio_cols)))
                 continue
-            a, b = r["variants"].get("after"), r["variants"].get("before")
-            main = a or b
-            pair = lambda key: f"{b[key]:.2f} → {a[key]:.2f}" if a and b else f"{main[key]:.2f}"
-            times = lambda key: f"{b[key] / a[key]:.2f}" if a and b else ""
-            lines.append(f"| {r['method']} ({main['stages'][-1]}) | {r['parameters']:,} | {pair('seconds_train')} | {times('seconds_train')} | "
-                         f"{pair('seconds_valid')} | {pair('seconds_test')} | {pair('seconds_epoch_total')} | {times('seconds_epoch_total')} | "
-                         f"{r['peak_rss_mb_data']:.0f} → {r['peak_rss_mb']:.0f} |")
+            v = r["variants"]
+            chain = lambda key: " → ".join(f"{v[name][key]:.2f}" for name in order if name in v)
+            ratios = [f"{r['speedup'][ref]['train']:.2f}" for ref in refs] + [f"{r['speedup'][ref]['epoch_total']:.2f}" for ref in refs]
+            stage = next(iter(v.values()))["stages"][-1]
+            lines.append(f"| {r['method']} ({stage}) | {r['parameters']:,} | {chain('seconds_train')} | {chain('seconds_valid')} | "
+                         f"{chain('seconds_test')} | {chain('seconds_epoch_total')} | " + "".join(f"{x} | " for x in ratios)
+                         + f"{r['peak_rss_mb_data']:.0f} → {r['peak_rss_mb']:.0f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -252,6 +292,8 @@ def run_one(args: argparse.Namespace, method: str, size: str) -> dict[str, Any]:
     """Measure in a fresh interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, __file__, "--worker", "--methods", method, "--sizes", size, "--epochs", str(args.epochs),
            "--eval-repeats", str(args.eval_repeats), "--threads", str(args.threads), "--variants", args.variants]
+    if args.baseline_src:
+        cmd += ["--baseline-src", args.baseline_src]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     for item in args.set:
@@ -279,20 +321,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results", help="folder for speed.json and speed.md")
     parser.add_argument("--variants", default="before,after",
                         help="before (the pre-issue-10 path: padded, unbucketed, plain Adam loop, test + checkpoint every epoch) "
-                        "and/or after (current defaults); both = interleaved pairs with ratios (default before,after)")
+                        "and/or after (current defaults) and/or main (the model code of --baseline-src); several = interleaved, "
+                        "with ratios to after (default before,after)")
+    parser.add_argument("--baseline-src", help="source tree of another commit for the main variant, e.g. from git archive main")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from imer.io import dumps, write_json  # strict JSON (null for NaN), like every file imer writes
 
     if args.worker:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-        print(dumps(measure(args.methods, args.sizes, args.epochs, args.eval_repeats, args.data_dir, args.threads, args.set, variants)))
+        print(dumps(measure(args.methods, args.sizes, args.epochs, args.eval_repeats, args.data_dir, args.threads, args.set, variants,
+                            args.baseline_src)))
         return 0
 
     from imer.models import list_models
 
     methods = list_models() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    if "main" in args.variants.split(",") and not args.baseline_src:
+        parser.error("variant main needs --baseline-src")
     if "cmu-mosi" in sizes and not args.data_dir:
         parser.error("size cmu-mosi needs --data-dir (or IMER_DATA)")
     info = machine()
@@ -305,8 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             r = run_one(args, method, size)
             results.append(r)
             status = r.get("error") or ", ".join(f"{v}: {x['seconds_train']:.2f} s train, {x['seconds_epoch_total']:.2f} s epoch" for v, x in r["variants"].items())
-            if "speedup_train" in r:
-                status += f"; × {r['speedup_train']:.2f} train, × {r['speedup_epoch_total']:.2f} epoch; {r['peak_rss_mb']:.0f} MB"
+            for ref, x in r.get("speedup", {}).items():
+                status += f"; vs {ref}: × {x['train']:.2f} train, × {x['epoch_total']:.2f} epoch"
+            if "peak_rss_mb" in r:
+                status += f"; {r['peak_rss_mb']:.0f} MB"
             print(f"{size:>10} {method:>18}: {status}", flush=True)
             write_json(out / "speed.json", {"machine": info, "command": command, "results": results})
             (out / "speed.md").write_text(markdown(results, info, command))

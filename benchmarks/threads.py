@@ -1,6 +1,6 @@
 """1 vs 2 (or more) torch threads on this machine, measured as ratios inside one process.
 
-Trains ComP (current defaults) on CMU-MOSI for ``--rounds`` rounds; each round
+Trains ComP (or ``--method``; current defaults) on CMU-MOSI (or ``--size``) for ``--rounds`` rounds; each round
 runs one training epoch per thread count in ``--threads`` (order alternating
 between rounds), so every setting sees the same machine load. The OpenMP wait
 policy is fixed when the process starts, so compare ``OMP_WAIT_POLICY=PASSIVE``
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="comp")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--size", default="cmu-mosi", help="dataset size as in speed.py --sizes: cmu-mosi (default), mosei, iemocap, n=<N>, len=<L>")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -40,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     from imer.training.trainer import Trainer
 
     counts = [int(t) for t in args.threads.split(",")]
-    config = build_run_config(args.method, "cmu-mosi", seed=0, data__data_dir=args.data_dir, train__progress=False, missing__rate=0.4)
-    data = prepare_data(config)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from speed import make_dataset
+
+    dataset = make_dataset(args.size, args.data_dir)
+    config = build_run_config(args.method, "cmu-mosi" if args.size == "cmu-mosi" else "synthetic", seed=0, data__data_dir=args.data_dir,
+                              train__progress=False, missing__rate=0.4)
+    data = prepare_data(config, dataset)
     torch.manual_seed(0)
     model = create_model(args.method, data.spec, config.model)
     trainer = Trainer(model, epochs=1, batch_size=config.train.batch_size, lr=config.train.lr, select_metric="mae", seed=0, progress=False)
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         loads.append(os.getloadavg()[0])
     median = {n: float(np.median(v)) for n, v in seconds.items()}
     print(json.dumps({
-        "method": args.method, "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "cores": len(os.sched_getaffinity(0)),
+        "method": args.method, "size": args.size, "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "cores": len(os.sched_getaffinity(0)),
         "seconds_per_epoch": median, "ratio_to_1_thread": {n: median[n] / median[counts[0]] for n in counts},
         "all_seconds": seconds, "load_average_1min": loads,
     }))

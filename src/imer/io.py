@@ -2,7 +2,8 @@
 
 * :func:`atomic_write` writes beside the target and renames it into place, so a
   reader never sees half a file; the file is created with mode ``0o666``
-  filtered by the user's umask, like any other file the user creates.
+  filtered by the user's umask, like any other file the user creates
+  (:func:`atomic_path` gives the temporary path to writers that need a name).
 * :func:`dumps` / :func:`write_json` / :func:`append_jsonl` write strict JSON
   (RFC 8259): NaN and infinities become ``null``, numpy values become plain
   numbers and lists, paths become strings. :func:`read_json` parses strictly.
@@ -28,25 +29,43 @@ from imer.errors import DataError
 
 
 @contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; synced and renamed into place when the block succeeds.
+
+    For writers that need a file name (e.g. ``safetensors``' ``save_file``, which
+    streams tensors without first copying them into one buffer); :func:`atomic_write`
+    is built on it. On failure the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+    try:
+        mode = os.stat(tmp).st_mode & 0o777  # 0o666 filtered by the umask; a writer may replace the file with its own mode
+        yield tmp
+        os.chmod(tmp, mode)
+        fd = os.open(tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Write to a temporary file beside ``path`` and rename it into place.
 
     A reader never sees a half-written file, and an interrupted write leaves
     the previous version intact. The file's permissions follow the umask.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0))
         with os.fdopen(fd, mode) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -53,13 +53,17 @@ class ModalityEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.packed = packed
 
+    def project(self, modality: str, x: Tensor) -> Tensor:
+        """The embedding of present entries ``x`` ``[..., d_m]`` of ``modality`` (no masking)."""
+        return self.dropout(self.proj[modality](x))
+
     def forward(self, features: Mapping[str, Tensor], available: Tensor) -> Tensor:
         """``[B, L, M, hidden]`` embeddings, zero where ``available`` is False."""
         out = []
         for j, m in enumerate(self.modalities):
             keep = available[..., j : j + 1]
             if self.packed and keep.dim() == 3:
-                out.append(on_valid(lambda x, m=m: self.dropout(self.proj[m](x)), features[m], keep))
+                out.append(on_valid(lambda x, m=m: self.project(m, x), features[m], keep))
                 continue
             x = torch.where(keep, features[m], torch.zeros((), dtype=features[m].dtype))
             out.append(torch.where(keep, self.dropout(self.proj[m](x)), torch.zeros((), dtype=x.dtype)))

@@ -49,13 +49,13 @@ class Packing:
     def unpack(self, flat: Tensor) -> Tensor:
         """``[N, ...]`` -> ``[B, L, ...]`` with exact zeros at invalid positions (differentiable)."""
         out = flat.new_zeros(self.shape[0] * self.shape[1], *flat.shape[1:])
-        return out.index_copy(0, self.index, flat).reshape(*self.shape, *flat.shape[1:])
+        return out.index_copy_(0, self.index, flat).reshape(*self.shape, *flat.shape[1:])
 
     def to_rows(self, flat: Tensor) -> Tensor:
         """``[N, ...]`` -> ``[R, Lc, ...]``: each non-empty row's valid entries left-aligned, zeros after."""
         rows = len(self.row_lengths)
         out = flat.new_zeros(rows * self.row_width, *flat.shape[1:])
-        return out.index_copy(0, self.row_index, flat).reshape(rows, self.row_width, *flat.shape[1:])
+        return out.index_copy_(0, self.row_index, flat).reshape(rows, self.row_width, *flat.shape[1:])
 
     def from_rows(self, rows: Tensor) -> Tensor:
         """Inverse of :meth:`to_rows`: ``[R, Lc, ...]`` -> ``[N, ...]``."""
@@ -64,6 +64,44 @@ class Packing:
     def apply(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         """``fn`` (utterance-wise) on the valid entries of ``x`` ``[B, L, ...]``; exact 0 elsewhere."""
         return self.unpack(fn(self.pack(x)))
+
+
+class ModalityPacking:
+    """A batch's real utterances and, per modality, its present entries, with the maps between them.
+
+    Multimodal dialogue methods run each modality's utterance-wise layers on
+    that modality's present entries (``modality[j]``, a :class:`Packing` of
+    ``valid[..., j]``, whose row layout also serves attention over the
+    dialogue) and combine modalities per utterance on the ``N`` real
+    utterances (``utterances``, a :class:`Packing` of ``mask``). ``rows_of[j]``
+    says which of the ``N`` utterances each of modality ``j``'s ``N_j`` entries
+    belongs to; :meth:`stack` and :meth:`select` move tensors between the two.
+    """
+
+    def __init__(self, available: Tensor, mask: Tensor) -> None:
+        self.valid = available & mask.unsqueeze(-1)  # [B, L, M]
+        self.utterances = Packing(mask)
+        self.valid_rows = self.utterances.pack(self.valid)  # [N, M]
+        self.modality = [Packing(self.valid[..., j]) for j in range(self.valid.shape[-1])]
+        rank = torch.cumsum(mask.reshape(-1).long(), dim=0) - 1  # utterance number of each [B*L] position
+        self.rows_of = [rank.index_select(0, packing.index) for packing in self.modality]  # [N_j] each
+        m = len(self.modality)
+        self._stack_index = torch.cat([rows * m + j for j, rows in enumerate(self.rows_of)])
+
+    @property
+    def count(self) -> int:
+        """``N``, the number of real utterances."""
+        return self.utterances.count
+
+    def stack(self, per_modality: list[Tensor]) -> Tensor:
+        """``[N_j, ...]`` per modality -> ``[N, M, ...]`` per utterance, exact 0 where a modality is absent."""
+        flat = torch.cat(per_modality)
+        out = flat.new_zeros(self.count * len(per_modality), *flat.shape[1:]).index_copy_(0, self._stack_index, flat)
+        return out.reshape(self.count, len(per_modality), *flat.shape[1:])
+
+    def select(self, j: int, rows: Tensor) -> Tensor:
+        """``[N, ...]`` per utterance -> ``[N_j, ...]`` at the utterances where modality ``j`` is present."""
+        return rows.index_select(0, self.rows_of[j])
 
 
 def on_valid(fn: Callable[[Tensor], Tensor], x: Tensor, valid: Tensor, packed: bool = True) -> Tensor:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imer.layers.packing import Packing
 from imer.layers.sequence import safe_key_padding
 
 
@@ -28,10 +29,14 @@ class _PlainLayer(nn.Module):
             nn.Linear(hidden, ff_mult * hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_mult * hidden, hidden), nn.Dropout(dropout)
         )
 
+    def attention(self, qkv: Tensor, attend: Tensor) -> Tensor:
+        """Query/key/value projections ``[B, L, 3H]``, ``attend`` ``[B, 1, 1, L]`` bool (True = key visible) -> ``[B, L, H]``."""
+        q, k, v = qkv.unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # each [B, heads, L, H/heads]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).flatten(-2)
+
     def forward(self, x: Tensor, attend: Tensor) -> Tensor:
         """``x`` ``[B, L, H]``, ``attend`` ``[B, 1, 1, L]`` bool (True = key visible) -> the layer's update."""
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # each [B, heads, L, H/heads]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attend).transpose(1, 2).flatten(-2)
+        a = self.attention(self.qkv(x), attend)
         return a + self.ff(a)
 
 
@@ -51,4 +56,18 @@ class PlainTransformer(nn.Module):
         h = torch.where(keep, x, zero)
         for layer in self.layers:
             h = torch.where(keep, h + layer(h, attend), zero)
+        return h
+
+    def forward_packed(self, h: Tensor, packing: Packing) -> Tensor:
+        """The same stack on packed valid entries ``[N, H]`` (see :class:`Packing`) -> ``[N, H]``.
+
+        Projections and feed-forward blocks run on the ``N`` entries; attention
+        on each dialogue's entries laid out left-aligned. No positional
+        encodings, so this is the function :meth:`forward` computes at the valid positions
+        (with no valid entry, every parameter still gets its zero gradient).
+        """
+        attend = (~packing.row_padding)[:, None, None, :]
+        for layer in self.layers:
+            a = packing.from_rows(layer.attention(packing.to_rows(layer.qkv(h)), attend))
+            h = h + a + layer.ff(a)
         return h

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imer.layers.packing import Packing
@@ -59,12 +60,25 @@ class MaskedTransformer(nn.Module):
         return torch.where(keep, self.norm(h), torch.zeros((), dtype=h.dtype))
 
     def forward_packed(self, h: Tensor, packing: Packing) -> Tensor:
-        """The encoder on packed valid entries ``[N, H]`` (see :class:`Packing`) -> ``[N, H]``."""
-        if packing.count == 0:
-            return self.norm(h)
+        """The encoder on packed valid entries ``[N, H]`` (see :class:`Packing`) -> ``[N, H]``.
+
+        Each layer's attention is ``nn.MultiheadAttention``'s function written out:
+        the input and output projections run on the ``N`` packed entries, only
+        the scaled dot products (with dropout on the attention weights) on the
+        left-aligned rows.
+        """
+        if packing.count == 0:  # nothing to attend over; every parameter still gets its (zero) gradient, as in the padded computation
+            return self.norm(h) + 0.0 * sum(p.sum() for p in self.parameters())
+        attend = (~packing.row_padding)[:, None, None, :]  # [R, 1, 1, Lc]
         for layer in self.layers:
-            rows = packing.to_rows(layer.norm1(h))
-            attended, _ = layer.self_attn(rows, rows, rows, key_padding_mask=packing.row_padding, need_weights=False)
-            h = h + layer.dropout1(packing.from_rows(attended))
+            h = h + layer.dropout1(self._attention(layer.self_attn, layer.norm1(h), packing, attend))
             h = h + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h))))))
         return self.norm(h)
+
+    def _attention(self, attn: nn.MultiheadAttention, x: Tensor, packing: Packing, attend: Tensor) -> Tensor:
+        """Multi-head self-attention of packed ``x`` ``[N, H]`` within each row of ``packing`` -> ``[N, H]``."""
+        qkv = packing.to_rows(F.linear(x, attn.in_proj_weight, attn.in_proj_bias))  # [R, Lc, 3H]
+        q, k, v = qkv.unflatten(-1, (3, attn.num_heads, -1)).permute(2, 0, 3, 1, 4)  # each [R, heads, Lc, H / heads]
+        dropout = attn.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=dropout).transpose(1, 2).flatten(-2)
+        return attn.out_proj(packing.from_rows(out))

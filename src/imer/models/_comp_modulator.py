@@ -67,15 +67,18 @@ class GradScale(torch.autograd.Function):
     forward pass (the modulator needs the unimodal errors, which exist only
     then). Dividing at a module's input undoes the scaling applied at its
     output for everything upstream, which limits the modulator to that module
-    when the module acts on each position separately.
+    when the module acts on each position separately. With ``index``, ``x``
+    holds packed rows and row ``i`` takes ``weight[index[i]]`` (``weight`` is
+    then 1-D over the batch's flattened positions).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, inverse: bool = False) -> Tensor:  # type: ignore[override]
-        ctx.weight, ctx.inverse = weight, inverse
+    def forward(ctx, x: Tensor, weight: Tensor, inverse: bool = False, index: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        ctx.weight, ctx.inverse, ctx.index = weight, inverse, index
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        weight = ctx.weight.unsqueeze(-1).to(grad.dtype)
-        return (grad / weight if ctx.inverse else grad * weight), None, None
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        weight = ctx.weight if ctx.index is None else ctx.weight.index_select(0, ctx.index)
+        weight = weight.unsqueeze(-1).to(grad.dtype)
+        return (grad / weight if ctx.inverse else grad * weight), None, None, None

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 
 from imer.errors import ConfigError
 from imer.layers import MLP, MaskedTransformer, ModalityEmbedding
-from imer.layers.packing import on_valid
+from imer.layers.dropout import use_fast_dropout
+from imer.layers.packing import ModalityPacking, Packing, on_valid
 from imer.layers.plain_transformer import PlainTransformer
 from imer.models._comp_modulator import GradScale, modulator_weights
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
@@ -119,6 +120,10 @@ class CompConfig(ModelConfig):
         modulator_scope: ``upstream`` (the weight scales everything behind the
             prompt: generator, shared encoder, embedding, block 1) or
             ``generator`` (only the prompt generator's parameters).
+        packed (from :class:`ModelConfig`): the fast path (default): every
+            utterance-wise part on packed rows (:meth:`Comp._forward_packed`)
+            and :class:`imer.layers.dropout.FastDropout`; ``false`` is the padded
+            reference computation with torch's dropout (same function, tested).
     """
 
     hidden: int = 256
@@ -182,13 +187,11 @@ class PromptGenerator(nn.Module):
         self.skip = nn.Linear(hidden, prompt_size)
         self.temperature = temperature
 
-    def forward(self, code: Tensor, valid: Tensor, prototypes: Tensor) -> tuple[Tensor, Tensor]:
-        """``code`` ``[B, L, H]``, prototypes ``[K, H]`` -> prompt ``[B, L, p]`` and attention ``[B, L, K]``."""
+    def forward(self, code: Tensor, prototypes: Tensor) -> tuple[Tensor, Tensor]:
+        """``code`` ``[..., H]``, prototypes ``[K, H]`` -> prompt ``[..., p]`` and attention ``[..., K]``."""
         sim = F.normalize(self.query(code), dim=-1) @ F.normalize(prototypes, dim=-1).T
         attention = torch.softmax(sim / self.temperature, dim=-1)
-        prompt = self.ffn(attention @ prototypes) + self.skip(code)
-        keep, zero = valid.unsqueeze(-1), torch.zeros((), dtype=prompt.dtype)
-        return torch.where(keep, prompt, zero), torch.where(keep, attention, zero)
+        return self.ffn(attention @ prototypes) + self.skip(code), attention
 
 
 def bernoulli_js(a: Tensor, b: Tensor) -> Tensor:
@@ -251,10 +254,10 @@ class ModalityStream(nn.Module):
             return PlainTransformer(config.hidden, depth, config.heads, config.dropout, ff_mult=1)
         return MaskedTransformer(config.hidden, depth, config.heads, config.dropout, packed=config.packed)
 
-    def generate(self, code: Tensor, valid: Tensor, level: str) -> tuple[Tensor, Tensor]:
-        """Prompt and prototype attention at ``level`` ("1" or "2")."""
+    def generate(self, code: Tensor, level: str) -> tuple[Tensor, Tensor]:
+        """Prompt and prototype attention at ``level`` ("1" or "2"), unmasked."""
         generator = self.generator2 if level == "2" and hasattr(self, "generator2") else self.generator
-        return generator(code, valid, self.prototypes)
+        return generator(code, self.prototypes)
 
     def unimodal(self, code: Tensor, valid: Tensor) -> Tensor:
         """Warm-up path without projections (``warmup="encoders"``): block 1 -> block 2 -> representation."""
@@ -281,6 +284,8 @@ class Comp(IMERModel):
         self.final = nn.Linear(m * h, spec.output_size)
         # True from stage 2 on; a buffer so the stage travels with saved weights and checkpoints.
         self.register_buffer("stage2", torch.tensor(self._stage2_at(0)))
+        if config.packed:  # the fast path: packed rows and cheaper dropout masks (same functions)
+            use_fast_dropout(self)
 
     # ----- schedule -------------------------------------------------------------------------
     def _stage2_at(self, epoch: int) -> bool:
@@ -305,6 +310,12 @@ class Comp(IMERModel):
 
     # ----- forward --------------------------------------------------------------------------
     def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor, speakers: Tensor | None = None) -> ModelOutput:
+        if self.config.packed:
+            return self._forward_packed(features, available, mask)
+        return self._forward_padded(features, available, mask)
+
+    def _forward_padded(self, features: dict[str, Tensor], available: Tensor, mask: Tensor) -> ModelOutput:
+        """The reference computation on padded ``[B, L]`` tensors (``packed=false``)."""
         cfg, names = self.config, self.modalities
         valid = available & mask.unsqueeze(-1)  # [B, L, M]
         z = self.embed(features, available)  # [B, L, M, H]
@@ -345,6 +356,121 @@ class Comp(IMERModel):
             prediction = self.final(fused + self.fusion(fused))
         aux["coordinator"], aux["modulator_weights"] = coord, weights
         return ModelOutput(prediction=scores(prediction, self.spec.task), modality_predictions=per_modality, aux=aux)
+
+    def _forward_packed(self, features: dict[str, Tensor], available: Tensor, mask: Tensor) -> ModelOutput:
+        """The same function on packed rows: each modality's stream on its present entries only
+        (attention on each dialogue's present entries), coordinator and fusion on the real
+        utterances; ``[B, L]`` layouts are rebuilt only for the outputs and ``aux``.
+
+        Besides the padded ``aux`` entries, ``aux`` holds the packed tensors the loss
+        uses (keys ``rows_*``; ``rows_index`` / ``rows_index_<m>`` are positions in the
+        flattened ``[B * L]``).
+        """
+        cfg, names = self.config, self.modalities
+        pk = ModalityPacking(available, mask)
+        packs = pk.modality
+        z = [self.embed.project(m, packs[j].pack(features[m])) for j, m in enumerate(names)]  # [N_j, H] each
+        weights = torch.ones(pk.valid.shape, dtype=z[0].dtype, device=z[0].device)  # modulator, filled by loss()
+        aux: dict[str, Tensor] = {"valid": pk.valid, "modulator_weights": weights, "rows_valid": pk.valid_rows, "rows_index": pk.utterances.index}
+        codes, private = [], []
+        for j, m in enumerate(names):
+            stream = self.streams[m]
+            aux[f"rows_index_{m}"] = packs[j].index
+            if cfg.disentangle:
+                codes.append(stream.shared(z[j]))
+                private.append(stream.private(z[j]))
+                recon = stream.decoder(torch.cat([codes[j], private[j]], dim=-1))
+                aux[f"rows_recon_{m}"], aux[f"rows_z_{m}"] = recon, z[j]
+                aux[f"recon_{m}"] = packs[j].unpack(recon)
+                if not bool(self.stage2):
+                    pred = self._private_prediction_packed(stream, private[j], packs[j])
+                    aux[f"rows_private_pred_{m}"] = pred
+                    aux[f"private_pred_{m}"] = scores(packs[j].unpack(pred), self.spec.task)
+            else:
+                codes.append(z[j])
+        if cfg.disentangle:
+            aux["rows_shared"], aux["rows_private"] = pk.stack(codes), pk.stack(private)
+            unpack = pk.utterances.unpack
+            aux["z"], aux["shared"], aux["private"] = unpack(pk.stack(z)), unpack(aux["rows_shared"]), unpack(aux["rows_private"])
+
+        if self.direct_warmup:
+            outputs = [self.streams[m].block2.forward_packed(self.streams[m].block1.forward_packed(codes[j], packs[j]), packs[j]) for j, m in enumerate(names)]
+        else:
+            outputs = self._prompted_packed(codes, pk, weights, aux)
+        heads = [self.streams[m].head(outputs[j]) for j, m in enumerate(names)]  # [N_j, C] each
+        per_modality = {m: scores(packs[j].unpack(heads[j]), self.spec.task) for j, m in enumerate(names)}
+        for j, m in enumerate(names):
+            aux[f"rows_head_{m}"] = heads[j]
+
+        if self.direct_warmup:  # no trained fusion yet: the mean of the available modalities' own predictions
+            coord = self._uniform(pk.valid_rows, z[0].dtype)
+            prediction = pk.stack(heads).mul(coord.unsqueeze(-1)).sum(1)
+        else:
+            stacked = pk.stack(outputs)  # [N, M, H]
+            if not bool(self.stage2):
+                stacked = stacked.detach()  # warm-up: the fusion head learns without training the encoders
+            coord = self._coordinate(stacked, pk.valid_rows)
+            fused = (coord.unsqueeze(-1) * stacked).flatten(-2)
+            prediction = self.final(fused + self.fusion(fused))
+        aux["rows_prediction"] = prediction
+        aux["coordinator"] = pk.utterances.unpack(coord)
+        return ModelOutput(prediction=scores(pk.utterances.unpack(prediction), self.spec.task), modality_predictions=per_modality, aux=aux)
+
+    def _prompted_packed(self, codes: list[Tensor], pk: ModalityPacking, weights: Tensor, aux: dict[str, Tensor]) -> list[Tensor]:
+        """:meth:`_prompted` on packed rows: prompts move between modalities through the utterances."""
+        cfg, names = self.config, self.modalities
+        packs, prompting = pk.modality, self.prompting
+        others = [[i for i in range(len(names)) if i != j] for j in range(len(names))]
+        if prompting:
+            new_prompts = pk.stack(self._prompts_packed(codes, pk, weights, aux, "1"))  # [N, M, p]
+        hidden, carried = [], []
+        for j, m in enumerate(names):
+            stream = self.streams[m]
+            if prompting:
+                x = torch.cat([codes[j], pk.select(j, new_prompts)[:, others[j]].flatten(-2)], dim=-1)
+            else:
+                x = self._with_prompts(codes[j], None, j)
+            out = stream.out1(stream.block1.forward_packed(stream.in1(x), packs[j]))
+            hidden.append(out[..., : cfg.hidden])
+            carried.append(out[..., cfg.hidden :])
+        if prompting:
+            regenerated = pk.stack(self._prompts_packed(hidden, pk, weights, aux, "2"))  # [N, M, p]
+        outputs = []
+        for j, m in enumerate(names):
+            stream = self.streams[m]
+            if prompting:
+                mixed = cfg.momentum * carried[j].unflatten(-1, (len(names) - 1, cfg.prompt_size)) + (1 - cfg.momentum) * pk.select(j, regenerated)[:, others[j]]
+                other_valid = pk.select(j, pk.valid_rows)[:, others[j]].unsqueeze(-1)
+                received = torch.where(other_valid, mixed, torch.zeros((), dtype=mixed.dtype))  # [N_j, M-1, p]
+                aux[f"received_{m}"] = packs[j].unpack(received)
+                x = torch.cat([hidden[j], received.flatten(-2)], dim=-1)
+            else:
+                x = self._with_prompts(hidden[j], None, j)
+            outputs.append(stream.block2.forward_packed(stream.in2(x), packs[j]))
+        return outputs
+
+    def _prompts_packed(self, codes: list[Tensor], pk: ModalityPacking, weights: Tensor, aux: dict[str, Tensor], level: str) -> list[Tensor]:
+        """:meth:`_prompts` on each modality's present entries; the modulator reads ``weights`` at their positions."""
+        modulate, scoped = self.config.modulator, self.config.modulator_scope == "generator"
+        by_position = weights.reshape(-1, weights.shape[-1])  # a view: loss() fills ``weights`` after this forward
+        out = []
+        for j, m in enumerate(self.modalities):
+            index = pk.modality[j].index
+            code = GradScale.apply(codes[j], by_position[:, j], True, index) if modulate and scoped else codes[j]
+            prompt, attention = self.streams[m].generate(code, level)
+            aux[f"prompt{level}_{m}"] = pk.modality[j].unpack(prompt)
+            aux[f"prototype_attention{level}_{m}"] = pk.modality[j].unpack(attention)
+            out.append(GradScale.apply(prompt, by_position[:, j], False, index) if modulate else prompt)
+        return out
+
+    def _private_prediction_packed(self, stream: ModalityStream, private: Tensor, packing: Packing) -> Tensor:
+        """:meth:`_private_prediction` on one modality's present entries."""
+        if self.config.reverse_target == "normal":
+            return stream.private_head(private)
+        if self.config.warmup == "encoders":
+            return stream.head(stream.block2.forward_packed(stream.block1.forward_packed(private, packing), packing))
+        out = stream.out1(stream.block1.forward_packed(stream.in1(self._with_prompts(private, None, 0)), packing))[..., : self.config.hidden]
+        return stream.head(stream.block2.forward_packed(stream.in2(self._with_prompts(out, None, 0)), packing))
 
     def _prompted(self, codes: dict[str, Tensor], valid: Tensor, weights: Tensor, aux: dict[str, Tensor]) -> dict[str, Tensor]:
         """Blocks 1 and 2 with prompt inputs (zeros while not prompting) -> each modality's representation."""
@@ -390,7 +516,9 @@ class Comp(IMERModel):
         out = {}
         for j, m in enumerate(self.modalities):
             code = GradScale.apply(codes[m], weights[..., j], True) if modulate and scoped else codes[m]
-            prompt, attention = self.streams[m].generate(code, valid[..., j], level)
+            prompt, attention = self.streams[m].generate(code, level)
+            keep, zero = valid[..., j : j + 1], torch.zeros((), dtype=prompt.dtype)
+            prompt, attention = torch.where(keep, prompt, zero), torch.where(keep, attention, zero)
             aux[f"prompt{level}_{m}"], aux[f"prototype_attention{level}_{m}"] = prompt, attention
             out[m] = GradScale.apply(prompt, weights[..., j]) if modulate else prompt
         return out
@@ -439,17 +567,22 @@ class Comp(IMERModel):
             return torch.stack(errs, dim=-1)
 
     def loss(self, out: ModelOutput, labels: Tensor, mask: Tensor, available: Tensor) -> dict[str, Tensor]:
-        """Stage-dependent loss terms; also fills the modulator weights used by the coming backward."""
+        """Stage-dependent loss terms; also fills the modulator weights used by the coming backward.
+
+        A packed forward's output (``rows_*`` in ``aux``) gives the same terms from its packed rows.
+        """
         cfg, names = self.config, self.modalities
         assert out.modality_predictions is not None
         valid = available & mask.unsqueeze(-1)
         stage2 = bool(self.stage2)
-        terms = {} if self.direct_warmup else {"task": self.task_loss(out.prediction, labels, mask)}
-        unimodal = sum(self.task_loss(out.modality_predictions[m], labels, valid[..., j]) for j, m in enumerate(names))
-        terms["unimodal"] = cfg.unimodal_weight * unimodal
         if cfg.modulator and self.prompting:
             errors = self.modality_errors(out, labels)
             out.aux["modulator_weights"].copy_(modulator_weights(errors, valid, cfg.modulator_strength, cfg.modulator_direction))
+        if "rows_valid" in out.aux:
+            return self._packed_loss(out.aux, labels, mask)
+        terms = {} if self.direct_warmup else {"task": self.task_loss(out.prediction, labels, mask)}
+        unimodal = sum(self.task_loss(out.modality_predictions[m], labels, valid[..., j]) for j, m in enumerate(names))
+        terms["unimodal"] = cfg.unimodal_weight * unimodal
         if cfg.disentangle:
             if stage2 or cfg.recon_stages == "both":
                 terms["recon"] = cfg.recon_weight * sum(
@@ -461,6 +594,40 @@ class Comp(IMERModel):
                 terms["reverse"] = cfg.reverse_weight * sum(
                     self._reverse_loss(out.aux[f"private_pred_{m}"], labels, valid[..., j]) for j, m in enumerate(names)
                 )
+        return terms
+
+    def _packed_loss(self, aux: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The terms of :meth:`loss` from a packed forward's rows (every row is a present entry)."""
+        cfg, names, stage2 = self.config, self.modalities, bool(self.stage2)
+        flat = labels.reshape(-1)
+        rows_labels = {m: flat.index_select(0, aux[f"rows_index_{m}"]) for m in names}
+
+        def everywhere(x: Tensor) -> Tensor:
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+
+        terms = {}
+        if not self.direct_warmup:
+            prediction = aux["rows_prediction"]
+            terms["task"] = self.task_loss(prediction, flat.index_select(0, aux["rows_index"]), everywhere(prediction))
+        terms["unimodal"] = cfg.unimodal_weight * sum(
+            self.task_loss(aux[f"rows_head_{m}"], rows_labels[m], everywhere(aux[f"rows_head_{m}"])) for m in names
+        )
+        if cfg.disentangle:
+            if stage2 or cfg.recon_stages == "both":
+                terms["recon"] = cfg.recon_weight * sum(
+                    _masked_average(per, everywhere(per))
+                    for per in ((aux[f"rows_recon_{m}"] - aux[f"rows_z_{m}"].detach()).pow(2).mean(-1) for m in names)
+                )
+            terms["disentangle"] = cfg.disentangle_weight * self._disentangle_loss(aux["rows_shared"], aux["rows_private"], aux["rows_valid"])
+            if not stage2:
+                reverse = []
+                for m in names:
+                    pred = aux[f"rows_private_pred_{m}"]
+                    pred = pred.squeeze(-1) if self.spec.task == "regression" else pred
+                    # the noise of the padded computation, drawn over [B, L] and read at the present entries
+                    noise = None if self.spec.task == "classification" else torch.randn(mask.shape, dtype=pred.dtype, device=pred.device).reshape(-1)[aux[f"rows_index_{m}"]]
+                    reverse.append(self._reverse_loss(pred, rows_labels[m], everywhere(pred), noise))
+                terms["reverse"] = cfg.reverse_weight * sum(reverse)
         return terms
 
     def _disentangle_loss(self, shared: Tensor, private: Tensor, valid: Tensor) -> Tensor:
@@ -483,20 +650,21 @@ class Comp(IMERModel):
                     loss = loss + private_shared(i, both) + private_shared(j, both)
         return loss
 
-    def _reverse_loss(self, prediction: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
+    def _reverse_loss(self, prediction: Tensor, labels: Tensor, weight: Tensor, noise: Tensor | None = None) -> Tensor:
         """Keep the private path from carrying the label.
 
         Classification: cross-entropy towards the complement of the true class,
         ``-log(1 - p(true))`` (computed in log space). Regression: regress to
         noise, N(0, 1) (``reverse_target="normal"``) or 1.5 N(0, 1) clamped to
-        [-3, 3] (``"published"``, the label range of CMU-MOSI).
+        [-3, 3] (``"published"``, the label range of CMU-MOSI); ``noise``: the
+        N(0, 1) draw to use instead of a fresh one.
         """
         if self.spec.task == "classification":
             true = F.one_hot(labels.long(), prediction.shape[-1]).bool()
             log_rest = torch.logsumexp(prediction.masked_fill(true, float("-inf")), dim=-1) - torch.logsumexp(prediction, dim=-1)
             per = -log_rest
         else:
-            noise = torch.randn_like(prediction)
+            noise = torch.randn_like(prediction) if noise is None else noise
             if self.config.reverse_target == "published":
                 noise = (1.5 * noise).clamp(-3.0, 3.0)
             per = (prediction - noise).pow(2)

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as dump_safetensors
+from safetensors.torch import save_file as save_safetensors
 
 from imer.errors import DataError
-from imer.io import atomic_write, write_bytes
+from imer.io import atomic_path, atomic_write
 
 # A safetensors header holds names, dtypes, shapes and offsets: a few kB even for large models.
 _MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -35,8 +35,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
-    """Best weights as safetensors (a format that holds only tensors)."""
-    write_bytes(path, dump_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}))
+    """Best weights as safetensors (a format that holds only tensors).
+
+    Written straight from the tensors' memory (``save_file``), not through an
+    in-memory copy of the whole file: that copy was the peak of a ComP run's memory.
+    """
+    with atomic_path(path) as tmp:
+        save_safetensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp))
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -299,13 +299,13 @@ class Trainer:
         steps = 0
         for batch in train.batches(available, self.batch_size, rng, bucket=self.bucket):
             batch = batch.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)  # before the forward: the old gradients' memory is free for its activations
             out = self.model(batch.features, batch.available, batch.mask, batch.speakers)
             terms = self.model.loss(out, batch.labels, batch.mask, batch.available)
             total = sum(terms.values())
             if not torch.isfinite(total):
                 bad = [k for k, v in terms.items() if not torch.isfinite(v)]
                 raise TrainingError(f"epoch {epoch}: loss became non-finite (terms {bad}); try a lower learning rate")
-            self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -314,6 +314,7 @@ class Trainer:
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             sums["total"] = sums.get("total", 0.0) + float(total.detach())
+            del out, terms, total  # the outputs' tensors would otherwise live through the next batch's forward
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def _log(self, record: dict[str, Any]) -> None:
