@@ -131,18 +131,22 @@ def test_cli_report_formats_and_errors(sweep_dir, tmp_path, capsys):
 
 def test_method_diagnostics_at_the_selected_epoch(tmp_path):
     """The report page shows each method's own per-epoch diagnostics at the selected epoch, mean over seeds."""
-    for seed, matched in ((0, 0.2), (1, 0.4)):
-        history = [{"modality_acc": {"a": 0.5}} for _ in range(3)]
-        run = write_run(tmp_path, "cmu-mosi", "P", 0.4, seed, {"acc2": 0.7, "f1": 0.7})
-        metrics = json.loads((run / "metrics.json").read_text())
-        metrics["selection"] = {"rule": "valid", "best_epoch": 1, "epochs": 3}
-        (run / "metrics.json").write_text(json.dumps(metrics))
-        lines = [{"epoch": e, "test": h, "diagnostics": {"test": {"gen": {"audio": {"matched": matched + e, "count": 9}}}}} for e, h in enumerate(history)]
-        (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    for variant, split in (("P", "test"), ("Q", "valid")):  # Q did not log the test split: validation is shown, and said
+        for seed, matched in ((0, 0.2), (1, 0.4)):
+            history = [{"modality_acc": {"a": 0.5}} for _ in range(3)]
+            run = write_run(tmp_path, "cmu-mosi", variant, 0.4, seed, {"acc2": 0.7, "f1": 0.7})
+            metrics = json.loads((run / "metrics.json").read_text())
+            metrics["selection"] = {"rule": "valid", "best_epoch": 1, "epochs": 3}
+            (run / "metrics.json").write_text(json.dumps(metrics))
+            logged = {"valid": {"gen": {"audio": {"matched": 5.0, "count": 9}}}}
+            lines = [{"epoch": e, "test": h, "diagnostics": {**logged, **({"test": {"gen": {"audio": {"matched": matched + e, "count": 9}}}} if split == "test" else {})}}
+                     for e, h in enumerate(history)]
+            (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     build_report(tmp_path, plots=False)
     page = (tmp_path / "report" / "report.md").read_text()
-    assert "| dataset | variant | rate | n | gen/audio/matched | gen/audio/count |" in page
-    assert "| cmu-mosi | P | 0.4 | 2 | 1.300 | 9.000 |" in page
+    assert "| dataset | variant | rate | split | n | gen/audio/matched | gen/audio/count |" in page
+    assert "| cmu-mosi | P | 0.4 | test | 2 | 1.300 | 9.000 |" in page
+    assert "| cmu-mosi | Q | 0.4 | valid | 2 | 5.000 | 9.000 |" in page
 
 
 def test_pattern_table_averages_each_availability_pattern_over_seeds(tmp_path):

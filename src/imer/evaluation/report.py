@@ -570,19 +570,23 @@ def cost_table(aggregates: list[Aggregate]) -> str:
 
 
 def diagnostics_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
-    """Methods' own per-epoch diagnostics on the test split at the selected epoch, mean over seeds (None if no run logs any)."""
-    groups: dict[tuple[str, str, float], list[dict[str, float]]] = defaultdict(list)
+    """Methods' own per-epoch diagnostics at the selected epoch, mean over seeds (None if no run logs any).
+
+    On the test split where the runs logged it every epoch, else on validation; the ``split`` column says which.
+    """
+    groups: dict[tuple[str, str, float, str], list[dict[str, float]]] = defaultdict(list)
     for r in runs:
-        values = selected_diagnostics(r)
-        if values:
-            groups[(r.dataset, r.variant, r.rate)].append(values)
+        found = selected_diagnostics(r)
+        if found:
+            split, values = found
+            groups[(r.dataset, r.variant, r.rate, split)].append(values)
     if not groups:
         return None
     keys = list(dict.fromkeys(k for group in groups.values() for values in group for k in values))
-    lines = ["| dataset | variant | rate | n | " + " | ".join(keys) + " |", "|---|---|---|---:|" + "---:|" * len(keys)]
-    for (dataset, variant, rate), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2])):
+    lines = ["| dataset | variant | rate | split | n | " + " | ".join(keys) + " |", "|---|---|---|---|---:|" + "---:|" * len(keys)]
+    for (dataset, variant, rate, split), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2], kv[0][3])):
         cells = [f"{np.mean([g[k] for g in group if k in g]):.3f}" if any(k in g for g in group) else "–" for k in keys]
-        lines.append(f"| {dataset} | {variant} | {_rate(rate)} | {len(group)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {dataset} | {variant} | {_rate(rate)} | {split} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -831,9 +835,10 @@ def report_page(report: "Report") -> str:
     diagnostics = diagnostics_table(report.runs, info.order)
     if diagnostics:
         lines += ["## Method diagnostics at the selected epoch", "", diagnostics,
-                  "What the method logs each epoch (`diagnostics.test` in history.jsonl: e.g. PROMISE's cosine similarity of a "
+                  "What the method logs each epoch (`diagnostics` in history.jsonl: e.g. PROMISE's cosine similarity of a "
                   "generated modality to the real one of the same utterance, `matched`, and of another utterance, `shuffled`), "
-                  "on the test split under its fixed mask, mean over seeds.", ""]
+                  "on the split in the `split` column under its fixed mask (test when the runs logged the test split every epoch, "
+                  "`train.eval_test_each_epoch`, else validation), mean over seeds.", ""]
     if any(a.cost for a in report.aggregates):
         lines += ["## Cost", "", cost_table(report.aggregates),
                   "From each run's `metrics.json`: training seconds per epoch (evaluation excluded), wall seconds of the whole run, "

@@ -148,8 +148,11 @@ def selected_by_rule(run: RunRecord, rule: str) -> dict[str, Any] | None:
     return {"epoch": best["epoch"], "test": best["test"]}
 
 
-def selected_diagnostics(run: RunRecord, split: str = "test") -> dict[str, float] | None:
-    """The method's ``epoch_diagnostics`` on ``split`` (else validation) at the selected epoch (flattened ``a/b`` keys); None if not logged."""
+def selected_diagnostics(run: RunRecord, split: str = "test") -> tuple[str, dict[str, float]] | None:
+    """(split used, the method's ``epoch_diagnostics``) at the selected epoch, on ``split`` or else validation.
+
+    Keys are flattened (``a/b``); None if nothing was logged.
+    """
     path = run.path / "history.jsonl"
     best = (run.metrics or {}).get("selection", {}).get("best_epoch")
     if best is None or not path.is_file():
@@ -159,8 +162,8 @@ def selected_diagnostics(run: RunRecord, split: str = "test") -> dict[str, float
             record = json.loads(line)
             if record.get("epoch") == best:
                 logged = record.get("diagnostics", {})
-                values = logged.get(split) or logged.get("valid")  # test is logged only with train.eval_test_each_epoch
-                return _flatten(values) if values else None
+                used = split if logged.get(split) else "valid"  # test is logged only with train.eval_test_each_epoch
+                return (used, _flatten(logged[used])) if logged.get(used) else None
     return None
 
 
