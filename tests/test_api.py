@@ -124,3 +124,19 @@ def test_development_folds_run_holds_out_a_fold_and_never_reads_the_test_part(tm
     predicted = {row.split(",")[0] for row in (tmp_path / "run/predictions_test.csv").read_text().splitlines()[1:]}
     assert metrics["fold"] == 2 and predicted == held_out
     assert not predicted & set(full.utterance_ids[full.split == "test"])
+
+
+def test_source_commit_is_read_once_per_process(monkeypatch):
+    """A long sweep in one process records the commit of the code it imported, not the checkout's later HEAD."""
+    import subprocess
+
+    from imer.experiments import run as run_module
+
+    calls = []
+    real = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    run_module.source_commit.cache_clear()
+    first = run_module.source_commit()
+    made = len(calls)
+    assert run_module.source_commit() == first and len(calls) == made
+    run_module.source_commit.cache_clear()

@@ -11,6 +11,7 @@ A run directory holds ``config.json``, ``environment.json``, ``metrics.json``,
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import platform
 import subprocess
@@ -111,8 +112,13 @@ def split_mask(config: RunConfig, data: PreparedData, split: str, protocol: Rand
     return fixed_mask(protocol, data.dataset.available[data.indices[split]], seed, purpose)
 
 
+@functools.lru_cache(maxsize=1)
 def source_commit() -> str | None:
-    """The git commit of the imer source tree (``+dirty`` with uncommitted changes); None outside a checkout."""
+    """The git commit of the imer source tree (``+dirty`` with uncommitted changes); None outside a checkout.
+
+    Read once per process, at its first run: Python keeps the code it imported, so a long sweep whose
+    checkout moves on (``--workers 1`` runs every cell in one process) still records the code it ran.
+    """
     root = Path(imer.__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
