@@ -291,10 +291,6 @@ class MultimodalDataset:
             fold_of[str(groups[g])] = f + 1
             load[f] += sizes[g]
         fold = np.array([fold_of[g] for g in self.group_ids[keep]], dtype=np.int64)
-
-        def take(values: np.ndarray | None) -> np.ndarray | None:
-            return None if values is None else values[keep]
-
         return MultimodalDataset(
             name=self.name,
             features={m: x[keep] for m, x in self.features.items()},
@@ -305,7 +301,7 @@ class MultimodalDataset:
             order=self.order[keep],
             split=None,
             fold=fold,
-            speakers=take(self.speakers),
+            speakers=None if self.speakers is None else self.speakers[keep],
             class_names=self.class_names,
             available=self.available[keep],
             source=self.source,
