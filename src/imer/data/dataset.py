@@ -10,7 +10,7 @@ training) reads only this type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -291,22 +291,18 @@ class MultimodalDataset:
             fold_of[str(groups[g])] = f + 1
             load[f] += sizes[g]
         fold = np.array([fold_of[g] for g in self.group_ids[keep]], dtype=np.int64)
-        return MultimodalDataset(
-            name=self.name,
+        return replace(  # every per-utterance field cut to the kept rows; the rest (name, task, classes, manifest) carried over
+            self,
             features={m: x[keep] for m, x in self.features.items()},
             labels=self.labels[keep],
-            task=self.task,
             utterance_ids=self.utterance_ids[keep],
             group_ids=self.group_ids[keep],
             order=self.order[keep],
             split=None,
             fold=fold,
             speakers=None if self.speakers is None else self.speakers[keep],
-            class_names=self.class_names,
             available=self.available[keep],
-            source=self.source,
             notes=[*self.notes, f"development folds: test part dropped, {len(groups)} train+valid groups in {k} folds (seed {seed})"],
-            manifest=self.manifest,
         )
 
     def _carve_valid(self, train_idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
