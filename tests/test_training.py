@@ -14,7 +14,7 @@ from imer.experiments.config import RunConfig, apply_override, build_run_config
 from imer.experiments.inference import evaluate_run
 from imer.experiments.run import train
 from imer.training.checkpoint import load_checkpoint, load_weights
-from imer.training.trainer import Trainer
+from imer.training.trainer import CheckpointPolicy, Trainer
 
 
 def _config(method="early-fusion", dataset="synthetic", epochs=4, **extra):
@@ -120,6 +120,16 @@ def test_resume_after_interruption_gives_same_result(tmp_path, monkeypatch):
     a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 6
+
+
+def test_default_checkpoint_policy_is_once_a_minute():
+    """By default a checkpoint costs at most one write per minute of training, plus stage starts and the end."""
+    policy = CheckpointPolicy()
+    assert policy == CheckpointPolicy(RunConfig().train.checkpoint_every, RunConfig().train.checkpoint_minutes)
+    assert not policy.due(epoch=9, last_epoch=False, new_stage=False, seconds_since=59.0)
+    assert policy.due(epoch=3, last_epoch=False, new_stage=False, seconds_since=60.0)
+    assert policy.due(epoch=3, last_epoch=False, new_stage=True, seconds_since=0.0)
+    assert policy.due(epoch=3, last_epoch=True, new_stage=False, seconds_since=0.0)
 
 
 def test_finished_run_is_not_overwritten(tmp_path):
