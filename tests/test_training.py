@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -38,6 +39,8 @@ def test_run_directory_contents(tmp_path):
     metrics = train(_config(method="late-fusion"), tmp_path / "r")
     for name in ("config.json", "environment.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz", "masks.npz", "predictions_test.csv", "checkpoint.pt"):
         assert (tmp_path / "r" / name).is_file(), name
+    environment = json.loads((tmp_path / "r" / "environment.json").read_text())
+    assert environment["torch_threads"] >= 1 and environment["openmp"].get("OMP_WAIT_POLICY") == os.environ.get("OMP_WAIT_POLICY")
     on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert on_disk["method"] == "late-fusion" and on_disk["dataset"] == "synthetic" and on_disk["seed"] == 0
     assert set(on_disk["test"]["modality_acc"]) == {"audio", "text", "video"}
