@@ -64,3 +64,15 @@ def test_import_imer_asks_for_passive_waiting():
     env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.strip()
     assert out == "PASSIVE"
+
+
+def test_openmp_wait_environment_spins_briefly_only_on_an_idle_machine():
+    idle, busy = threads.IDLE_LOAD / 2, 2.0
+    assert threads.openmp_wait_environment({}, torch_loaded=False, load=idle) == {
+        "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": str(threads.IDLE_SPIN_COUNT)}
+    assert threads.openmp_wait_environment({}, torch_loaded=False, load=busy) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert threads.openmp_wait_environment({}, torch_loaded=False, load=None) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    # the user's choices win, and nothing is set once torch has loaded OpenMP
+    assert threads.openmp_wait_environment({"GOMP_SPINCOUNT": "0"}, torch_loaded=False, load=idle) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert threads.openmp_wait_environment({"OMP_WAIT_POLICY": "ACTIVE"}, torch_loaded=False, load=idle) == {}
+    assert threads.openmp_wait_environment({}, torch_loaded=True, load=idle) == {}

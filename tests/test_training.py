@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from imer.experiments.config import RunConfig, apply_override, build_run_config
 from imer.experiments.inference import evaluate_run
 from imer.experiments.run import train
 from imer.training.checkpoint import load_checkpoint, load_weights
-from imer.training.trainer import Trainer
+from imer.training.trainer import CheckpointPolicy, Trainer
 
 
 def _config(method="early-fusion", dataset="synthetic", epochs=4, **extra):
@@ -38,6 +39,8 @@ def test_run_directory_contents(tmp_path):
     metrics = train(_config(method="late-fusion"), tmp_path / "r")
     for name in ("config.json", "environment.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz", "masks.npz", "predictions_test.csv", "checkpoint.pt"):
         assert (tmp_path / "r" / name).is_file(), name
+    environment = json.loads((tmp_path / "r" / "environment.json").read_text())
+    assert environment["torch_threads"] >= 1 and environment["openmp"].get("OMP_WAIT_POLICY") == os.environ.get("OMP_WAIT_POLICY")
     on_disk = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert on_disk["method"] == "late-fusion" and on_disk["dataset"] == "synthetic" and on_disk["seed"] == 0
     assert set(on_disk["test"]["modality_acc"]) == {"audio", "text", "video"}
@@ -120,6 +123,16 @@ def test_resume_after_interruption_gives_same_result(tmp_path, monkeypatch):
     a, b = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(tmp_path / "cut" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 6
+
+
+def test_default_checkpoint_policy_is_once_a_minute():
+    """By default a checkpoint costs at most one write per minute of training, plus stage starts and the end."""
+    policy = CheckpointPolicy()
+    assert policy == CheckpointPolicy(RunConfig().train.checkpoint_every, RunConfig().train.checkpoint_minutes)
+    assert not policy.due(epoch=9, last_epoch=False, new_stage=False, seconds_since=59.0)
+    assert policy.due(epoch=3, last_epoch=False, new_stage=False, seconds_since=60.0)
+    assert policy.due(epoch=3, last_epoch=False, new_stage=True, seconds_since=0.0)
+    assert policy.due(epoch=3, last_epoch=True, new_stage=False, seconds_since=0.0)
 
 
 def test_finished_run_is_not_overwritten(tmp_path):

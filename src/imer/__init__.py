@@ -22,11 +22,13 @@ import os
 import sys
 from typing import Any
 
+from imer.training.threads import machine_load, openmp_wait_environment
+
 # OpenMP threads that spin while waiting made 2 torch threads 10-12x slower than 1 on a busy 2-core machine;
-# passive waiting made them 1.6x faster (docs/benchmarks.md). The policy is read when torch loads OpenMP, so
-# it is set here, before imer imports torch, unless the user chose one or imported torch first.
-if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+# passive waiting made them 1.6x faster, and a short spin before sleeping helps only on an idle machine
+# (docs/benchmarks.md). OpenMP reads these when torch loads it, so they are set here, before imer imports
+# torch, unless the user chose a policy or imported torch first.
+os.environ.update(openmp_wait_environment(os.environ, "torch" in sys.modules, machine_load()))
 
 __version__ = "0.1.0"
 

@@ -63,8 +63,8 @@ class CheckpointPolicy:
     """When the resume checkpoint is written: every ``every`` epochs or ``minutes`` minutes
     (0 disables either), and always at the first epoch of a stage and at the last epoch."""
 
-    every: int = 10
-    minutes: float = 10.0
+    every: int = 0
+    minutes: float = 1.0
 
     def due(self, epoch: int, last_epoch: bool, new_stage: bool, seconds_since: float) -> bool:
         by_epoch = self.every > 0 and (epoch + 1) % self.every == 0
