@@ -242,3 +242,25 @@ def test_selection_table_numbers_by_hand(tmp_path):
     page = (tmp_path / "report/report.md").read_text()
     # valid-selected acc2: 60, 70 -> 65.00 ± 5.00; test-selected: 90, 100 -> 95.00 ± 5.00, Δ +30.00; f1: 55/65 -> 80/90, Δ +25.00
     assert "| cmu-mosi | ef | 0.3 | 2 | 65.00 ± 5.00 | 95.00 ± 5.00 (+30.00) | 60.00 ± 5.00 | 85.00 ± 5.00 (+25.00) | 1/2 1/2 |" in page
+
+
+def test_stage_table_numbers_by_hand(tmp_path):
+    """Warm-up best valid 0.8 at epoch 1, joint best 0.7 at epoch 2: validation selection stays in the warm-up stage."""
+    stages = ["warmup", "warmup", "joint", "joint"]
+    valid = [0.6, 0.8, 0.7, 0.7]
+    for seed, shift in ((0, 0.0), (1, 0.1)):
+        fake_run(tmp_path, "comp", 0.3, seed, 0.5 + shift)
+        run = tmp_path / f"runs/cmu-mosi/comp/rate=0.3/seed={seed}"
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["selection"]["best_epoch"] = 1
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / "history.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "stage": s, "valid": {"acc2": v}, "test": {"acc2": 0.1 * e + shift}}) + "\n"
+            for e, (s, v) in enumerate(zip(stages, valid))))
+    fake_run(tmp_path, "ef", 0.3, 0, 0.5)  # one stage: no row
+    build_report(tmp_path, plots=False)
+    page = (tmp_path / "report/report.md").read_text()
+    # warm-up: valid 80 both seeds, test at epoch 1: 10, 20 -> 15.00 ± 5.00; joint: ties keep epoch 2, test 20, 30
+    assert "| cmu-mosi | comp | 0.3 | warmup | 0–1 | 2 | 80.00 ± 0.00 | 15.00 ± 5.00 | 2 of 2 |" in page
+    assert "| cmu-mosi | comp | 0.3 | joint | 2–3 | 2 | 70.00 ± 0.00 | 25.00 ± 5.00 | 0 of 2 |" in page
+    assert "| cmu-mosi | ef |" not in page.split("## Training stages")[1].split("##")[0]

@@ -27,6 +27,7 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import numpy as np
 from imer.errors import IMERError
 from imer.evaluation.metrics import headline_metrics, is_better
 from imer.evaluation.plots import write_plots
-from imer.evaluation.runs import METRIC_LABELS, RunRecord, collect_runs, selected_by_rule, selected_diagnostics
+from imer.evaluation.runs import METRIC_LABELS, RunRecord, best_per_stage, collect_runs, selected_by_rule, selected_diagnostics
 from imer.evaluation.significance import Comparison, compare_runs
 from imer.io import atomic_write, flatten, read_json, write_json
 
@@ -353,6 +354,16 @@ class Report:
     ablations: list[AblationTable] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
 
+    @cached_property
+    def sections(self) -> dict[str, str]:
+        """The further tables of the page, by the file each is also written to (only those that apply to these runs)."""
+        order = self.info.order
+        tables = {"selection.md": selection_table(self.runs, order),
+                  "significance.md": significance_table(self.comparisons) if self.comparisons else None,
+                  "patterns.md": pattern_table(self.runs, order),
+                  "stages.md": stage_table(self.runs, order)}
+        return {name: text for name, text in tables.items() if text}
+
     def text(self, fmt: str) -> str:
         """The main table as ``md``, ``latex`` or ``csv`` text."""
         if fmt == "md":
@@ -664,6 +675,38 @@ def selection_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
     return "\n".join(lines) + "\n\n" + "  \n".join(notes) + "\n"
 
 
+def stage_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
+    """Per training stage of staged methods: the best validation score within the stage and the test score at that epoch.
+
+    Answers "does the method's later stage (e.g. ComP's prompting) improve on
+    its earlier one?" and says in which stage validation selection ended up.
+    None when no run's history has more than one stage.
+    """
+    groups: dict[tuple[str, str, float], list[tuple[RunRecord, list[dict[str, Any]]]]] = defaultdict(list)
+    for r in runs:
+        stages = best_per_stage(r)
+        if len(stages) > 1:
+            groups[(r.dataset, r.variant, r.rate)].append((r, stages))
+    if not groups:
+        return None
+    metric = (groups[next(iter(groups))][0][0].metrics or {})["selection"]["metric"]
+    label = METRIC_LABELS.get(metric, metric)
+    lines = [f"| dataset | variant | rate | stage | epochs | n | best validation {label} in the stage | test {label} at that epoch | "
+             "selected in this stage (seeds) |", "|---|---|---|---|---|---:|---:|---:|---:|"]
+    for (dataset, variant, rate), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2])):
+        names = list(dict.fromkeys(s["stage"] for _, stages in members for s in stages))
+        for name in names:
+            entries = [(r, next(s for s in stages if s["stage"] == name)) for r, stages in members if any(s["stage"] == name for s in stages)]
+            valid = [e["valid"] for _, e in entries if e["valid"] is not None]
+            test = [e["test"][metric] for _, e in entries if e["test"] and metric in e["test"]]
+            chosen = sum(1 for r, e in entries if e["first"] <= (r.metrics or {}).get("selection", {}).get("best_epoch", -1) <= e["last"])
+            spans = sorted({f"{e['first']}–{e['last']}" for _, e in entries})
+            lines.append(f"| {dataset} | {variant} | {_rate(rate)} | {name} | {', '.join(spans)} | {len(entries)} | "
+                         f"{_metric_text(metric, *mean_std(valid)) if valid else '–'} | {_metric_text(metric, *mean_std(test)) if test else '–'} | "
+                         f"{chosen} of {len(entries)} |")
+    return "\n".join(lines) + "\n"
+
+
 def comparisons(aggregates: list[Aggregate], runs: list[RunRecord], info: "SweepInfo") -> list[Comparison]:
     """``[report] compare`` variants against the best baseline (or ``[report] baseline``), paired over seeds and rates."""
     if not info.compare or not aggregates:
@@ -811,11 +854,11 @@ def report_page(report: "Report") -> str:
     if info.search.get("datasets"):
         lines += ["## Hyper-parameter search", "", search_table(info.search)]
     lines += ["## Test results", "", markdown_table(report.table)]
-    selection = selection_table(report.runs, info.order)
+    selection = report.sections.get("selection.md")
     if selection:
         lines += ["## Selection rules side by side", "", selection]
-    if report.comparisons:
-        lines += ["## Significance: paired comparisons with the best baseline", "", significance_table(report.comparisons)]
+    if "significance.md" in report.sections:
+        lines += ["## Significance: paired comparisons with the best baseline", "", report.sections["significance.md"]]
     if report.ablations:
         lines += ["## Ablations", "", "Mean ± std over seeds ×100; (Δ) = mean paired difference to the base over the seeds both ran "
                   "(same seed = same test masks).", ""]
@@ -824,7 +867,7 @@ def report_page(report: "Report") -> str:
         label = METRIC_LABELS.get(k, k)
         scale = "as is" if k in RAW_METRICS else "×100"
         lines += [f"## Test {label} (`{k}`)", "", metric_table(report.aggregates, k), f"mean ± population std over seeds, {scale}; best per dataset and column in bold.", ""]
-    patterns = pattern_table(report.runs, info.order)
+    patterns = report.sections.get("patterns.md")
     if patterns:
         lines += ["## Test results by availability pattern", "", patterns,
                   f"Test {_metric_pair(report.runs[0].task).split('/')[0]} of the utterances that kept exactly the modalities in braces under "
@@ -832,6 +875,14 @@ def report_page(report: "Report") -> str:
                   "utterances). Post-hoc: where the points of the main table are won or lost.", ""]
     if report.conditions is not None:
         lines += ["## Fixed conditions", "", report.conditions.markdown()]
+    stages = report.sections.get("stages.md")
+    if stages:
+        lines += ["## Training stages", "", stages,
+                  f"{STD_NOTE}. For methods trained in stages (ComP: warm-up, then joint prompting; MMIN, MoMKE, PROMISE: their "
+                  "pre-training stages), each stage's best validation score by the selection metric and the test score of that "
+                  "same epoch (– unless the runs logged the test split every epoch), and in how many seeds the validation-selected "
+                  "epoch of the whole run lies in that stage. A later stage that never beats an earlier one adds nothing to the "
+                  "selected model.", ""]
     diagnostics = diagnostics_table(report.runs, info.order)
     if diagnostics:
         lines += ["## Method diagnostics at the selected epoch", "", diagnostics,
@@ -873,6 +924,9 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, plots: boo
                            ("conditions.csv", _csv_text(report.conditions.csv_rows()))):
             with atomic_write(out / name) as fh:
                 fh.write(text)
+    for name, text in report.sections.items():
+        with atomic_write(out / name) as fh:
+            fh.write(text)
     if plots:
         report.plots = write_plots(report, out)
     with atomic_write(out / "report.md") as fh:

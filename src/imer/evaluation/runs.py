@@ -120,6 +120,30 @@ def history(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def best_per_stage(run: RunRecord) -> list[dict[str, Any]]:
+    """For each training stage of the run's history (in order): its epochs and its best epoch by the run's validation metric.
+
+    Each entry: ``stage``, ``first`` / ``last`` epoch, ``epoch`` (best validation
+    score within the stage, ties keep the earlier epoch, as in training),
+    ``valid`` (that score) and ``test`` (the test metrics of that epoch, None
+    unless the run logged the test split every epoch). Empty without history
+    or selection metric.
+    """
+    from imer.evaluation.metrics import is_better
+
+    metric = (run.metrics or {}).get("selection", {}).get("metric")
+    stages: list[dict[str, Any]] = []
+    for record in history(run.path) if metric else []:
+        score = record.get("valid", {}).get(metric)
+        if not stages or stages[-1]["stage"] != record.get("stage"):
+            stages.append({"stage": record.get("stage"), "first": record["epoch"], "epoch": None, "valid": None, "test": None})
+        current = stages[-1]
+        current["last"] = record["epoch"]
+        if score is not None and (current["valid"] is None or is_better(metric, score, current["valid"])):
+            current.update(epoch=record["epoch"], valid=score, test=record.get("test"))
+    return stages
+
+
 def selected_by_rule(run: RunRecord, rule: str) -> dict[str, Any] | None:
     """Test metrics at the epoch that selection rule ``rule`` picks, from the run's per-epoch history.
 
