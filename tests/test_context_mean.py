@@ -13,7 +13,7 @@ from imer.models import create_model, get_model_class
 from imer.models.base import sign_loss
 
 CONTEXT_METHODS = ["early-fusion", "promise"]
-ALL_CONTEXT = [(m, {}) for m in (*CONTEXT_METHODS, "gcnet")] + [("early-fusion", {"context_source": "own"})]
+ALL_CONTEXT = [(m, {}) for m in (*CONTEXT_METHODS, "gcnet", "comp")] + [("early-fusion", {"context_source": "own"})]
 DIMS = {"audio": 6, "text": 8, "video": 5}
 LATE = 10**6
 
@@ -128,3 +128,27 @@ def test_own_context_source_adds_its_own_projection_only():
     assert extra and all(n.startswith("context_embed.") for n in extra)
     with pytest.raises(ValueError, match="context_source"):
         _setup("early-fusion", context_source="video")
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_comp_context_brings_the_videos_text_to_an_utterance_without_text(context):
+    """In ComP's warm-up nothing joins modalities across utterances: an utterance that kept only its audio ignores
+    the other utterances' text, unless ``context_mean`` gives the final layer the video's mean of each modality."""
+    ds = make_synthetic(task="regression", num_groups=6, min_len=3, max_len=5, dims=DIMS, seed=11)
+    torch.manual_seed(0)
+    model = create_model("comp", spec_of(ds), {"hidden": 16, "context_mean": context})
+    batcher = SplitBatcher(ds.features, ds.labels, ds.group_ids, ds.order, ds.speakers)
+    available = np.ones((len(ds), 3), bool)
+    batch = next(batcher.batches(available, batch_size=64))
+    first = int(batch.index[0, 0])
+    available[first] = [True, False, False]  # utterance 0 of the first video keeps its audio only
+    batch = next(batcher.batches(available, batch_size=64))
+    model.on_epoch_start(0)
+    model.eval()
+    text = batch.features["text"].clone()
+    text[0, 1] += 5.0  # the text of another utterance of the same video
+    with torch.no_grad():
+        reference = model(batch.features, batch.available, batch.mask, batch.speakers).prediction[0, 0]
+        moved = model({**batch.features, "text": text}, batch.available, batch.mask, batch.speakers).prediction[0, 0]
+    assert not bool(model.prompting) and batch.available[0, 0].tolist() == [True, False, False]
+    assert torch.allclose(moved, reference) != context

@@ -157,7 +157,8 @@ def test_fast_dropout_keeps_the_distribution_and_state():
 
 # ComP: every switch of CompConfig at its published value, the published preset and the ablations, in both
 # stages; default and preset under both tasks, the others under one task each (alternating).
-_SWITCHED = [{name: values[1]} for name, values in CHOICES.items()] + [{"prompts": False}, {"disentangle": False}, {"coordinator": False}, {"modulator": False}]
+_SWITCHED = [{name: values[1]} for name, values in CHOICES.items()] + [{"prompts": False}, {"disentangle": False}, {"coordinator": False}, {"modulator": False},
+                                                                       {"context_mean": True}]
 _PUBLISHED = {name: values[1] for name, values in CHOICES.items()}
 COMP_CASES = [({}, "classification"), ({}, "regression"), (_PUBLISHED, "classification"), (_PUBLISHED, "regression")] + [
     (variant, ("classification", "regression")[i % 2]) for i, variant in enumerate(_SWITCHED)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imer.errors import ConfigError
-from imer.layers import MLP, MaskedTransformer, ModalityEmbedding
+from imer.layers import MLP, MaskedTransformer, ModalityEmbedding, dialogue_mean
 from imer.layers.dropout import use_fast_dropout
 from imer.layers.packing import ModalityPacking, Packing, on_valid
 from imer.layers.plain_transformer import PlainTransformer
@@ -120,6 +120,12 @@ class CompConfig(ModelConfig):
         modulator_scope: ``upstream`` (the weight scales everything behind the
             prompt: generator, shared encoder, embedding, block 1) or
             ``generator`` (only the prompt generator's parameters).
+        context_mean: opt-in video-level input, an imer extension that is not
+            in the paper: the final layer also reads, per modality, the mean of
+            the stream outputs of that modality's observed utterances in the
+            same video (:func:`imer.layers.dialogue_mean`), so an utterance that
+            lost a modality can still use the video's other utterances of it.
+            Off = the paper's model.
         packed (from :class:`ModelConfig`): the fast path (default): every
             utterance-wise part on packed rows (:meth:`Comp._forward_packed`)
             and :class:`imer.layers.dropout.FastDropout`; ``false`` is the padded
@@ -158,6 +164,7 @@ class CompConfig(ModelConfig):
     warmup: str = "full"
     modulator_direction: str = "weaker"
     modulator_scope: str = "upstream"
+    context_mean: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -281,7 +288,7 @@ class Comp(IMERModel):
         if config.coordinator:
             self.coordinator = MLP(m * h, h, m, layers=2, dropout=config.dropout)
         self.fusion = _residual_head(config, m * h)
-        self.final = nn.Linear(m * h, spec.output_size)
+        self.final = nn.Linear(m * h + (m * (h + 1) if config.context_mean else 0), spec.output_size)
         # True from stage 2 on; a buffer so the stage travels with saved weights and checkpoints.
         self.register_buffer("stage2", torch.tensor(self._stage2_at(0)))
         if config.packed:  # the fast path: packed rows and cheaper dropout masks (same functions)
@@ -353,7 +360,10 @@ class Comp(IMERModel):
                 stacked = stacked.detach()  # warm-up: the fusion head learns without training the encoders
             coord = self._coordinate(stacked, valid)
             fused = (coord.unsqueeze(-1) * stacked).flatten(-2)
-            prediction = self.final(fused + self.fusion(fused))
+            head_input = fused + self.fusion(fused)
+            if cfg.context_mean:
+                head_input = torch.cat([head_input, dialogue_mean(stacked, valid).flatten(-2)], dim=-1)
+            prediction = self.final(head_input)
         aux["coordinator"], aux["modulator_weights"] = coord, weights
         return ModelOutput(prediction=scores(prediction, self.spec.task), modality_predictions=per_modality, aux=aux)
 
@@ -411,7 +421,11 @@ class Comp(IMERModel):
                 stacked = stacked.detach()  # warm-up: the fusion head learns without training the encoders
             coord = self._coordinate(stacked, pk.valid_rows)
             fused = (coord.unsqueeze(-1) * stacked).flatten(-2)
-            prediction = self.final(fused + self.fusion(fused))
+            head_input = fused + self.fusion(fused)
+            if cfg.context_mean:
+                context = dialogue_mean(pk.utterances.unpack(stacked), pk.valid)  # [B, L, M, H + 1]
+                head_input = torch.cat([head_input, pk.utterances.pack(context).flatten(-2)], dim=-1)
+            prediction = self.final(head_input)
         aux["rows_prediction"] = prediction
         aux["coordinator"] = pk.utterances.unpack(coord)
         return ModelOutput(prediction=scores(pk.utterances.unpack(prediction), self.spec.task), modality_predictions=per_modality, aux=aux)
