@@ -264,3 +264,19 @@ def test_stage_table_numbers_by_hand(tmp_path):
     assert "| cmu-mosi | comp | 0.3 | warmup | 0–1 | 2 | 80.00 ± 0.00 | 15.00 ± 5.00 | 2 of 2 |" in page
     assert "| cmu-mosi | comp | 0.3 | joint | 2–3 | 2 | 70.00 ± 0.00 | 25.00 ± 5.00 | 0 of 2 |" in page
     assert "| cmu-mosi | ef |" not in page.split("## Training stages")[1].split("##")[0]
+
+
+def test_gap_table_numbers_by_hand(tmp_path):
+    """Validation at the selected epoch beside test: comp valid 0.80 / 0.90, test 0.70 / 0.75 -> gap +12.50; no valid score, no row."""
+    for seed, (valid, test) in enumerate(((0.80, 0.70), (0.90, 0.75))):
+        fake_run(tmp_path, "comp", 0.3, seed, test)
+        path = tmp_path / f"runs/cmu-mosi/comp/rate=0.3/seed={seed}/metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics["valid"] = {"acc2": valid}
+        path.write_text(json.dumps(metrics))
+    fake_run(tmp_path, "ef", 0.3, 0, 0.5)
+    build_report(tmp_path, plots=False)
+    gap = (tmp_path / "report/gap.md").read_text()
+    assert "| cmu-mosi | comp | 0.3 | 2 | 85.00 ± 5.00 | 72.50 ± 2.50 | +12.50 |" in gap
+    assert "| ef |" not in gap
+    assert "## Validation and test at the selected epoch" in (tmp_path / "report/report.md").read_text()

@@ -210,7 +210,7 @@ def test_committed_results_render_byte_for_byte(sweep_dir, tmp_path):
         build_report(Path("results") / sweep_dir.name, out_dir=tmp_path, plots=False)
     finally:
         os.chdir(cwd)
-    for name in ("table.md", "table.tex", "table.csv", "ablations.md", "conditions.md", "selection.md", "significance.md", "patterns.md", "stages.md"):
+    for name in ("table.md", "table.tex", "table.csv", "ablations.md", "conditions.md", "selection.md", "significance.md", "patterns.md", "stages.md", "gap.md"):
         if (page.parent / name).is_file():
             assert (tmp_path / name).read_bytes() == (page.parent / name).read_bytes(), name
 

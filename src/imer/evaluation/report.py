@@ -361,7 +361,8 @@ class Report:
         tables = {"selection.md": selection_table(self.runs, order),
                   "significance.md": significance_table(self.comparisons) if self.comparisons else None,
                   "patterns.md": pattern_table(self.runs, order),
-                  "stages.md": stage_table(self.runs, order)}
+                  "stages.md": stage_table(self.runs, order),
+                  "gap.md": gap_table(self.runs, order)}
         return {name: text for name, text in tables.items() if text}
 
     def text(self, fmt: str) -> str:
@@ -675,6 +676,37 @@ def selection_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
     return "\n".join(lines) + "\n\n" + "  \n".join(notes) + "\n"
 
 
+def gap_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
+    """Validation score at the selected epoch beside the test score of that epoch, per dataset × variant × rate.
+
+    The gap (validation − test) shows how much of what selection saw carries
+    over to the test videos: a method that equals its rivals on validation and
+    loses on test lost to the split, not to training. None when no run holds a
+    validation score for its selection metric.
+    """
+    groups: dict[tuple[str, str, float], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        selection = (r.metrics or {}).get("selection", {})
+        if selection.get("metric") in (r.metrics or {}).get("valid", {}):
+            groups[(r.dataset, r.variant, r.rate)].append(r)
+    if not groups:
+        return None
+    metric = next(iter(groups.values()))[0].metrics["selection"]["metric"]
+    label = METRIC_LABELS.get(metric, metric)
+    lines = [f"| dataset | variant | rate | n | validation {label} (selected epoch) | test {label} | gap (validation − test) |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for (dataset, variant, rate), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2])):
+        valid = _seed_values(members, lambda r: r.metrics["valid"].get(metric))
+        test = _seed_values(members, lambda r: r.test.get(metric))
+        common = sorted(set(valid) & set(test))
+        if not common:
+            continue
+        gap = float(np.mean([valid[s] - test[s] for s in common]))
+        lines.append(f"| {dataset} | {variant} | {_rate(rate)} | {len(common)} | {_metric_text(metric, *mean_std([valid[s] for s in common]))} | "
+                     f"{_metric_text(metric, *mean_std([test[s] for s in common]))} | {_delta_text(metric, gap)} |")
+    return "\n".join(lines) + "\n"
+
+
 def stage_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
     """Per training stage of staged methods: the best validation score within the stage and the test score at that epoch.
 
@@ -875,6 +907,12 @@ def report_page(report: "Report") -> str:
                   "utterances). Post-hoc: where the points of the main table are won or lost.", ""]
     if report.conditions is not None:
         lines += ["## Fixed conditions", "", report.conditions.markdown()]
+    gap = report.sections.get("gap.md")
+    if gap:
+        lines += ["## Validation and test at the selected epoch", "", gap,
+                  f"{STD_NOTE}. The validation score the selection rule saw at the epoch it picked, the test score of that epoch, "
+                  "and their mean paired gap. Validation and test are different videos: a gap larger than the other methods' "
+                  "means what the method learned to win validation does not carry over to the test videos.", ""]
     stages = report.sections.get("stages.md")
     if stages:
         lines += ["## Training stages", "", stages,
