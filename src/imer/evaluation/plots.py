@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from imer.evaluation.report import Report
 
 LINESTYLES = ("-", "--", ":", "-.")
+PANELS_PER_ROW = 6  # wide reports (20+ variants) wrap instead of becoming one unreadable strip
 
 
 def _pyplot():
@@ -82,7 +83,7 @@ def plot_metric_vs_rate(report: "Report", path: Path) -> Path:
 
 
 def plot_modality_balance(report: "Report", path: Path) -> Path | None:
-    """Grouped bars of per-modality accuracy: rows = datasets, columns = methods with unimodal heads."""
+    """Grouped bars of per-modality accuracy: a panel per dataset × method with unimodal heads, at most 6 panels a row."""
     with_heads = [a for a in report.aggregates if a.modality_acc]
     if not with_heads:
         return None
@@ -91,11 +92,19 @@ def plot_modality_balance(report: "Report", path: Path) -> Path | None:
     methods = sorted({a.variant for a in with_heads})
     modalities = list(dict.fromkeys(m for a in with_heads for m in a.modality_acc))
     colour = _colours(modalities)
-    fig, axes = plt.subplots(len(datasets), len(methods), figsize=(4.6 * len(methods) + 1.6, 3.6 * len(datasets)), squeeze=False, sharey=True)
+    cols = min(len(methods), PANELS_PER_ROW)
+    per_dataset = -(-len(methods) // cols)
+    fig, axes = plt.subplots(len(datasets) * per_dataset, cols, figsize=(4.6 * cols + 1.6, 3.6 * len(datasets) * per_dataset), squeeze=False,
+                             sharey=True)
     width = 0.8 / len(modalities)
-    for r, dataset in enumerate(datasets):
-        for c, method in enumerate(methods):
+    for d, dataset in enumerate(datasets):
+        for i in range(per_dataset * cols):
+            r, c = d * per_dataset + i // cols, i % cols
             ax = axes[r][c]
+            if i >= len(methods):
+                ax.set_axis_off()
+                continue
+            method = methods[i]
             here = sorted((a for a in with_heads if a.dataset == dataset and a.variant == method), key=lambda a: a.rate)
             ax.set_title(f"{dataset} — {method}")
             if not here:
@@ -202,31 +211,28 @@ def plot_modality_conditions(report: "Report", path: Path) -> Path | None:
     rates = _chosen_rates([a.rate for a in rows])
     colour = _colours(bars)
     variants = list(dict.fromkeys(a.variant for a in rows))
-    fig, axes = plt.subplots(len(datasets), len(rates), figsize=(max(4.8, 0.9 * len(variants) + 1.5) * len(rates) + 1.8, 3.8 * len(datasets)),
-                             squeeze=False, sharey=True)
+    panels = [(dataset, rate) for dataset in datasets for rate in rates]  # stacked: a row per panel keeps many variants readable
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(4.8, 0.9 * len(variants) + 1.5) + 1.8, 4.2 * len(panels)), squeeze=False, sharey=True)
     width = 0.8 / len(bars)
-    for r, dataset in enumerate(datasets):
-        for c, rate in enumerate(rates):
-            ax = axes[r][c]
-            here = [a for a in rows if a.dataset == dataset and a.rate == rate]
-            ax.set_title(f"{dataset} — trained at rate {rate:g}")
-            if not here:
-                ax.set_axis_off()
-                continue
-            x = np.arange(len(here))
-            for j, label in enumerate(bars):
-                offset = x + (j - (len(bars) - 1) / 2) * width
-                values = [a.conditions.get(label, {}).get(a.headline[0], (np.nan, np.nan)) for a in here]
-                ax.bar(offset, [100 * v[0] for v in values], width, yerr=[100 * v[1] for v in values], capsize=2, color=colour[label],
-                       label=f"{{{label}}}" + (" (all)" if label not in singles else ""))
-                heads = [_head_for(label, a.modality_acc) if label in singles else None for a in here]
-                if any(h is not None for h in heads):
-                    ax.scatter([o for o, h in zip(offset, heads) if h is not None], [100 * h[0] for h in heads if h is not None],
-                               marker="D", color="black", s=18, zorder=3, label="own unimodal head" if j == 0 else None)
-            ax.set_xticks(x, [a.variant for a in here], rotation=30, ha="right")
-            if c == 0:
-                ax.set_ylabel(f"test {METRIC_LABELS.get(here[0].headline[0], here[0].headline[0])} (%)")
-            ax.set_ylim(0, 100)
+    for (dataset, rate), (ax,) in zip(panels, axes):
+        here = [a for a in rows if a.dataset == dataset and a.rate == rate]
+        ax.set_title(f"{dataset} — trained at rate {rate:g}")
+        if not here:
+            ax.set_axis_off()
+            continue
+        x = np.arange(len(here))
+        for j, label in enumerate(bars):
+            offset = x + (j - (len(bars) - 1) / 2) * width
+            values = [a.conditions.get(label, {}).get(a.headline[0], (np.nan, np.nan)) for a in here]
+            ax.bar(offset, [100 * v[0] for v in values], width, yerr=[100 * v[1] for v in values], capsize=2, color=colour[label],
+                   label=f"{{{label}}}" + (" (all)" if label not in singles else ""))
+            heads = [_head_for(label, a.modality_acc) if label in singles else None for a in here]
+            if any(h is not None for h in heads):
+                ax.scatter([o for o, h in zip(offset, heads) if h is not None], [100 * h[0] for h in heads if h is not None],
+                           marker="D", color="black", s=18, zorder=3, label="own unimodal head" if j == 0 else None)
+        ax.set_xticks(x, [a.variant for a in here], rotation=30, ha="right")
+        ax.set_ylabel(f"test {METRIC_LABELS.get(here[0].headline[0], here[0].headline[0])} (%)")
+        ax.set_ylim(0, 100)
     handles, names = {}, []
     for row in axes:
         for ax in row:
