@@ -123,6 +123,58 @@ def test_report_refuses_to_average_different_configs(tmp_path):
         build_report(mixed, plots=False)
 
 
+def _copy_cell(runs: list[tuple[Path, int]], out: Path, edit=None) -> Path:
+    """Two seeds of one cell copied into ``out``; ``edit(config, metrics)`` rewrites the second run as an older or other imer would."""
+    for index, (src, seed) in enumerate(runs):
+        dst = out / f"seed={seed}"
+        dst.mkdir(parents=True)
+        config, metrics = (json.loads((src / f).read_text()) for f in ("config.json", "metrics.json"))
+        if index == 1 and edit is not None:
+            edit(config, metrics)
+        (dst / "config.json").write_text(json.dumps(config))
+        (dst / "metrics.json").write_text(json.dumps(metrics))
+    return out
+
+
+@pytest.mark.parametrize("edit, refused", [
+    (lambda c, m: c["model"].pop("dropout"), False),                              # older imer: field absent, other run at the default
+    (lambda c, m: c["train"].update(checkpoint_minutes=10.0), False),               # run-local: never changes numbers
+    (lambda c, m: (c["model"].pop("dropout"), c["model"].update(hidden=99)), True),  # a real setting differs as well
+])
+def test_report_compares_settings_not_imer_versions(tmp_path, edit, refused):
+    """A grid finished by a later imer (new opt-in fields, other checkpoint interval) still averages; other settings do not."""
+    sweep = SweepSpec(methods=["early-fusion"], datasets=["synthetic"], rates=[0.4], seeds=[0, 1], epochs=1, overrides=[f"{k}={v}" for k, v in TINY.items()])
+    run_sweep(sweep, tmp_path / "a", progress=False)
+    cell = tmp_path / "a/runs/synthetic/early-fusion/rate=0.4"
+
+    def as_other_version(config, metrics):
+        edit(config, metrics)
+        metrics["config_hash"] = "0123456789ab"
+
+    mixed = _copy_cell([(cell / "seed=0", 0), (cell / "seed=1", 1)], tmp_path / "mixed", as_other_version)
+    if refused:
+        with pytest.raises(IMERError, match=r"refusing to average.*model\.hidden"):
+            build_report(mixed, plots=False)
+    else:
+        assert build_report(mixed, plots=False).aggregates[0].seeds == [0, 1]
+
+
+def test_report_refuses_an_absent_field_whose_value_is_not_the_default(tmp_path):
+    """An older run lacks `dropout`; the newer one ran with a non-default value: different settings, refused."""
+    sweep = SweepSpec(methods=["early-fusion"], datasets=["synthetic"], rates=[0.4], seeds=[0, 1], epochs=1,
+                      overrides=[f"{k}={v}" for k, v in TINY.items()] + ["dropout=0.37"])
+    run_sweep(sweep, tmp_path / "a", progress=False)
+    cell = tmp_path / "a/runs/synthetic/early-fusion/rate=0.4"
+
+    def older(config, metrics):
+        config["model"].pop("dropout")
+        metrics["config_hash"] = "0123456789ab"
+
+    mixed = _copy_cell([(cell / "seed=1", 1), (cell / "seed=0", 0)], tmp_path / "mixed", older)
+    with pytest.raises(IMERError, match=r"refusing to average.*model\.dropout \(absent vs 0\.37\)"):
+        build_report(mixed, plots=False)
+
+
 def test_same_stem_datasets_get_their_own_run_folders(tmp_path):
     """Issue 15 item 1: a/data.npz and b/data.npz are different datasets."""
     for folder, groups in (("a", 10), ("b", 12)):

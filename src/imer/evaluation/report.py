@@ -36,7 +36,7 @@ import numpy as np
 from imer.errors import IMERError
 from imer.evaluation.metrics import headline_metrics, is_better
 from imer.evaluation.plots import write_plots
-from imer.evaluation.runs import METRIC_LABELS, RunRecord, best_per_stage, collect_runs, selected_by_rule, selected_diagnostics
+from imer.evaluation.runs import METRIC_LABELS, RUN_LOCAL, RunRecord, best_per_stage, collect_runs, selected_by_rule, selected_diagnostics
 from imer.evaluation.significance import Comparison, compare_runs
 from imer.io import atomic_write, flatten, read_json, write_json
 
@@ -83,20 +83,53 @@ def _per_seed(runs: list[RunRecord], value) -> tuple[list[int], list[float]]:
     return seeds, [float(np.mean(by_seed[s])) for s in seeds]
 
 
-def _config_difference(a: RunRecord, b: RunRecord) -> str:
-    """The first config fields that differ between two runs (from their ``config.json``), for error messages."""
+def _current_defaults(method: str) -> dict[str, Any]:
+    """Every run-config field of ``method`` at this code's defaults, flattened (model fields from its dataclass)."""
+    from imer.experiments.config import RunConfig
+    from imer.models.registry import build_config
+
+    values = RunConfig(method=method).to_dict()
+    values["model"] = asdict(build_config(method))
+    return flatten(values)
+
+
+def settings_difference(a: RunRecord, b: RunRecord) -> list[str]:
+    """The config fields on which two runs of one cell differ, as ``field (a vs b)``; empty when they share every setting.
+
+    Compared from each run's ``config.json``, ignoring :data:`RUN_LOCAL`. A field
+    that one run lacks was added to imer after that run was made: it counts as
+    equal when the other run holds this code's default for it (new options are
+    opt-in), so a grid can be finished by a later version of imer. Without both
+    ``config.json`` files only the stored config hashes can say.
+    """
+    if a.config_hash == b.config_hash:
+        return []
     if not (a.path / "config.json").is_file() or not (b.path / "config.json").is_file():
-        return ""
+        return [f"config_hash ({a.config_hash!r} vs {b.config_hash!r})"]
     ca, cb = flatten(read_json(a.path / "config.json")), flatten(read_json(b.path / "config.json"))
-    keys = [k for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k) and k not in ("seed", "data.fold", "data.data_dir", "train.threads", "train.progress")]
-    return "; differing: " + ", ".join(f"{k} ({ca.get(k)!r} vs {cb.get(k)!r})" for k in keys[:4]) if keys else ""
+    for config, run in ((ca, a), (cb, b)):
+        if (run.metrics or {}).get("dataset_id"):
+            config["data.name"] = run.metrics["dataset_id"]
+    missing = object()
+    defaults: dict[str, Any] | None = None
+    out = []
+    for key in sorted((set(ca) | set(cb)) - RUN_LOCAL):
+        left, right = ca.get(key, missing), cb.get(key, missing)
+        if left is missing or right is missing:
+            if defaults is None:
+                defaults = _current_defaults(a.method)
+            if defaults.get(key, missing) == (right if left is missing else left):
+                continue
+        if left != right:
+            out.append(f"{key} ({'absent' if left is missing else repr(left)} vs {'absent' if right is missing else repr(right)})")
+    return out
 
 
 def aggregate(runs: list[RunRecord], order: dict[str, int] | None = None) -> list[Aggregate]:
     """Group runs by (dataset, variant, rate) and reduce every scalar test metric over seeds.
 
     ``order`` ranks variants (the spec's order); others follow alphabetically.
-    Refuses (``IMERError``) a group whose runs have different config hashes.
+    Refuses (``IMERError``) a group whose runs differ in a setting (:func:`settings_difference`).
     """
     groups: dict[tuple[str, str, float], list[RunRecord]] = defaultdict(list)
     for r in runs:
@@ -109,13 +142,12 @@ def aggregate(runs: list[RunRecord], order: dict[str, int] | None = None) -> lis
         if len(tasks) > 1:
             raise IMERError(f"{where}: runs disagree on the task ({sorted(tasks)})")
         task = tasks.pop()
-        hashes = {r.config_hash for r in members if r.config_hash is not None}
-        methods = {r.method for r in members}
-        if len(hashes) > 1 or len(methods) > 1:
-            first = members[0]
-            other = next(r for r in members if r.config_hash != first.config_hash or r.method != first.method)
-            raise IMERError(f"{where}: refusing to average runs with different configs ({first.path} vs {other.path}"
-                            f"{_config_difference(first, other)}); give each setting its own variant name")
+        first = members[0]
+        for other in members[1:]:
+            differing = [f"method ({first.method!r} vs {other.method!r})"] if other.method != first.method else settings_difference(first, other)
+            if differing:
+                raise IMERError(f"{where}: refusing to average runs with different configs ({first.path} vs {other.path}; differing: "
+                                f"{', '.join(differing[:4])}); give each setting its own variant name")
         scalar = sorted({k for r in members for k, v in r.test.items() if isinstance(v, (int, float))})
         metrics = {}
         for k in scalar:
@@ -137,9 +169,10 @@ def aggregate(runs: list[RunRecord], order: dict[str, int] | None = None) -> lis
                 if values:
                     conditions[label][k] = mean_std(values)
         seeds = sorted({r.seed for r in members})
-        out.append(Aggregate(dataset, variant, methods.pop(), rate, task, seeds, len(members), metrics, modality_acc,
+        out.append(Aggregate(dataset, variant, first.method, rate, task, seeds, len(members), metrics, modality_acc,
                              float(np.nanmean([r.test_missing_fraction for r in members])), conditions,
-                             next(iter(hashes)) if hashes else None, _cost(members)))
+                             next((r.config_hash for r in sorted(members, key=lambda r: (r.seed, r.fold or 0)) if r.config_hash), None),
+                             _cost(members)))
     return out
 
 

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from imer.errors import ConfigError
+from imer.evaluation.runs import RUN_LOCAL
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,8 +75,7 @@ VARIANT_KEYS = {"method", "base", "set", "epochs", "missing_rates", "seeds", "de
 REPORT_KEYS = {"metrics", "title", "compare", "baseline"}
 SEARCH_KEYS = {"seed", "rate", "metric", "grid", "grids", "variants"}
 # Config fields that never change a run's numbers (or identify the cell rather than the setting).
-HASH_FREE = {("seed",), ("data", "fold"), ("data", "data_dir"), ("train", "threads"), ("train", "progress"), ("train", "device"),
-             ("train", "log_to")}
+HASH_FREE = {tuple(key.split(".")) for key in RUN_LOCAL}
 
 
 @dataclass(frozen=True)
