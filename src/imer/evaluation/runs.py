@@ -24,6 +24,7 @@ METRIC_LABELS = {"acc": "ACC", "ua": "UA", "acc2": "ACC", "f1": "F1", "wf1": "WF
 RUN_LOCAL = frozenset({"seed", "data.fold", "data.data_dir", "train.threads", "train.progress", "train.device", "train.log_to",
                        "train.checkpoint_every", "train.checkpoint_minutes"})
 
+
 @dataclass
 class RunRecord:
     """One finished run, as read from its directory."""
