@@ -130,7 +130,7 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
     import torch
 
     from imer.data import RandomMissing, derive_seed
-    from imer.experiments.config import build_run_config
+    from imer.config import build_run_config
     from imer.experiments.run import prepare_data, split_mask
     from imer.models import create_model
     from imer.training.trainer import EvalSet, Trainer, predict_split

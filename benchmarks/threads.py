@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from imer.data import RandomMissing, derive_seed
-    from imer.experiments.config import build_run_config
+    from imer.config import build_run_config
     from imer.experiments.run import prepare_data
     from imer.models import create_model
     from imer.training.trainer import Trainer

@@ -14,7 +14,7 @@ import pytest
 import imer
 from imer.data import load_dataset
 from imer.errors import IMERError
-from imer.experiments.config import build_run_config
+from imer.config import build_run_config
 from imer.experiments.run import train
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -166,7 +166,7 @@ def test_binary_and_missing_config_files(capsys, tmp_path):
 
 
 def test_inline_table_is_accepted_for_gcnet_features():
-    from imer.experiments.config import build_run_config
+    from imer.config import build_run_config
 
     config = build_run_config("early-fusion", "iemocap4", overrides=['data.options.features={audio="a",text="t"}'])
     assert config.data.options["features"] == {"audio": "a", "text": "t"}

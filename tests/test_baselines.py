@@ -360,7 +360,7 @@ def test_momke_stage_switch():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_trains_through_the_run_pipeline(method, tmp_path):
-    from imer.experiments.config import build_run_config
+    from imer.config import build_run_config
     from imer.experiments.run import train
 
     overrides = [f"model.{k}={v}" for k, v in SMALL[method].items() if k != "ae_layers"]

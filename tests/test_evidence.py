@@ -12,14 +12,13 @@ import pytest
 
 from imer.cli import main
 from imer.errors import ConfigError
-from imer.evaluation.report import build_report
-from imer.evaluation.runs import read_run, selected_by_rule
+from imer.reports.render import build_report
+from imer.reports.runs import read_run, selected_by_rule
 from imer.evaluation.significance import paired_t_pvalue, sign_test
-from imer.experiments.config import build_run_config
+from imer.config import build_run_config
 from imer.experiments.run import train
-from imer.experiments.spec import load_spec
 from imer.experiments.sweep import SweepSpec, pick_winner
-from imer.experiments.validation import validate_sweep
+from imer.experiments.spec import load_spec, validate_sweep
 from imer.models import list_models
 
 ROOT = Path(__file__).resolve().parent.parent

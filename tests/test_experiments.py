@@ -13,8 +13,9 @@ import pytest
 from imer.cli import main
 from imer.data import load_dataset, save_custom
 from imer.errors import ConfigError, IMERError
-from imer.evaluation.report import build_report
-from imer.experiments.spec import config_hash, dataset_label, load_spec
+from imer.reports.render import build_report
+from imer.config import config_hash, dataset_label
+from imer.experiments.spec import load_spec
 from imer.experiments.sweep import SweepSpec, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 
 from imer.cli import main
 from imer.data import make_synthetic, save_custom
-from imer.experiments.config import build_run_config
+from imer.config import build_run_config
 from imer.io import atomic_write, dumps, loads, write_json
 
 
@@ -209,7 +209,7 @@ def test_shipped_configs_do_not_restate_model_defaults():
     import dataclasses
     import tomllib
 
-    from imer.experiments.config import CONFIG_ROOT
+    from imer.config import CONFIG_ROOT
     from imer.models import get_model_class, list_models
 
     for method in list_models():
@@ -249,7 +249,7 @@ def test_data_info_reads_a_gcnet_label_pickle_beside_features(tmp_path, capsys):
 
 
 def test_a_dataset_given_in_memory_needs_no_registered_name(tmp_path):
-    from imer.experiments.config import RunConfig
+    from imer.config import RunConfig
     from imer.experiments.run import train
 
     config = RunConfig(method="early-fusion")

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 from imer.cli import main
 from imer.data import RandomMissing, SplitBatcher, make_synthetic
-from imer.experiments.config import build_run_config
+from imer.config import build_run_config
 from imer.experiments.inference import evaluate_run
 from imer.experiments.run import spec_of, train
 from imer.models import create_model

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from imer.data import RandomMissing, SplitBatcher, make_synthetic
-from imer.experiments.config import build_run_config
+from imer.config import build_run_config
 from imer.experiments.run import load_run, prepare_data, spec_of, train
 from imer.layers.contrastive import multi_positive_contrastive
 from imer.models import DataSpec, create_model

@@ -12,7 +12,9 @@ import pytest
 
 from imer.cli import main
 from imer.errors import IMERError
-from imer.evaluation.report import aggregate, build_report, collect_runs, mean_std
+from imer.reports.aggregate import aggregate, mean_std
+from imer.reports.render import build_report
+from imer.reports.runs import collect_runs
 
 
 def write_run(root: Path, dataset: str, method: str, rate: float, seed: int, test: dict, task: str = "regression", fold: int | None = None,
@@ -150,8 +152,8 @@ def test_method_diagnostics_at_the_selected_epoch(tmp_path):
 
 
 def test_pattern_table_averages_each_availability_pattern_over_seeds(tmp_path):
-    from imer.evaluation.report import pattern_table
-    from imer.evaluation.runs import RunRecord
+    from imer.reports.sections import pattern_table
+    from imer.reports.runs import RunRecord
 
     def run(variant: str, seed: int, both: float, audio: float) -> RunRecord:
         patterns = {"audio+text": {"n": 10, "acc2": both}, "audio": {"n": 4 + seed, "acc2": audio}}

@@ -11,7 +11,7 @@ import torch
 
 from imer.data import make_synthetic
 from imer.errors import ConfigError, IMERError
-from imer.experiments.config import RunConfig, apply_override, build_run_config
+from imer.config import RunConfig, apply_override, build_run_config
 from imer.experiments.inference import evaluate_run
 from imer.experiments.run import train
 from imer.training.checkpoint import load_checkpoint, load_weights

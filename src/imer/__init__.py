@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from imer.training.threads import machine_load, openmp_wait_environment
+from imer.version import __version__  # noqa: F401  (imer.__version__)
 
 # OpenMP threads that spin while waiting made 2 torch threads 10-12x slower than 1 on a busy 2-core machine;
 # passive waiting made them 1.6x faster, and a short spin before sleeping helps only on an idle machine
@@ -30,11 +31,9 @@ from imer.training.threads import machine_load, openmp_wait_environment
 # torch, unless the user chose a policy or imported torch first.
 os.environ.update(openmp_wait_environment(os.environ, "torch" in sys.modules, machine_load()))
 
-__version__ = "0.1.0"
-
 _API = {
-    "build_run_config": "imer.experiments.config",
-    "RunConfig": "imer.experiments.config",
+    "build_run_config": "imer.config",
+    "RunConfig": "imer.config",
     "train": "imer.experiments.run",
     "load_run": "imer.experiments.run",
     "evaluate": ("imer.experiments.inference", "evaluate_run"),
@@ -49,7 +48,7 @@ _API = {
     "fit": "imer.experiments.estimator",
     "load": "imer.experiments.estimator",
     "Model": "imer.experiments.estimator",
-    "results": "imer.evaluation.runs",
+    "results": "imer.reports.runs",
     "load_spec": "imer.experiments.spec",
 }
 

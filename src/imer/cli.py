@@ -62,7 +62,7 @@ def _metric_rows(metrics: dict[str, Any]) -> list[list[Any]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from imer.experiments.config import build_run_config
+    from imer.config import build_run_config
     from imer.experiments.run import train
 
     config = build_run_config(
@@ -192,7 +192,7 @@ def cmd_features_build(args: argparse.Namespace) -> int:
 def _load_data_args(args: argparse.Namespace):
     """The dataset named on the command line, with the same data options as `imer train`."""
     from imer.data import load_dataset
-    from imer.experiments.config import build_data_config
+    from imer.config import build_data_config
 
     data = build_data_config(args.dataset, config_file=args.config, overrides=args.set, data_dir=args.data_dir).data
     return load_dataset(data.name, data.data_dir, **data.options), data
@@ -287,7 +287,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from imer.errors import ConfigError
     from imer.experiments.spec import load_spec
     from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
-    from imer.experiments.validation import validate_sweep
+    from imer.experiments.spec import validate_sweep
     from imer.training.threads import resolve_threads
 
     grid = {"--methods": args.methods, "--datasets": args.datasets, "--missing-rates": args.missing_rates, "--seeds": args.seeds,
@@ -370,7 +370,7 @@ def _print_plan(spec: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from imer.evaluation.report import build_report
+    from imer.reports.render import build_report
 
     report = build_report(args.dir, out_dir=args.out, plots=not args.no_plots)
     if args.format:
@@ -399,7 +399,7 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from imer import __version__
+    from imer.version import __version__
 
     parser = _Parser(
         prog="imer",

@@ -156,7 +156,7 @@ def fit(
     """
     import json
 
-    from imer.experiments.config import build_run_config
+    from imer.config import build_run_config
     from imer.experiments.run import train
 
     extra = [f"{k}={json.dumps(v)}" for k, v in options.items()]

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import imer
 from imer.data import (
     FixedCondition,
     MultimodalDataset,
@@ -40,17 +39,16 @@ from imer.data import (
     parse_condition,
 )
 from imer.errors import ConfigError, DataError, IMERError
+from imer.config import RunConfig, check_select_metric, config_from_dict, config_hash, dataset_label, validate_run_config
 from imer.evaluation.metrics import headline_metrics, is_better, task_metrics
-from imer.experiments.config import RunConfig
 from imer.experiments.predictions import prediction_rows, write_predictions
-from imer.experiments.spec import config_hash, dataset_label
-from imer.experiments.validation import check_select_metric
 from imer.io import atomic_write, read_json, write_json
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
 from imer.training.checkpoint import load_weights, save_weights
 from imer.training.threads import configure_threads
 from imer.training.tracking import tracking_hooks
 from imer.training.trainer import CheckpointPolicy, EvalSet, Trainer, predict_split
+from imer.version import __version__
 
 
 @dataclass
@@ -119,7 +117,7 @@ def source_commit() -> str | None:
     Read once per process, at its first run: Python keeps the code it imported, so a long sweep whose
     checkout moves on (``--workers 1`` runs every cell in one process) still records the code it ran.
     """
-    root = Path(imer.__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
@@ -143,7 +141,7 @@ def peak_memory_mb() -> float | None:
 def environment_info() -> dict[str, Any]:
     """Versions and machine, written next to every result."""
     return {
-        "imer": imer.__version__,
+        "imer": __version__,
         "commit": source_commit(),
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -294,7 +292,7 @@ def constant_baseline(data: PreparedData, metric: str) -> tuple[float, str]:
 def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDataset | None, overwrite: bool, caught: list,
            variant: str | None, hooks: list[Callable[[dict[str, Any]], None]] | None) -> dict[str, Any]:
     started = time.perf_counter()
-    config.validate(check_data=dataset is None)
+    validate_run_config(config, check_data=dataset is None)
     device = _device(config.train.device)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     prepare_out(out, config, resume, overwrite)
@@ -492,10 +490,10 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     if not isinstance(raw, dict):
         raise DataError(f"{run_dir / 'config.json'}: not a run config (expected a JSON object)")
     try:
-        config = RunConfig.from_dict(raw)
+        config = config_from_dict(raw)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run's own warnings were shown when it was trained
-            config.validate(check_data=False)  # the data is checked when (and if) it is loaded
+            validate_run_config(config, check_data=False)  # the data is checked when (and if) it is loaded
     except ConfigError as exc:
         raise DataError(f"{run_dir / 'config.json'}: {exc}") from None
     spec, class_names = _read_run_spec(run_dir / "run_spec.json")

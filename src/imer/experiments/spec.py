@@ -49,19 +49,20 @@ settings), so ``imer report`` can refuse to average runs whose settings differ.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
-import hashlib
 import itertools
 import json
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imer.config.build import build_run_config
+from imer.config.validation import RUN_RANGES, UNIT, check_range
 from imer.errors import ConfigError
-from imer.evaluation.runs import RUN_LOCAL
+from imer.models import list_models
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,8 +75,6 @@ SPEC_KEYS = {"name", "description", "datasets", "missing_rates", "seeds", "folds
 VARIANT_KEYS = {"method", "base", "set", "epochs", "missing_rates", "seeds", "description", "config"}
 REPORT_KEYS = {"metrics", "title", "compare", "baseline"}
 SEARCH_KEYS = {"seed", "rate", "metric", "grid", "grids", "variants"}
-# Config fields that never change a run's numbers (or identify the cell rather than the setting).
-HASH_FREE = {tuple(key.split(".")) for key in RUN_LOCAL}
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,6 @@ def overrides_from(value: Any, where: str) -> tuple[str, ...]:
 
 def resolve_variants(plain: list[str], tables: dict[str, dict[str, Any]], where: str) -> list[Variant]:
     """Variants in spec order; ``base`` chains are resolved (method, overrides, epochs inherited)."""
-    from imer.models import list_models
-
     raw: dict[str, dict[str, Any]] = {}
     for name in plain:
         raw[name] = {"method": name}
@@ -180,6 +177,19 @@ def resolve_variants(plain: list[str], tables: dict[str, dict[str, Any]], where:
         return variant
 
     return [build(name, ()) for name in raw]
+
+
+def overrides_for(method: str, overrides: Iterable[str]) -> list[str]:
+    """``--set`` items that apply to ``method``: plain ``key=value`` and ``<method>:key=value``."""
+    out = []
+    for item in overrides:
+        scope, sep, rest = item.partition(":")
+        if sep and "=" not in scope:
+            if scope == method:
+                out.append(rest)
+        else:
+            out.append(item)
+    return out
 
 
 def override_key(assignment: str) -> str:
@@ -243,8 +253,6 @@ def _grid_from(value: Any, where: str) -> tuple[tuple[str, tuple[Any, ...]], ...
 
 def search_from(table: Any, variants: list[Variant], overrides: list[str], where: str) -> SearchSpec:
     """Read and check a spec's ``[search]`` table against its variants."""
-    from imer.experiments.sweep import overrides_for
-
     where = f"{where}: [search]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
@@ -367,44 +375,28 @@ def filter_names(names: list[str], pattern: str | None) -> list[str]:
     return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
 
 
-def dataset_label(name: str) -> str:
-    """The dataset's identity in run folders and reports.
-
-    A registered dataset is its name. A file is ``<stem>-<first 8 hex digits of
-    the SHA-256 of its content>``: readable, stable when the file moves, and
-    different for two files with the same stem (``a/data.npz``, ``b/data.npz``).
-    """
-    if not (name.endswith(".npz") or "/" in name or "\\" in name):
-        return name
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{name}: dataset file not found")
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return f"{path.stem}-{digest.hexdigest()[:8]}"
-
-
-def config_hash(config: dict[str, Any], dataset_id: str | None = None) -> str:
-    """12 hex digits identifying a resolved run config, ignoring the seed, fold and run-local settings.
-
-    Runs of one table cell must share it; ``dataset_id`` replaces a file path
-    in ``data.name`` so a moved file keeps its hash.
-    """
-    values = copy.deepcopy(config)
-    for path in HASH_FREE:
-        holder = values
-        for key in path[:-1]:
-            holder = holder.get(key, {})
-        if isinstance(holder, dict):
-            holder.pop(path[-1], None)
-    if dataset_id is not None and isinstance(values.get("data"), dict):
-        values["data"]["name"] = dataset_id
-    text = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def variants_table(variants: list[Variant]) -> list[dict[str, Any]]:
     """Variants as plain records (for ``sweep.json`` and the report)."""
     return [asdict(v) for v in variants]
+
+
+def validate_sweep(spec: Any) -> None:
+    """Build (and so check) the config of every method × dataset of a sweep, and of every search trial, before any cell runs."""
+    for rate in spec.rates + ([spec.search.rate] if spec.search is not None else []):
+        check_range(rate, UNIT, "--missing-rates")
+    for seed in spec.seeds:
+        check_range(seed, RUN_RANGES["seed"], "--seeds")
+    for dataset in spec.datasets:
+        for variant in spec.variants:
+            base = overrides_for(variant.method, spec.overrides) + list(variant.overrides)
+            trials = spec.search.trials(variant.name) if spec.search is not None and variant.name in spec.search.variants else [()]
+            for fold in spec.folds or [None]:
+                for trial in trials:
+                    try:
+                        build_run_config(variant.method, dataset, config_file=variant.config, overrides=base + list(trial),
+                                         data__data_dir=spec.data_dir, data__fold=fold, train__epochs=variant.epochs or spec.epochs,
+                                         train__threads=spec.threads)
+                    except ConfigError as exc:
+                        name = variant.method if variant.name == variant.method else f"variant '{variant.name}' ({variant.method})"
+                        where = f" (search trial {' '.join(trial)})" if trial else ""
+                        raise ConfigError(f"{name} on {dataset}{where}: {exc}") from None

@@ -35,7 +35,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,10 +43,14 @@ from typing import Any
 
 import numpy as np
 
+from imer.config import build_run_config, dataset_label
 from imer.errors import ConfigError, IMERError
 from imer.evaluation.metrics import LOWER_IS_BETTER, is_better
-from imer.experiments.spec import ExperimentFile, SearchSpec, Variant, dataset_label, variants_table
+from imer.experiments.inference import evaluate_conditions
+from imer.experiments.run import train
+from imer.experiments.spec import ExperimentFile, SearchSpec, Variant, overrides_for, variants_table
 from imer.io import append_jsonl, read_json, write_json
+from imer.version import __version__
 
 STATUS_FILES = ("metrics.json", "conditions.json")
 SEARCH_FILE = "search.json"
@@ -185,19 +189,6 @@ class SweepSpec:
         return values
 
 
-def overrides_for(method: str, overrides: Iterable[str]) -> list[str]:
-    """``--set`` items that apply to ``method``: plain ``key=value`` and ``<method>:key=value``."""
-    out = []
-    for item in overrides:
-        scope, sep, rest = item.partition(":")
-        if sep and "=" not in scope:
-            if scope == method:
-                out.append(rest)
-        else:
-            out.append(item)
-    return out
-
-
 def cell_state(run_dir: Path, conditions: bool) -> str:
     """``done``, ``partial`` (has a checkpoint or a trained model) or ``todo``."""
     if (run_dir / "metrics.json").is_file():
@@ -214,10 +205,6 @@ def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
     ``error.json`` in the run directory and into the returned record, so one
     bad cell cannot stop a sweep.
     """
-    from imer.experiments.config import build_run_config
-    from imer.experiments.inference import evaluate_conditions
-    from imer.experiments.run import train
-
     run_dir = Path(out) / cell.relpath
     t0 = time.perf_counter()
     record: dict[str, Any] = {"cell": asdict(cell), "path": str(cell.relpath), "pid": os.getpid()}
@@ -344,13 +331,11 @@ def _ray_cell(spec: SweepSpec, cell: Cell, out: str) -> dict[str, Any]:
 
 
 def _manifest(spec: SweepSpec, out: Path, states: dict[Cell, str], started: str, backend: str, workers: int) -> dict[str, Any]:
-    import imer
-
     counts: dict[str, int] = {}
     for s in states.values():
         counts[s] = counts.get(s, 0) + 1
     return {
-        "imer": imer.__version__,
+        "imer": __version__,
         "started": started,
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "backend": backend,
@@ -589,8 +574,6 @@ def plan_sweep(spec: SweepSpec, out: str | Path, sources: list[str | Path] = ())
     e.g. ``results/``), times the epochs of the cells to do. ``None`` when no run
     of that method on that dataset was found.
     """
-    from imer.experiments.config import build_run_config
-
     out = Path(out)
     own = _observed_costs([out])
     other = _observed_costs([out, *[Path(s) for s in sources]])

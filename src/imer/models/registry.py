@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from imer.errors import ConfigError
@@ -37,9 +38,7 @@ def _discover() -> None:
     global _DISCOVERED
     if _DISCOVERED:
         return
-    import imer.models as package
-
-    for info in pkgutil.iter_modules(package.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name not in _INFRASTRUCTURE and not info.name.startswith("_"):
             importlib.import_module(f"imer.models.{info.name}")
     _DISCOVERED = True

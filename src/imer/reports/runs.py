@@ -19,12 +19,6 @@ from imer.io import read_json
 METRIC_LABELS = {"acc": "ACC", "ua": "UA", "acc2": "ACC", "f1": "F1", "wf1": "WF1", "mae": "MAE", "corr": "Corr", "acc7": "ACC7"}
 
 
-# Run-config fields (dotted) that never change a run's numbers or name the cell rather than the setting: the config
-# hash leaves them out and the report does not compare them.
-RUN_LOCAL = frozenset({"seed", "data.fold", "data.data_dir", "train.threads", "train.progress", "train.device", "train.log_to",
-                       "train.checkpoint_every", "train.checkpoint_minutes"})
-
-
 @dataclass
 class RunRecord:
     """One finished run, as read from its directory."""

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imer.evaluation.runs import METRIC_LABELS, history_modality_acc
 from imer.io import atomic_write
-
-if TYPE_CHECKING:
-    from imer.evaluation.report import Report
+from imer.reports.aggregate import Aggregate
+from imer.reports.runs import METRIC_LABELS, RunRecord, history_modality_acc
 
 LINESTYLES = ("-", "--", ":", "-.")
 PANELS_PER_ROW = 6  # wide reports (20+ variants) wrap instead of becoming one unreadable strip
@@ -49,15 +46,15 @@ def _colours(names: list[str]) -> dict[str, tuple]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
-def plot_metric_vs_rate(report: "Report", path: Path) -> Path:
+def plot_metric_vs_rate(aggregates: list[Aggregate], path: Path) -> Path:
     """Headline metrics (rows) × datasets (columns); mean line and ± std band per method."""
     plt = _pyplot()
-    datasets = list(dict.fromkeys(a.dataset for a in report.aggregates))
-    methods = sorted({a.variant for a in report.aggregates})
+    datasets = list(dict.fromkeys(a.dataset for a in aggregates))
+    methods = sorted({a.variant for a in aggregates})
     colour = _colours(methods)
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.8 * len(datasets) + 1.8, 7.0), squeeze=False, sharex=True)
     for col, dataset in enumerate(datasets):
-        here = [a for a in report.aggregates if a.dataset == dataset]
+        here = [a for a in aggregates if a.dataset == dataset]
         for row, k in enumerate(here[0].headline):
             ax = axes[row][col]
             for method in methods:
@@ -82,9 +79,9 @@ def plot_metric_vs_rate(report: "Report", path: Path) -> Path:
     return path
 
 
-def plot_modality_balance(report: "Report", path: Path) -> Path | None:
+def plot_modality_balance(aggregates: list[Aggregate], path: Path) -> Path | None:
     """Grouped bars of per-modality accuracy: a panel per dataset × method with unimodal heads, at most 6 panels a row."""
-    with_heads = [a for a in report.aggregates if a.modality_acc]
+    with_heads = [a for a in aggregates if a.modality_acc]
     if not with_heads:
         return None
     plt = _pyplot()
@@ -136,13 +133,13 @@ def _chosen_rates(rates: list[float]) -> list[float]:
     return rates if len(rates) <= 3 else [rates[0], rates[len(rates) // 2], rates[-1]]
 
 
-def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
+def plot_modality_over_epochs(runs: list[RunRecord], path: Path) -> Path | None:
     """Per-modality accuracy over epochs (mean over seeds); one panel per dataset × method, line style = rate."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     series: dict[tuple[str, str, float], list[list[dict[str, float]]]] = defaultdict(list)
-    for run in report.runs:
+    for run in runs:
         history = history_modality_acc(run.path)
         if history:
             series[(run.dataset, run.variant, run.rate)].append(history)
@@ -150,7 +147,7 @@ def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
         return None
     plt = _pyplot()
     panels = list(dict.fromkeys((d, m) for d, m, _ in sorted(series)))
-    modalities = list(dict.fromkeys(mod for runs in series.values() for h in runs for mod in h[0]))
+    modalities = list(dict.fromkeys(mod for histories in series.values() for h in histories for mod in h[0]))
     colour = _colours(modalities)
     style = {rate: LINESTYLES[i % len(LINESTYLES)] for i, rate in enumerate(_chosen_rates([r for _, _, r in series]))}
     cols = min(3, len(panels))
@@ -159,10 +156,10 @@ def plot_modality_over_epochs(report: "Report", path: Path) -> Path | None:
     for i, (dataset, method) in enumerate(panels):
         ax = axes[i // cols][i % cols]
         for rate in [r for r in style if (dataset, method, r) in series]:
-            runs = series[(dataset, method, rate)]
-            epochs = min(len(h) for h in runs)
+            histories = series[(dataset, method, rate)]
+            epochs = min(len(h) for h in histories)
             for mod in modalities:
-                values = np.array([[h[e].get(mod, np.nan) for e in range(epochs)] for h in runs], dtype=float)
+                values = np.array([[h[e].get(mod, np.nan) for e in range(epochs)] for h in histories], dtype=float)
                 ax.plot(np.arange(1, epochs + 1), 100 * np.nanmean(values, axis=0), color=colour[mod], linestyle=style[rate], linewidth=1.8)
         ax.set_title(f"{dataset} — {method}")
         ax.set_xlabel("epoch")
@@ -196,9 +193,9 @@ def _head_for(label: str, heads: dict[str, tuple[float, float]]) -> tuple[float,
     return None
 
 
-def plot_modality_conditions(report: "Report", path: Path) -> Path | None:
+def plot_modality_conditions(aggregates: list[Aggregate], path: Path) -> Path | None:
     """Per-modality balance for every variant: one-modality and full fixed-condition accuracy, head accuracy as markers."""
-    rows = [a for a in report.aggregates if a.conditions]
+    rows = [a for a in aggregates if a.conditions]
     if not rows:
         return None
     labels = list(dict.fromkeys(c for a in rows for c in a.conditions))
@@ -249,13 +246,13 @@ def plot_modality_conditions(report: "Report", path: Path) -> Path | None:
     return path
 
 
-def write_plots(report: "Report", out_dir: Path) -> list[Path]:
+def write_plots(aggregates: list[Aggregate], runs: list[RunRecord], out_dir: Path) -> list[Path]:
     """All plots that the report's runs support; returns the files written."""
     out_dir = Path(out_dir)
     made = [
-        plot_metric_vs_rate(report, out_dir / "metric_vs_rate.png"),
-        plot_modality_balance(report, out_dir / "modality_balance.png"),
-        plot_modality_over_epochs(report, out_dir / "modality_over_epochs.png"),
-        plot_modality_conditions(report, out_dir / "modality_conditions.png"),
+        plot_metric_vs_rate(aggregates, out_dir / "metric_vs_rate.png"),
+        plot_modality_balance(aggregates, out_dir / "modality_balance.png"),
+        plot_modality_over_epochs(runs, out_dir / "modality_over_epochs.png"),
+        plot_modality_conditions(aggregates, out_dir / "modality_conditions.png"),
     ]
     return [p for p in made if p is not None]

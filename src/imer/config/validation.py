@@ -23,14 +23,15 @@ import types
 import typing
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from imer.config.schema import RunConfig
+from imer.data.registry import dataset_options
 from imer.errors import ConfigError
-
-if TYPE_CHECKING:
-    from imer.experiments.config import RunConfig
+from imer.models import DataSpec, create_model
+from imer.models.registry import get_model_class
 
 # Metrics that model selection can use (see imer.evaluation.metrics).
 SELECT_METRICS = {
@@ -193,7 +194,7 @@ def _describe(ann: Any) -> str:
     return getattr(ann, "__name__", str(ann))
 
 
-def _check_range(value: Any, rng: Range, where: str) -> None:
+def check_range(value: Any, rng: Range, where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if not rng.admits(value):
@@ -219,7 +220,7 @@ def _check_section(obj: Any, section: str) -> None:
         if value is None:
             continue
         if where in RUN_RANGES:
-            _check_range(value, RUN_RANGES[where], where)
+            check_range(value, RUN_RANGES[where], where)
         elif isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}: must be finite, got {value!r}")
         if where in RUN_CHOICES and value not in RUN_CHOICES[where]:
@@ -230,7 +231,7 @@ def _check_top(config: RunConfig) -> None:
     if not isinstance(config.method, str) or not config.method:
         raise ConfigError(f"method: must be a method name (see `imer list`), got {config.method!r}")
     config.seed = coerce(config.seed, int, "seed")
-    _check_range(config.seed, RUN_RANGES["seed"], "seed")
+    check_range(config.seed, RUN_RANGES["seed"], "seed")
     if not isinstance(config.data.name, str) or not config.data.name:
         raise ConfigError(f"data.name: must be a dataset name or a path to a .npz file, got {config.data.name!r}")
     if not _DEVICE.match(str(config.train.device)):
@@ -243,8 +244,6 @@ def _check_top(config: RunConfig) -> None:
 
 def check_data_options(config: RunConfig) -> None:
     """``data.options`` against the loader's parameters (name and type)."""
-    from imer.data.registry import dataset_options
-
     params = dataset_options(config.data.name)
     for key, value in list(config.data.options.items()):
         where = f"data.options.{key}"
@@ -259,8 +258,6 @@ def check_model(config: RunConfig) -> None:
 
     Fills ``config.model`` with every option (defaults included, stage fractions resolved).
     """
-    from imer.models.registry import get_model_class
-
     cls = get_model_class(config.method).config_class
     hints = _hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -276,12 +273,12 @@ def check_model(config: RunConfig) -> None:
         value = coerce(value, hints.get(name, Any), where)
         config.model[name] = value  # the complete, resolved options: what the run will use
         if STAGE_FIELD.match(name):
-            _check_range(value, NON_NEGATIVE, where)
+            check_range(value, NON_NEGATIVE, where)
             _warn_unreachable_stage(config, name, value)
             continue
         rule = next((rng for pattern, rng in MODEL_RULES if pattern.match(name)), Range(None))
         for item in value if isinstance(value, list) else [value]:
-            _check_range(item, rule, where)
+            check_range(item, rule, where)
     _trial_build(config)
 
 
@@ -298,8 +295,6 @@ def _warn_unreachable_stage(config: RunConfig, name: str, value: int) -> None:
 
 def _trial_build(config: RunConfig) -> None:
     """Build the method on a tiny data spec, so option combinations a method refuses fail now, not after loading data."""
-    from imer.models import DataSpec, create_model
-
     spec = DataSpec(("audio", "text", "video"), (4, 4, 4), "classification", 2)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -336,28 +331,3 @@ def check_select_metric(metric: str, task: str) -> None:
     """``train.select_metric`` must be computed for the data's task (known once the data is loaded)."""
     if metric not in SELECT_METRICS[task]:
         raise ConfigError(f"train.select_metric: '{metric}' is not computed for {task}; choose one of {', '.join(SELECT_METRICS[task])}")
-
-
-def validate_sweep(spec: Any) -> None:
-    """Build (and so check) the config of every method × dataset of a sweep, and of every search trial, before any cell runs."""
-    from imer.experiments.config import build_run_config
-    from imer.experiments.sweep import overrides_for
-
-    for rate in spec.rates + ([spec.search.rate] if spec.search is not None else []):
-        _check_range(rate, UNIT, "--missing-rates")
-    for seed in spec.seeds:
-        _check_range(seed, RUN_RANGES["seed"], "--seeds")
-    for dataset in spec.datasets:
-        for variant in spec.variants:
-            base = overrides_for(variant.method, spec.overrides) + list(variant.overrides)
-            trials = spec.search.trials(variant.name) if spec.search is not None and variant.name in spec.search.variants else [()]
-            for fold in spec.folds or [None]:
-                for trial in trials:
-                    try:
-                        build_run_config(variant.method, dataset, config_file=variant.config, overrides=base + list(trial),
-                                         data__data_dir=spec.data_dir, data__fold=fold, train__epochs=variant.epochs or spec.epochs,
-                                         train__threads=spec.threads)
-                    except ConfigError as exc:
-                        name = variant.method if variant.name == variant.method else f"variant '{variant.name}' ({variant.method})"
-                        where = f" (search trial {' '.join(trial)})" if trial else ""
-                        raise ConfigError(f"{name} on {dataset}{where}: {exc}") from None
