@@ -6,11 +6,17 @@ from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
 from imer.evaluation.metrics import (
+    METRICS,
+    TASKS,
     MetricAccumulator,
     classification_metrics,
+    headline_metrics,
     is_better,
+    metric_label,
     modality_accuracy,
     regression_metrics,
+    select_metrics,
+    task_metrics,
 )
 
 
@@ -103,3 +109,17 @@ def test_metrics_by_availability_pattern_by_hand():
 def test_selection_direction():
     assert is_better("acc", 0.8, 0.7) and not is_better("acc", 0.7, 0.7)
     assert is_better("mae", 0.5, 0.7) and not is_better("mae", 0.9, 0.7)
+
+
+def test_metric_registry_names_every_scalar_a_task_computes():
+    rng = np.random.default_rng(0)
+    computed = {
+        "classification": task_metrics("classification", rng.integers(0, 3, 20), rng.normal(size=(20, 3)), 3),
+        "regression": task_metrics("regression", rng.normal(size=20), rng.normal(size=20), 1),
+    }
+    for task, values in computed.items():
+        scalars = tuple(k for k, v in values.items() if isinstance(v, float))
+        assert scalars == tuple(m.name for m in METRICS.values() if m.task == task)
+        assert set(headline_metrics(task)) <= set(select_metrics(task)) <= set(scalars)
+    assert all(m.label and m.task in TASKS for m in METRICS.values())
+    assert is_better("mae", 0.5, 0.6) and not is_better("corr", 0.5, 0.6) and metric_label("acc2") == "ACC"

@@ -30,14 +30,10 @@ import torch
 from imer.config.schema import RunConfig
 from imer.data.registry import dataset_options
 from imer.errors import ConfigError
+from imer.evaluation.metrics import TASKS, select_metrics
 from imer.models import DataSpec, create_model
 from imer.models.registry import get_model_class
 
-# Metrics that model selection can use (see imer.evaluation.metrics).
-SELECT_METRICS = {
-    "classification": ("acc", "ua", "wf1"),
-    "regression": ("acc2", "f1", "acc2_with_zero", "mae", "corr", "acc7"),
-}
 MAX_SEED = 2**32 - 1
 
 
@@ -97,7 +93,7 @@ RUN_CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.selection": ("valid", "test-published"),
     "train.log_to": ("tensorboard", "mlflow"),
-    "train.select_metric": tuple(dict.fromkeys(SELECT_METRICS["classification"] + SELECT_METRICS["regression"])),
+    "train.select_metric": tuple(name for task in TASKS for name in select_metrics(task)),
 }
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
@@ -329,5 +325,5 @@ def validate_data_config(config: RunConfig) -> None:
 
 def check_select_metric(metric: str, task: str) -> None:
     """``train.select_metric`` must be computed for the data's task (known once the data is loaded)."""
-    if metric not in SELECT_METRICS[task]:
-        raise ConfigError(f"train.select_metric: '{metric}' is not computed for {task}; choose one of {', '.join(SELECT_METRICS[task])}")
+    if metric not in select_metrics(task):
+        raise ConfigError(f"train.select_metric: '{metric}' is not computed for {task}; choose one of {', '.join(select_metrics(task))}")

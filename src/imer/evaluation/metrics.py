@@ -6,14 +6,66 @@ recall and the confusion matrix. Regression (sentiment in [-3, 3]): ``acc2``
 and ``f1`` on utterances with a non-zero label (positive = label > 0,
 predicted positive = score > 0), ``acc2_with_zero`` (label >= 0 vs score >= 0
 on all), ``mae``, ``corr`` (Pearson), ``acc7`` (round after clipping to -3..3).
+
+:data:`METRICS` holds one entry per metric: its label in tables, direction,
+task, and whether selection may use it; everything else (selection choices,
+table labels, ×100 or raw display, the headline pair) is derived from it.
+Adding a metric is an entry there plus its line in the task's function below.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-# Metrics where lower is better (model selection needs the direction).
-LOWER_IS_BETTER = frozenset({"mae", "loss"})
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: ``label`` in tables, ``task`` it is computed for, and how it is read."""
+
+    name: str
+    label: str
+    task: str
+    higher_is_better: bool = True
+    select: bool = True  # model selection may use it (``train.select_metric``)
+    headline: bool = False  # one of the two numbers of the papers' tables (ACC/UA, ACC/F1)
+    raw: bool = False  # shown as it is (3 decimals), not as a fraction ×100
+    reads_sign: bool = False  # reads a regression label's sign as its class (meaningless for labels of one sign)
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("acc", "ACC", "classification", headline=True),
+    Metric("ua", "UA", "classification", headline=True),
+    Metric("wf1", "WF1", "classification"),
+    Metric("acc2", "ACC", "regression", headline=True, reads_sign=True),
+    Metric("f1", "F1", "regression", headline=True, reads_sign=True),
+    Metric("acc2_with_zero", "acc2_with_zero", "regression", reads_sign=True),
+    Metric("mae", "MAE", "regression", higher_is_better=False, raw=True),
+    Metric("corr", "Corr", "regression", raw=True),
+    Metric("acc7", "ACC7", "regression", reads_sign=True),
+)}
+
+
+def select_metrics(task: str) -> tuple[str, ...]:
+    """The metrics ``train.select_metric`` may name for ``task``."""
+    return tuple(m.name for m in METRICS.values() if m.task == task and m.select)
+
+
+def metric_label(name: str) -> str:
+    """How tables name metric ``name`` (the name itself when it is not a registered metric)."""
+    return METRICS[name].label if name in METRICS else name
+
+
+def lower_is_better(name: str) -> bool:
+    return name in METRICS and not METRICS[name].higher_is_better
+
+
+def shown_raw(name: str) -> bool:
+    """Whether tables show ``name`` as it is rather than as a fraction ×100."""
+    return name in METRICS and METRICS[name].raw
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -110,14 +162,16 @@ def task_metrics(task: str, y_true: np.ndarray, prediction: np.ndarray, num_clas
 
 def headline_metrics(task: str) -> tuple[str, str]:
     """The two numbers the papers' tables show: ACC/UA or ACC/F1."""
-    return ("acc", "ua") if task == "classification" else ("acc2", "f1")
+    kind = "classification" if task == "classification" else "regression"
+    first, second = (m.name for m in METRICS.values() if m.task == kind and m.headline)
+    return first, second
 
 
 def is_better(metric: str, new: float, best: float | None) -> bool:
     """Whether ``new`` improves on ``best`` for ``metric`` (respecting its direction)."""
     if best is None:
         return True
-    return new < best if metric in LOWER_IS_BETTER else new > best
+    return new < best if lower_is_better(metric) else new > best
 
 
 class MetricAccumulator:

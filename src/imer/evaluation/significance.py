@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from imer.evaluation.metrics import LOWER_IS_BETTER, is_better
+from imer.evaluation.metrics import is_better, lower_is_better
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Comparison:
     @property
     def wins(self) -> int:
         """Pairs where the variant is better (for MAE: lower)."""
-        return sum(1 for d in self.diffs if (d < 0 if self.metric in LOWER_IS_BETTER else d > 0))
+        return sum(1 for d in self.diffs if (d < 0 if lower_is_better(self.metric) else d > 0))
 
     @property
     def ties(self) -> int:

@@ -40,7 +40,7 @@ from imer.data import (
 )
 from imer.errors import ConfigError, DataError, IMERError
 from imer.config import RunConfig, check_select_metric, config_from_dict, config_hash, dataset_label, validate_run_config
-from imer.evaluation.metrics import headline_metrics, is_better, task_metrics
+from imer.evaluation.metrics import METRICS, headline_metrics, is_better, task_metrics
 from imer.experiments.predictions import prediction_rows, write_predictions
 from imer.io import atomic_write, read_json, write_json
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
@@ -178,7 +178,6 @@ def default_select_metric(task: str) -> str:
 # Every file a run folder may hold; --overwrite removes them before training again.
 RUN_FILES = ("config.json", "run_spec.json", "environment.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz",
              "masks.npz", "predictions_test.csv", "checkpoint.pt", "conditions.json", "error.json")
-SIGN_METRICS = ("acc2", "f1", "acc2_with_zero", "acc7")
 
 
 def train(
@@ -263,7 +262,7 @@ def check_training_data(config: RunConfig, data: PreparedData, select: str) -> N
         if low >= 0 or high <= 0:
             problem = (f"dataset '{dataset.name}': regression labels lie in [{low:g}, {high:g}], but acc2, f1 and acc7 read the sign "
                        "of a label as its class (negative < 0 < positive)")
-            if select in SIGN_METRICS:
+            if METRICS[select].reads_sign:
                 raise DataError(f"{problem}; centre the labels (e.g. subtract the scale's midpoint: 1..5 -> -2..2) or select by --set train.select_metric=mae")
             warnings.warn(f"{problem}; those metrics are meaningless for this data (selection uses {select})", stacklevel=2)
 

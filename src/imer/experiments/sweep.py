@@ -45,7 +45,7 @@ import numpy as np
 
 from imer.config import build_run_config, dataset_label
 from imer.errors import ConfigError, IMERError
-from imer.evaluation.metrics import LOWER_IS_BETTER, is_better
+from imer.evaluation.metrics import is_better, lower_is_better
 from imer.experiments.inference import evaluate_conditions
 from imer.experiments.run import train
 from imer.experiments.spec import ExperimentFile, SearchSpec, Variant, overrides_for, variants_table
@@ -438,7 +438,7 @@ def freeze_search(spec: SweepSpec, out: Path) -> list[str]:
         metric = scored[0]["metric"]
         winner = pick_winner(trials, metric)
         data["datasets"].setdefault(dataset, {})[name] = {
-            "settings": spec.search.settings(name), "metric": metric, "direction": "min" if metric in LOWER_IS_BETTER else "max",
+            "settings": spec.search.settings(name), "metric": metric, "direction": "min" if lower_is_better(metric) else "max",
             "trials": trials, "winner": winner["trial"], "overrides": winner["overrides"],
         }
         changed = True

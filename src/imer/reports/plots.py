@@ -23,7 +23,8 @@ import numpy as np
 
 from imer.io import atomic_write
 from imer.reports.aggregate import Aggregate
-from imer.reports.runs import METRIC_LABELS, RunRecord, history_modality_acc
+from imer.evaluation.metrics import metric_label
+from imer.reports.runs import RunRecord, history_modality_acc
 
 LINESTYLES = ("-", "--", ":", "-.")
 PANELS_PER_ROW = 6  # wide reports (20+ variants) wrap instead of becoming one unreadable strip
@@ -64,8 +65,8 @@ def plot_metric_vs_rate(aggregates: list[Aggregate], path: Path) -> Path:
                 rate, mean, std = (np.array(v) for v in zip(*points))
                 ax.plot(rate, 100 * mean, marker="o", color=colour[method], label=method, linewidth=2)
                 ax.fill_between(rate, 100 * (mean - std), 100 * (mean + std), color=colour[method], alpha=0.18, linewidth=0)
-            ax.set_title(f"{dataset} — {METRIC_LABELS.get(k, k)}")
-            ax.set_ylabel(f"test {METRIC_LABELS.get(k, k)} (%)")
+            ax.set_title(f"{dataset} — {metric_label(k)}")
+            ax.set_ylabel(f"test {metric_label(k)} (%)")
             ax.set_xticks(sorted({a.rate for a in here}))
             if row == 1:
                 ax.set_xlabel("missing rate")
@@ -228,7 +229,7 @@ def plot_modality_conditions(aggregates: list[Aggregate], path: Path) -> Path | 
                 ax.scatter([o for o, h in zip(offset, heads) if h is not None], [100 * h[0] for h in heads if h is not None],
                            marker="D", color="black", s=18, zorder=3, label="own unimodal head" if j == 0 else None)
         ax.set_xticks(x, [a.variant for a in here], rotation=30, ha="right")
-        ax.set_ylabel(f"test {METRIC_LABELS.get(here[0].headline[0], here[0].headline[0])} (%)")
+        ax.set_ylabel(f"test {metric_label(here[0].headline[0])} (%)")
         ax.set_ylim(0, 100)
     handles, names = {}, []
     for row in axes:

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from imer.errors import IMERError
+from imer.evaluation.metrics import metric_label, shown_raw
 from imer.evaluation.significance import Comparison
 from imer.experiments.spec import overrides_for
 from imer.io import atomic_write, read_json, write_json
 from imer.reports.aggregate import Aggregate, SweepInfo, aggregate, comparisons
 from imer.reports.plots import write_plots
-from imer.reports.runs import METRIC_LABELS, RunRecord, collect_runs
+from imer.reports.runs import RunRecord, collect_runs
 from imer.reports.sections import (
     AblationTable,
     ablation_tables,
@@ -47,7 +48,7 @@ from imer.reports.sections import (
     stage_table,
 )
 from imer.reports.tables import ConditionTable, PaperTable, cost_table, csv_rows, latex_table, markdown_table, metric_table
-from imer.reports.text import RAW_METRICS, STD_NOTE, csv_text, fmt_cell, metric_pair, rate_text
+from imer.reports.text import STD_NOTE, csv_text, fmt_cell, metric_pair, rate_text
 
 
 @dataclass
@@ -199,8 +200,8 @@ def report_page(report: "Report") -> str:
                   "(same seed = same test masks).", ""]
         lines += [t.markdown() for t in report.ablations]
     for k in info.metrics:
-        label = METRIC_LABELS.get(k, k)
-        scale = "as is" if k in RAW_METRICS else "×100"
+        label = metric_label(k)
+        scale = "as is" if shown_raw(k) else "×100"
         lines += [f"## Test {label} (`{k}`)", "", metric_table(report.aggregates, k), f"mean ± population std over seeds, {scale}; best per dataset and column in bold.", ""]
     patterns = report.sections.get("patterns.md")
     if patterns:

@@ -16,9 +16,6 @@ from typing import Any
 from imer.errors import IMERError
 from imer.io import read_json
 
-METRIC_LABELS = {"acc": "ACC", "ua": "UA", "acc2": "ACC", "f1": "F1", "wf1": "WF1", "mae": "MAE", "corr": "Corr", "acc7": "ACC7"}
-
-
 @dataclass
 class RunRecord:
     """One finished run, as read from its directory."""

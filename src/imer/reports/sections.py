@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from imer.evaluation.metrics import headline_metrics
+from imer.evaluation.metrics import headline_metrics, metric_label
 from imer.evaluation.significance import Comparison
 from imer.reports.aggregate import Aggregate, mean_std, per_seed, seed_values
-from imer.reports.runs import METRIC_LABELS, RunRecord, best_per_stage, selected_by_rule, selected_diagnostics
+from imer.reports.runs import RunRecord, best_per_stage, selected_by_rule, selected_diagnostics
 from imer.reports.text import STD_NOTE, delta_text, metric_text, p_text, rate_text, value_text
 
 
@@ -72,7 +72,7 @@ def ablation_tables(aggregates: list[Aggregate], runs: list[RunRecord], bases: d
         seen.add((a.dataset, a.rate, base_name))
         base = cells[(a.dataset, base_name, a.rate)]
         members = [b for b in aggregates if b.dataset == a.dataset and b.rate == a.rate and bases.get(b.variant) == base_name]
-        columns = [(METRIC_LABELS.get(k, k), k) for k in base.headline]
+        columns = [(metric_label(k), k) for k in base.headline]
         modalities = list(dict.fromkeys(m for b in [base, *members] for m in b.modality_acc))
         columns += [(f"{m} head", f"modality_acc.{m}") for m in modalities]
         deltas: dict[tuple[str, str], float | None] = {}
@@ -161,7 +161,7 @@ def selection_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
             if header is not None:
                 lines.append("")
             header = keys
-            labels = [METRIC_LABELS.get(k, k) for k in keys]
+            labels = [metric_label(k) for k in keys]
             lines += ["| dataset | variant | rate | n | " + " | ".join(f"{lab} valid-selected | {lab} test-selected (Δ)" for lab in labels) + " | epochs (valid / test) |",
                       "|---|---|---|---:|" + "---:|---:|" * len(keys) + "---|"]
         cells = []
@@ -202,7 +202,7 @@ def gap_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
     if not groups:
         return None
     metric = next(iter(groups.values()))[0].metrics["selection"]["metric"]
-    label = METRIC_LABELS.get(metric, metric)
+    label = metric_label(metric)
     lines = [f"| dataset | variant | rate | n | validation {label} (selected epoch) | test {label} | gap (validation − test) |",
              "|---|---|---|---:|---:|---:|---:|"]
     for (dataset, variant, rate), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2])):
@@ -232,7 +232,7 @@ def stage_table(runs: list[RunRecord], order: dict[str, int]) -> str | None:
     if not groups:
         return None
     metric = (groups[next(iter(groups))][0][0].metrics or {})["selection"]["metric"]
-    label = METRIC_LABELS.get(metric, metric)
+    label = metric_label(metric)
     lines = [f"| dataset | variant | rate | stage | epochs | n | best validation {label} in the stage | test {label} at that epoch | "
              "selected in this stage (seeds) |", "|---|---|---|---|---|---:|---:|---:|---:|"]
     for (dataset, variant, rate), members in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1], kv[0][2])):
@@ -255,7 +255,7 @@ def significance_table(rows: list[Comparison]) -> str:
              "|---|---|---|---|---:|---|---:|---|---:|---:|"]
     for c in rows:
         rate = "all" if c.rate is None else rate_text(c.rate)
-        lines.append(f"| {c.dataset} | {c.variant} | {rate} | {c.baseline} | {c.n} | {METRIC_LABELS.get(c.metric, c.metric)} | "
+        lines.append(f"| {c.dataset} | {c.variant} | {rate} | {c.baseline} | {c.n} | {metric_label(c.metric)} | "
                      f"{delta_text(c.metric, c.mean)} | {c.wins} / {c.ties} / {c.losses} | {p_text(c.p_sign)} | {p_text(c.p_t)} |")
     note = ("Δ = variant − baseline on the test split (points ×100; raw for MAE/Corr), paired by seed: runs with the same seed on "
             "the same dataset and rate share their test masks. The baseline is, per rate, the baseline variant with the best mean "
@@ -272,7 +272,7 @@ def search_table(search: dict[str, Any]) -> str:
     for dataset, entries in search.get("datasets", {}).items():
         for name, entry in entries.items():
             settings = entry["settings"]
-            label = METRIC_LABELS.get(entry["metric"], entry["metric"])
+            label = metric_label(entry["metric"])
             for t in entry["trials"]:
                 score = "failed" if t["score"] is None else f"{label} {value_text(entry['metric'], t['score'])}"
                 mark = "✓" if t["trial"] == entry["winner"] else ""

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from imer.evaluation.metrics import is_better
+from imer.evaluation.metrics import is_better, metric_label
 from imer.reports.aggregate import Aggregate
-from imer.reports.runs import METRIC_LABELS, RunRecord
+from imer.reports.runs import RunRecord
 from imer.reports.text import STD_NOTE, fmt_cell, metric_pair, metric_text, rate_text, tex_escape
 
 
@@ -147,7 +147,7 @@ class ConditionTable:
             k = a.headline[0]
             cells = [f"{100 * a.conditions[c][k][0]:.2f} ± {100 * a.conditions[c][k][1]:.2f}" if k in a.conditions.get(c, {}) else "–" for c in self.labels]
             avg = self.average(a, k)
-            lines.append(f"| {a.dataset} | {a.variant} | {rate_text(a.rate)} | {METRIC_LABELS[k]} | " + " | ".join(cells) + f" | {'–' if avg is None else f'{100 * avg:.2f}'} |")
+            lines.append(f"| {a.dataset} | {a.variant} | {rate_text(a.rate)} | {metric_label(k)} | " + " | ".join(cells) + f" | {'–' if avg is None else f'{100 * avg:.2f}'} |")
         return "\n".join(lines) + f"\n\nTest split under each fixed condition (every utterance keeps exactly that subset); {STD_NOTE}.\n"
 
     def latex(self) -> str:
@@ -158,7 +158,7 @@ class ConditionTable:
             cells = [f"{100 * a.conditions[c][k][0]:.2f}" + rf"$\pm${100 * a.conditions[c][k][1]:.2f}" if k in a.conditions.get(c, {}) else "--" for c in self.labels]
             avg = self.average(a, k)
             lines.append(" & ".join([tex_escape(a.dataset), tex_escape(a.variant), rate_text(a.rate), *cells, "--" if avg is None else f"{100 * avg:.2f}"]) + r" \\")
-        return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", f"% {METRIC_LABELS.get('acc')} per fixed condition; {STD_NOTE}"]) + "\n"
+        return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", f"% {metric_label('acc')} per fixed condition; {STD_NOTE}"]) + "\n"
 
     def csv_rows(self) -> list[dict[str, Any]]:
         rows = []

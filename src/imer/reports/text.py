@@ -6,15 +6,14 @@ import csv
 import io
 from typing import Any
 
-from imer.evaluation.metrics import headline_metrics
-from imer.reports.runs import METRIC_LABELS
+from imer.evaluation.metrics import headline_metrics, metric_label, shown_raw
 
 
 STD_NOTE = "mean ± population std (ddof=0) over seeds, ×100"
 
 
 def metric_pair(task: str) -> str:
-    return "/".join(METRIC_LABELS[k] for k in headline_metrics(task))
+    return "/".join(metric_label(k) for k in headline_metrics(task))
 
 
 def rate_text(rate: float) -> str:
@@ -44,21 +43,18 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-RAW_METRICS = ("mae", "corr")  # shown as they are (3 decimals); every other metric is a fraction shown ×100
-
-
 def metric_text(k: str, mean: float, std: float) -> str:
-    if k in RAW_METRICS:
+    if shown_raw(k):
         return f"{mean:.3f} ± {std:.3f}"
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
 def value_text(k: str, value: float) -> str:
-    return f"{value:.3f}" if k in RAW_METRICS else f"{100 * value:.2f}"
+    return f"{value:.3f}" if shown_raw(k) else f"{100 * value:.2f}"
 
 
 def delta_text(k: str, delta: float) -> str:
-    return f"{delta:+.3f}" if k in RAW_METRICS else f"{100 * delta:+.2f}"
+    return f"{delta:+.3f}" if shown_raw(k) else f"{100 * delta:+.2f}"
 
 
 def p_text(p: float | None) -> str:
