@@ -150,9 +150,8 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
         data = prepare_data(config, dataset)
         torch.manual_seed(0)
         model = (baseline_create if variant == "main" else create_model)(method, data.spec, config.model)
-        trainer = Trainer(model, epochs=epochs, batch_size=config.train.batch_size, lr=config.train.lr, weight_decay=config.train.weight_decay,
-                          optimizer=config.train.optimizer, grad_clip=config.train.grad_clip, select_metric=_select(data.spec.task),
-                          seed=0, progress=False, bucket=config.train.bucket, run_dir=scratch / variant if variant == "before" else None)
+        trainer = Trainer(model, config.train, select_metric=_select(data.spec.task), seed=0,
+                          run_dir=scratch / variant if variant == "before" else None)
         if variant == "before":
             trainer.optimizer = _legacy_optimizer(model, config)
             (scratch / variant).mkdir()

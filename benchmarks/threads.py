@@ -16,6 +16,7 @@ their ratio to 1 thread, the wait policy and the load average.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare_data(config, dataset)
     torch.manual_seed(0)
     model = create_model(args.method, data.spec, config.model)
-    trainer = Trainer(model, epochs=1, batch_size=config.train.batch_size, lr=config.train.lr, select_metric="mae", seed=0, progress=False)
+    trainer = Trainer(model, dataclasses.replace(config.train, epochs=1), select_metric="mae", seed=0)
     available = data.dataset.available[data.indices["train"]]
     model.on_epoch_start(0)
     trainer._train_epoch(data.batchers["train"], RandomMissing(0.4).apply(available, np.random.default_rng(0)), 0)  # warm-up

@@ -130,13 +130,13 @@ def test_source_commit_is_read_once_per_process(monkeypatch):
     """A long sweep in one process records the commit of the code it imported, not the checkout's later HEAD."""
     import subprocess
 
-    from imer.experiments import run as run_module
+    from imer.experiments import environment
 
     calls = []
     real = subprocess.run
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
-    run_module.source_commit.cache_clear()
-    first = run_module.source_commit()
+    environment.source_commit.cache_clear()
+    first = environment.source_commit()
     made = len(calls)
-    assert run_module.source_commit() == first and len(calls) == made
-    run_module.source_commit.cache_clear()
+    assert environment.source_commit() == first and len(calls) == made
+    environment.source_commit.cache_clear()

@@ -17,7 +17,8 @@ from imer.reports.runs import read_run, selected_by_rule
 from imer.evaluation.significance import paired_t_pvalue, sign_test
 from imer.config import build_run_config
 from imer.experiments.run import train
-from imer.experiments.sweep import SweepSpec, pick_winner
+from imer.experiments.grid import SweepSpec
+from imer.experiments.search import pick_winner
 from imer.experiments.spec import load_spec, validate_sweep
 from imer.models import list_models
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from imer.data import RandomMissing, SplitBatcher, make_synthetic
-from imer.config import build_run_config
-from imer.experiments.run import load_run, prepare_data, spec_of, train
+from imer.config import TrainConfig, build_run_config
+from imer.experiments.loading import load_run
+from imer.experiments.run import prepare_data, spec_of, train
 from imer.layers.contrastive import multi_positive_contrastive
 from imer.models import DataSpec, create_model
 from imer.models.promise import Promise, generation_similarity
@@ -208,7 +209,7 @@ def test_encoder_frozen_in_stage_two_unless_finetuned(frozen):
     config = _run_config(3, encoder_epochs=1, frozen_encoder=frozen)
     prepared = prepare_data(config, data)
     model = create_model("promise", prepared.spec, config.model)
-    trainer = Trainer(model, epochs=3, batch_size=16, lr=1e-2, select_metric="acc", progress=False)
+    trainer = Trainer(model, TrainConfig(epochs=3, batch_size=16, lr=1e-2, progress=False), select_metric="acc")
     train_available = RandomMissing(0.3).apply(data.available[prepared.indices["train"]], np.random.default_rng(0))
     snapshots = {}
 

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-import imer.experiments.run as run_module
+import imer.experiments.cells as cells_module
 from imer.cli import main
 from imer.errors import ConfigError
-from imer.experiments.sweep import Cell, SweepSpec, cell_state, overrides_for, parse_list, run_sweep
+from imer.experiments.grid import Cell, SweepSpec, parse_list
+from imer.experiments.spec import overrides_for
+from imer.experiments.sweep import run_sweep
+from imer.runfolder import RunFolder
 from imer.training.trainer import Trainer
 
 # Tiny synthetic data and model so a cell trains in well under a second.
@@ -53,7 +56,7 @@ def test_kill_midway_then_resume_repeats_nothing(tmp_path, monkeypatch):
     """First attempt: killed (KeyboardInterrupt) inside the 3rd cell after its first epoch's checkpoint.
     Second attempt: the 2 finished cells are skipped, the 3rd resumes at epoch 1, the 4th runs."""
     calls: list[tuple[str, bool]] = []
-    real_train, real_checkpoint = run_module.train, Trainer._checkpoint
+    real_train, real_checkpoint = cells_module.train, Trainer._checkpoint
 
     def counting_train(config, out, resume=False, **kw):
         calls.append((Path(out).relative_to(tmp_path).as_posix(), resume))
@@ -64,12 +67,12 @@ def test_kill_midway_then_resume_repeats_nothing(tmp_path, monkeypatch):
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "train", counting_train)
+    monkeypatch.setattr(cells_module, "train", counting_train)
     monkeypatch.setattr(Trainer, "_checkpoint", killing_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(spec(), tmp_path, workers=1, progress=False)
     cells = spec().cells()
-    states = [cell_state(tmp_path / c.relpath, False) for c in cells]
+    states = [RunFolder(tmp_path / c.relpath).state() for c in cells]
     assert states == ["done", "done", "partial", "todo"]
     assert json.loads((tmp_path / "sweep.json").read_text())["counts"] == {"done": 2, "partial": 1, "todo": 1}
     finished = {c: (tmp_path / c.relpath / "metrics.json").stat().st_mtime_ns for c in cells[:2]}

@@ -285,9 +285,9 @@ def _method_description(cls: type) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from imer.errors import ConfigError
-    from imer.experiments.spec import load_spec
-    from imer.experiments.sweep import SweepSpec, parse_list, run_sweep
-    from imer.experiments.spec import validate_sweep
+    from imer.experiments.grid import SweepSpec, parse_list
+    from imer.experiments.spec import load_spec, validate_sweep
+    from imer.experiments.sweep import run_sweep
     from imer.training.threads import resolve_threads
 
     grid = {"--methods": args.methods, "--datasets": args.datasets, "--missing-rates": args.missing_rates, "--seeds": args.seeds,
@@ -342,7 +342,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _print_plan(spec: Any, args: argparse.Namespace) -> int:
     """``imer sweep ... --plan``: the cells, their budgets and the estimated cost; runs nothing."""
-    from imer.experiments.sweep import plan_sweep
+    from imer.experiments.plan import plan_sweep
 
     sources = args.costs if args.costs else ([p for p in ("results",) if Path(p).is_dir()])
     rows = plan_sweep(spec, args.out, sources)

@@ -17,6 +17,7 @@ memory (name, size and fingerprint in ``run_spec.json``), so
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import weakref
@@ -25,20 +26,18 @@ from typing import Any
 
 import numpy as np
 
+from imer.config import build_run_config
 from imer.data import MultimodalDataset
 from imer.errors import IMERError
-from imer.io import read_json
-
-SAVED = ("config.json", "run_spec.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz", "masks.npz",
-         "environment.json", "predictions_test.csv")
-
+from imer.experiments.inference import check_prediction_input, evaluate_run, predict_given
+from imer.experiments.loading import load_run
+from imer.experiments.run import train
+from imer.runfolder import RunFolder
 
 class Model:
     """A trained run, usable from Python: ``predict``, ``predict_proba``, ``evaluate``, ``save``."""
 
     def __init__(self, run_dir: str | Path, _temporary: bool = False) -> None:
-        from imer.experiments.run import load_run
-
         self.run_dir = Path(run_dir)
         self._loaded = load_run(self.run_dir)
         if _temporary:
@@ -59,11 +58,9 @@ class Model:
     @property
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` of the run (valid/test metrics at the selected epoch, ...)."""
-        return read_json(self.run_dir / "metrics.json")
+        return RunFolder(self.run_dir).read("metrics.json")
 
     def _rows(self, features: dict[str, np.ndarray] | MultimodalDataset, available: np.ndarray | None, group_ids: np.ndarray | None) -> list[dict[str, Any]]:
-        from imer.experiments.inference import check_prediction_input, predict_given
-
         if isinstance(features, MultimodalDataset):
             ds = features
             arrays: dict[str, Any] = {f"x_{m}": x for m, x in ds.features.items()}
@@ -107,8 +104,6 @@ class Model:
 
     def evaluate(self, dataset: MultimodalDataset | None = None, missing_rate: float | None = None, condition: str | None = None) -> dict[str, Any]:
         """Test metrics under a missing rate or a fixed condition (in-memory runs need their ``dataset``)."""
-        from imer.experiments.inference import evaluate_run
-
         return evaluate_run(self.run_dir, missing_rate=missing_rate, condition=condition, loaded=self._loaded, dataset=dataset)
 
     def save(self, path: str | Path) -> Path:
@@ -116,12 +111,9 @@ class Model:
         path = Path(path)
         if path.resolve() == self.run_dir.resolve():
             return path
-        if (path / "metrics.json").exists():
+        if RunFolder(path).finished:
             raise IMERError(f"{path}: already holds a run; choose another folder")
-        path.mkdir(parents=True, exist_ok=True)
-        for name in SAVED:
-            if (self.run_dir / name).is_file():
-                shutil.copy2(self.run_dir / name, path / name)
+        RunFolder(self.run_dir).copy_model(path)
         return path
 
     def __repr__(self) -> str:
@@ -154,11 +146,6 @@ def fit(
     ``stage_epoch=5``, ``lr=1e-4``), like ``--set``; ``overrides`` takes
     ``section.field=value`` strings. ``out`` keeps the run folder there.
     """
-    import json
-
-    from imer.config import build_run_config
-    from imer.experiments.run import train
-
     extra = [f"{k}={json.dumps(v)}" for k, v in options.items()]
     config = build_run_config(method, dataset.name, overrides=list(overrides or []) + extra, in_memory=True, seed=seed,
                               missing__rate=missing_rate, train__epochs=epochs, train__progress=progress)

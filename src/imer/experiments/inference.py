@@ -9,12 +9,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from imer.data import MultimodalDataset, SplitBatcher, all_conditions, missing_fraction
+from imer.data import MultimodalDataset, SplitBatcher, all_conditions, load_dataset, missing_fraction
 from imer.errors import DataError, IMERError
 from imer.evaluation.metrics import headline_metrics
-from imer.experiments.predictions import prediction_rows, write_predictions
-from imer.experiments.run import LoadedRun, dataset_fingerprint, evaluation_protocol, load_run, prepare_data, split_mask
-from imer.io import read_json, read_npz
+from imer.experiments.loading import LoadedRun, dataset_fingerprint, load_run
+from imer.experiments.run import evaluation_protocol, prepare_data, split_mask
+from imer.io import read_npz
+from imer.runfolder import RunFolder
+from imer.runfolder.predictions import prediction_rows, write_predictions
 from imer.training.trainer import EvalSet, predict_split
 
 
@@ -56,7 +58,8 @@ def evaluate_run(
 
 def _checked_dataset(run_dir: Path, dataset: str | Path | MultimodalDataset | None) -> MultimodalDataset | None:
     """The in-memory dataset a run needs, checked against its recorded fingerprint (None for runs on named datasets)."""
-    needed = read_json(run_dir / "run_spec.json", "run spec").get("in_memory_data") if (run_dir / "run_spec.json").is_file() else None
+    folder = RunFolder(run_dir)
+    needed = folder.read("run_spec.json", "run spec").get("in_memory_data") if folder.has("run_spec.json") else None
     if needed is None:
         if isinstance(dataset, MultimodalDataset):
             raise IMERError(f"{run_dir}: was trained on a registered dataset or a dataset file, not on in-memory data; pass its path (or nothing)")
@@ -65,8 +68,6 @@ def _checked_dataset(run_dir: Path, dataset: str | Path | MultimodalDataset | No
         raise IMERError(f"{run_dir}: was trained on in-memory data '{needed['name']}' ({needed['utterances']} utterances, "
                         f"fingerprint {needed['fingerprint']}); pass the same dataset: imer.evaluate(run_dir, dataset=ds)")
     if not isinstance(dataset, MultimodalDataset):
-        from imer.data import load_dataset
-
         dataset = load_dataset(str(Path(dataset).expanduser()))
     if dataset_fingerprint(dataset) != needed["fingerprint"]:
         raise IMERError(f"{run_dir}: the dataset given is not the one the run was trained on (fingerprint "

@@ -16,18 +16,20 @@ import numpy as np
 
 from imer.errors import DataError
 from imer.experiments.inference import predict_given
-from imer.experiments.predictions import write_predictions
-from imer.experiments.run import load_run
+from imer.experiments.loading import load_run
 from imer.features import extract_one, read_manifest, why_not_reproducible
+from imer.runfolder import RunFolder
+from imer.runfolder.predictions import write_predictions
 
 FLAGS = {"text": "--text", "audio": "--audio", "video": "--openface"}
 
 
 def _manifest(run_dir: Path) -> dict[str, Any]:
-    if not (run_dir / "features.json").is_file():
+    folder = RunFolder(run_dir)
+    if not folder.has("features.json"):
         raise DataError(f"{run_dir}: the run has no features.json, so imer does not know which extractor made its features; "
                         "train on a dataset made by `imer features build` to predict from raw input, or use --input FILE.npz")
-    return read_manifest(run_dir / "features.json")
+    return read_manifest(folder.file("features.json"))
 
 
 def predict_raw(run_dir: str | Path, raw: dict[str, str | None], out_path: str | Path | None = None) -> dict[str, Any]:

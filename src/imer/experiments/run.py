@@ -1,31 +1,25 @@
-"""One run from one config: data -> masks -> model -> trainer -> run directory.
+"""One run from one config: data -> masks -> model -> trainer -> run folder (:mod:`imer.runfolder`).
 
-A run directory holds ``config.json``, ``environment.json``, ``metrics.json``,
-``history.jsonl``, ``model.safetensors`` (best weights), ``scaler.npz``,
-``masks.npz`` (the fixed valid/test masks), ``predictions_test.csv`` and
-``checkpoint.pt`` (resume state, written every ``train.checkpoint_every`` epochs or
-``train.checkpoint_minutes`` minutes, at stage starts and at the end, for ``--resume``), and
-``features.json`` (which extractor made each modality) when the dataset's feature origin is known.
+:func:`train` checks the config, prepares the folder (refusing to mix or lose
+runs), loads and standardises the data, draws the fixed valid/test masks,
+builds the method, records the run's inputs, fits, evaluates the selected
+epoch and records ``metrics.json``; each step is a function below.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import os
-import platform
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from imer.config import RunConfig, check_select_metric, config_hash, dataset_label, validate_run_config
 from imer.data import (
     FixedCondition,
     MultimodalDataset,
@@ -39,16 +33,15 @@ from imer.data import (
     parse_condition,
 )
 from imer.errors import ConfigError, DataError, IMERError
-from imer.config import RunConfig, check_select_metric, config_from_dict, config_hash, dataset_label, validate_run_config
-from imer.evaluation.metrics import METRICS, headline_metrics, is_better, task_metrics
-from imer.experiments.predictions import prediction_rows, write_predictions
-from imer.io import atomic_write, read_json, write_json
+from imer.evaluation.metrics import METRICS, MetricAccumulator, headline_metrics, is_better, task_metrics
+from imer.experiments.environment import environment_info, feature_manifest, peak_memory_mb
+from imer.experiments.loading import dataset_fingerprint
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
-from imer.training.checkpoint import load_weights, save_weights
+from imer.runfolder import RunFolder
+from imer.runfolder.predictions import prediction_rows
 from imer.training.threads import configure_threads
 from imer.training.tracking import tracking_hooks
-from imer.training.trainer import CheckpointPolicy, EvalSet, Trainer, predict_split
-from imer.version import __version__
+from imer.training.trainer import EvalSet, FitResult, Trainer, predict_split
 
 
 @dataclass
@@ -110,59 +103,6 @@ def split_mask(config: RunConfig, data: PreparedData, split: str, protocol: Rand
     return fixed_mask(protocol, data.dataset.available[data.indices[split]], seed, purpose)
 
 
-@functools.lru_cache(maxsize=1)
-def source_commit() -> str | None:
-    """The git commit of the imer source tree (``+dirty`` with uncommitted changes); None outside a checkout.
-
-    Read once per process, at its first run: Python keeps the code it imported, so a long sweep whose
-    checkout moves on (``--workers 1`` runs every cell in one process) still records the code it ran.
-    """
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def peak_memory_mb() -> float | None:
-    """Peak resident memory of this process so far, in MB (None where the platform cannot tell)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return float(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024)
-
-
-def environment_info() -> dict[str, Any]:
-    """Versions and machine, written next to every result."""
-    return {
-        "imer": __version__,
-        "commit": source_commit(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "openmp": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS") if k in os.environ},
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def feature_manifest(config: RunConfig, dataset: MultimodalDataset) -> dict[str, Any] | None:
-    """The dataset's feature manifest: carried by the data (``imer features build``) or known for a built-in dataset."""
-    from imer.features.manifest import builtin_manifest
-
-    return dataset.manifest if dataset.manifest is not None else builtin_manifest(config.data.name)
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -173,11 +113,6 @@ def _device(name: str) -> torch.device:
 
 def default_select_metric(task: str) -> str:
     return headline_metrics(task)[0]
-
-
-# Every file a run folder may hold; --overwrite removes them before training again.
-RUN_FILES = ("config.json", "run_spec.json", "environment.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz",
-             "masks.npz", "predictions_test.csv", "checkpoint.pt", "conditions.json", "error.json")
 
 
 def train(
@@ -218,27 +153,25 @@ def _reemit(caught: list[warnings.WarningMessage]) -> None:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def prepare_out(out: Path, config: RunConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to lose or mix a run already in ``out`` (see :func:`train`); check a resume is consistent."""
+def prepare_out(folder: RunFolder, config: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to lose or mix a run already in ``folder`` (see :func:`train`); check a resume is consistent."""
+    out = folder.path
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: continue the run in --out, or replace it, not both")
-    finished, interrupted = (out / "metrics.json").is_file(), (out / "checkpoint.pt").is_file()
+    finished, interrupted = folder.finished, folder.interrupted
     if not resume and (finished or interrupted):
         if not overwrite:
             held = "a finished run (metrics.json)" if finished else "an interrupted run (checkpoint.pt)"
             raise IMERError(f"{out}: already holds {held}; pass --resume to continue it, --overwrite to replace it, or choose another --out")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        folder.clear()
     if not resume:
         return
     if finished and not interrupted:
         raise IMERError(f"{out}: the finished run has no checkpoint.pt to continue from; pass --overwrite to train it again, or choose another --out")
-    if (out / "config.json").is_file():
-        _check_same_run(read_json(out / "config.json", "run config"), config, out)
+    if folder.has("config.json"):
+        _check_same_run(folder.read("config.json", "run config"), config, out)
     if interrupted:
-        from imer.training.checkpoint import load_checkpoint
-
-        done = int(load_checkpoint(out / "checkpoint.pt")["epoch"]) + 1
+        done = int(folder.load_checkpoint()["epoch"]) + 1
         if done > config.train.epochs:
             raise ConfigError(
                 f"train.epochs: the run in {out} has already trained {done} epochs, more than the {config.train.epochs} asked for; "
@@ -290,96 +223,32 @@ def constant_baseline(data: PreparedData, metric: str) -> tuple[float, str]:
 
 def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDataset | None, overwrite: bool, caught: list,
            variant: str | None, hooks: list[Callable[[dict[str, Any]], None]] | None) -> dict[str, Any]:
+    """The steps of a run: check, prepare the folder and the data, build, record the inputs, fit, evaluate, record."""
     started = time.perf_counter()
     validate_run_config(config, check_data=dataset is None)
     device = _device(config.train.device)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    prepare_out(out, config, resume, overwrite)
+    folder = RunFolder(out)
+    prepare_out(folder, config, resume, overwrite)
     configure_threads(config.train.threads)
     torch.manual_seed(config.seed)
     data = prepare_data(config, dataset)
-    modalities = data.dataset.modalities
-    eval_protocol = evaluation_protocol(config, modalities)
-    masks = {s: split_mask(config, data, s, eval_protocol) for s in ("valid", "test")}
-    train_protocol = RandomMissing(config.missing.rate)
-    train_available = data.dataset.available[data.indices["train"]]
-
-    def train_mask(epoch: int) -> np.ndarray:
-        return train_protocol.apply(train_available, np.random.default_rng(derive_seed("train-mask", config.seed, epoch)))
-
+    eval_protocol = evaluation_protocol(config, data.dataset.modalities)
+    sets = {s: EvalSet(data.batchers[s], split_mask(config, data, s, eval_protocol)) for s in ("valid", "test")}
     select = config.train.select_metric or default_select_metric(data.spec.task)
     check_training_data(config, data, select)
     model = create_model(config.method, data.spec, config.model)
-    config.model = _config_values(model)
+    config.model = asdict(model.config)
+    _record_inputs(folder, config, data, model, sets, in_memory=dataset is not None)
+    trainer = Trainer(model, config.train, select_metric=select, seed=config.seed, device=device, run_dir=out,
+                      hooks=list(hooks or []) + tracking_hooks(config.train.log_to, out, config.to_dict(), variant or config.method))
+    if not resume:
+        folder.clear_history()
+    result = _fit(trainer, config, data, sets["valid"], sets["test"], resume)
+    valid_metrics, test_acc = _evaluate_best(folder, model, result, config, data, sets, trainer.device)
+    baseline = constant_baseline(data, select)
+    _warn_if_constant_wins(config, data, select, result.best_epoch, valid_metrics, baseline)
     dataset_id = data.dataset.name if dataset is not None else dataset_label(config.data.name)
-    write_json(out / "config.json", config.to_dict())
-    run_spec = {
-        "modalities": modalities,
-        "dims": list(data.spec.dims),
-        "task": data.spec.task,
-        "num_classes": data.spec.num_classes,
-        "class_names": data.dataset.class_names,
-        "uses_context": model.uses_context,
-    }
-    if dataset is not None:
-        run_spec["in_memory_data"] = {"name": data.dataset.name, "utterances": len(data.dataset), "fingerprint": dataset_fingerprint(data.dataset)}
-    write_json(out / "run_spec.json", run_spec)
-    write_json(out / "environment.json", environment_info())
-    manifest = feature_manifest(config, data.dataset)
-    if manifest is not None:
-        write_json(out / "features.json", manifest)
-    data.scaler.save(out / "scaler.npz")
-    with atomic_write(out / "masks.npz", "wb") as fh:
-        np.savez(fh, **{f"{s}_available": m for s, m in masks.items()}, **{f"{s}_index": data.indices[s] for s in masks})
-
-    trainer = Trainer(
-        model,
-        epochs=config.train.epochs,
-        batch_size=config.train.batch_size,
-        lr=config.train.lr,
-        weight_decay=config.train.weight_decay,
-        optimizer=config.train.optimizer,
-        grad_clip=config.train.grad_clip,
-        select_metric=select,
-        selection=config.train.selection,
-        seed=config.seed,
-        device=device,
-        run_dir=out,
-        progress=config.train.progress,
-        eval_test_each_epoch=config.train.eval_test_each_epoch,
-        patience=config.train.patience,
-        checkpoint=CheckpointPolicy(config.train.checkpoint_every, config.train.checkpoint_minutes),
-        bucket=config.train.bucket,
-        hooks=list(hooks or []) + tracking_hooks(config.train.log_to, out, config.to_dict(), variant or config.method),
-    )
-    if not resume and (out / "history.jsonl").exists():
-        (out / "history.jsonl").unlink()
-    sets = {s: EvalSet(data.batchers[s], masks[s]) for s in ("valid", "test")}
-    try:
-        result = trainer.fit(data.batchers["train"], train_mask, sets["valid"], sets["test"], resume=resume)
-    finally:
-        for hook in trainer.hooks:
-            if hasattr(hook, "close"):
-                hook.close()
-
-    model.load_state_dict(result.best_state)
-    model.on_epoch_start(result.best_epoch)
-    save_weights(out / "model.safetensors", model.state_dict())
-    test_acc = predict_split(model, sets["test"], config.train.batch_size, trainer.device)
-    valid_metrics = predict_split(model, sets["valid"], config.train.batch_size, trainer.device).compute()
-    test_metrics = test_acc.compute()
-    index, labels, preds, available = test_acc.ordered()
-    write_predictions(out / "predictions_test.csv", prediction_rows(
-        data.spec.task, preds, data.dataset.utterance_ids[data.indices["test"]][index], modalities, available, data.dataset.class_names, labels))
-    baseline, baseline_name = constant_baseline(data, select)
-    if config.train.selection == "valid" and not is_better(select, float(valid_metrics[select]), baseline):
-        warnings.warn(
-            f"train.select_metric: the selected epoch {result.best_epoch} scores {select} = {valid_metrics[select]:.4f} on validation, "
-            f"no better than a constant prediction ({baseline_name}: {baseline:.4f}); the model may have learned nothing this metric "
-            f"can see. On imbalanced data select by a metric a constant cannot win (e.g. --set train.select_metric="
-            f"{'ua' if data.spec.task == 'classification' else 'mae'}), see docs/protocol.md",
-            stacklevel=2,
-        )
     metrics = {
         "method": config.method,
         "variant": variant or config.method,
@@ -397,15 +266,13 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
             "epochs_run": len(result.history),
             "patience": config.train.patience,
             "stopped_early": result.stopped_early,
-            "constant_baseline": {"valid": baseline, "prediction": baseline_name},
+            "constant_baseline": {"valid": baseline[0], "prediction": baseline[1]},
         },
-        "missing": {
-            "train_rate": config.missing.rate,
-            "test_protocol": eval_protocol.name,
-        },
-        "missing_fraction": {"train": result.train_missing_fraction, "valid": missing_fraction(masks["valid"]), "test": missing_fraction(masks["test"])},
+        "missing": {"train_rate": config.missing.rate, "test_protocol": eval_protocol.name},
+        "missing_fraction": {"train": result.train_missing_fraction, "valid": missing_fraction(sets["valid"].available),
+                             "test": missing_fraction(sets["test"].available)},
         "valid": valid_metrics,
-        "test": test_metrics,
+        "test": test_acc.compute(),
         "test_by_pattern": test_acc.by_pattern(),
         "seconds_per_epoch": result.seconds_per_epoch,
         "wall_seconds": time.perf_counter() - started,
@@ -415,8 +282,73 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
     }
     if result.fit is not None:
         metrics["fit"] = result.fit
-    write_json(out / "metrics.json", metrics)
+    folder.write("metrics.json", metrics)
     return metrics
+
+
+def _record_inputs(folder: RunFolder, config: RunConfig, data: PreparedData, model: IMERModel, sets: dict[str, EvalSet], in_memory: bool) -> None:
+    """Everything a run folder holds before training: config, data spec, environment, feature origin, scaler, fixed masks."""
+    folder.write("config.json", config.to_dict())
+    run_spec = {
+        "modalities": data.dataset.modalities,
+        "dims": list(data.spec.dims),
+        "task": data.spec.task,
+        "num_classes": data.spec.num_classes,
+        "class_names": data.dataset.class_names,
+        "uses_context": model.uses_context,
+    }
+    if in_memory:
+        run_spec["in_memory_data"] = {"name": data.dataset.name, "utterances": len(data.dataset), "fingerprint": dataset_fingerprint(data.dataset)}
+    folder.write("run_spec.json", run_spec)
+    folder.write("environment.json", environment_info())
+    manifest = feature_manifest(config, data.dataset)
+    if manifest is not None:
+        folder.write("features.json", manifest)
+    folder.save_scaler(data.scaler)
+    folder.save_masks({s: e.available for s, e in sets.items()}, data.indices)
+
+
+def _fit(trainer: Trainer, config: RunConfig, data: PreparedData, valid: EvalSet, test: EvalSet, resume: bool) -> FitResult:
+    """Train with fresh training masks every epoch (seeded by run seed and epoch); tracking hooks are closed in any case."""
+    train_protocol = RandomMissing(config.missing.rate)
+    train_available = data.dataset.available[data.indices["train"]]
+
+    def train_mask(epoch: int) -> np.ndarray:
+        return train_protocol.apply(train_available, np.random.default_rng(derive_seed("train-mask", config.seed, epoch)))
+
+    try:
+        return trainer.fit(data.batchers["train"], train_mask, valid, test, resume=resume)
+    finally:
+        for hook in trainer.hooks:
+            if hasattr(hook, "close"):
+                hook.close()
+
+
+def _evaluate_best(folder: RunFolder, model: IMERModel, result: FitResult, config: RunConfig, data: PreparedData,
+                   sets: dict[str, EvalSet], device: torch.device) -> tuple[dict[str, Any], MetricAccumulator]:
+    """Restore the selected epoch, save its weights and test predictions; its validation metrics and test accumulator."""
+    model.load_state_dict(result.best_state)
+    model.on_epoch_start(result.best_epoch)
+    folder.save_weights(model.state_dict())
+    test_acc = predict_split(model, sets["test"], config.train.batch_size, device)
+    valid_metrics = predict_split(model, sets["valid"], config.train.batch_size, device).compute()
+    index, labels, preds, available = test_acc.ordered()
+    folder.save_predictions(prediction_rows(data.spec.task, preds, data.dataset.utterance_ids[data.indices["test"]][index],
+                                            data.dataset.modalities, available, data.dataset.class_names, labels))
+    return valid_metrics, test_acc
+
+
+def _warn_if_constant_wins(config: RunConfig, data: PreparedData, select: str, best_epoch: int, valid_metrics: dict[str, Any],
+                           baseline: tuple[float, str]) -> None:
+    score, name = baseline
+    if config.train.selection == "valid" and not is_better(select, float(valid_metrics[select]), score):
+        warnings.warn(
+            f"train.select_metric: the selected epoch {best_epoch} scores {select} = {valid_metrics[select]:.4f} on validation, "
+            f"no better than a constant prediction ({name}: {score:.4f}); the model may have learned nothing this metric "
+            f"can see. On imbalanced data select by a metric a constant cannot win (e.g. --set train.select_metric="
+            f"{'ua' if data.spec.task == 'classification' else 'mae'}), see docs/protocol.md",
+            stacklevel=3,
+        )
 
 
 # Fields that may differ between an interrupted run and its resumption (more epochs extend a run).
@@ -439,101 +371,3 @@ def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None
     changed = sorted(k for k, v in config.model.items() if k in saved_model and saved_model[k] != v)
     if changed:
         raise IMERError(f"{out}: cannot resume, model.{changed[0]} differs from the interrupted run ({saved_model[changed[0]]!r} vs {config.model[changed[0]]!r}); use the same settings, or --overwrite to start again")
-
-
-def dataset_fingerprint(dataset: MultimodalDataset) -> str:
-    """SHA-256 (16 hex digits) of a dataset's arrays: the same data gives the same fingerprint."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    parts = [dataset.labels, dataset.available, dataset.utterance_ids, dataset.group_ids, dataset.order]
-    parts += [dataset.split if dataset.split is not None else np.array([]), dataset.fold if dataset.fold is not None else np.array([])]
-    for m, x in dataset.features.items():
-        digest.update(m.encode())
-        parts.append(np.where(np.isfinite(x), x, 0))
-    for array in parts:
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _config_values(model: IMERModel) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(model.config)
-
-
-@dataclass
-class LoadedRun:
-    """A trained run, ready to evaluate or predict."""
-
-    config: RunConfig
-    model: IMERModel
-    scaler: Standardizer
-    spec: DataSpec
-    class_names: list[str] | None
-
-
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Rebuild a trained model from its run directory (safetensors weights, JSON config).
-
-    Every file is checked before use: a missing, truncated, crafted or
-    mismatched file raises :class:`DataError` naming it.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DataError(f"{run_dir}: run folder not found (give the --out folder of `imer train`)")
-    for name in ("config.json", "run_spec.json", "model.safetensors", "scaler.npz", "metrics.json"):
-        if not (run_dir / name).is_file():
-            raise DataError(f"{run_dir}: not a finished run directory ({name} missing); train it to the end or --resume it")
-    raw = read_json(run_dir / "config.json", "run config")
-    if not isinstance(raw, dict):
-        raise DataError(f"{run_dir / 'config.json'}: not a run config (expected a JSON object)")
-    try:
-        config = config_from_dict(raw)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the run's own warnings were shown when it was trained
-            validate_run_config(config, check_data=False)  # the data is checked when (and if) it is loaded
-    except ConfigError as exc:
-        raise DataError(f"{run_dir / 'config.json'}: {exc}") from None
-    spec, class_names = _read_run_spec(run_dir / "run_spec.json")
-    model = create_model(config.method, spec, config.model)
-    _load_matching_weights(model, run_dir / "model.safetensors")
-    try:
-        best_epoch = int(read_json(run_dir / "metrics.json", "run metrics")["selection"]["best_epoch"])
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{run_dir / 'metrics.json'}: no selection.best_epoch; the run folder is damaged, train again") from None
-    model.on_epoch_start(best_epoch)
-    model.eval()
-    scaler = Standardizer.load(run_dir / "scaler.npz", list(spec.modalities), spec.dim_of)
-    return LoadedRun(config, model, scaler, spec, class_names)
-
-
-def _read_run_spec(path: Path) -> tuple[DataSpec, list[str] | None]:
-    info = read_json(path, "run spec")
-    try:
-        modalities = [str(m) for m in info["modalities"]]
-        dims = [int(d) for d in info["dims"]]
-        task, num_classes = str(info["task"]), int(info["num_classes"])
-        class_names = None if info.get("class_names") is None else [str(c) for c in info["class_names"]]
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{path}: lacks modalities, dims, task or num_classes; the run folder is damaged, train again") from None
-    if len(dims) != len(modalities) or min(dims, default=0) < 1 or task not in ("classification", "regression") or num_classes < 1:
-        raise DataError(f"{path}: inconsistent modalities/dims/task/num_classes; the run folder is damaged, train again")
-    return DataSpec(tuple(modalities), tuple(dims), task, num_classes), class_names
-
-
-def _load_matching_weights(model: IMERModel, path: Path) -> None:
-    """Load weights after checking every tensor's name and shape against the model built from the config."""
-    weights = load_weights(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    if missing or extra:
-        name = (missing or extra)[0]
-        raise DataError(f"{path}: weights do not fit the run's config (tensor '{name}' {'missing' if missing else 'unexpected'}); "
-                        "config.json and model.safetensors come from different runs")
-    for name, tensor in expected.items():
-        if tuple(weights[name].shape) != tuple(tensor.shape):
-            raise DataError(f"{path}: weights do not fit the run's config (tensor '{name}' has shape {tuple(weights[name].shape)}, "
-                            f"the model expects {tuple(tensor.shape)}); config.json and model.safetensors come from different runs")
-    model.load_state_dict(weights)

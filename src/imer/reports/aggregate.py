@@ -22,9 +22,10 @@ from imer.config import RUN_LOCAL, RunConfig
 from imer.errors import IMERError
 from imer.evaluation.metrics import headline_metrics
 from imer.evaluation.significance import Comparison, compare_runs
-from imer.io import flatten, read_json
+from imer.io import flatten
 from imer.models.registry import build_config
 from imer.reports.runs import RunRecord
+from imer.runfolder import RunFolder, sweepdir
 
 
 @dataclass
@@ -85,9 +86,10 @@ def settings_difference(a: RunRecord, b: RunRecord) -> list[str]:
     """
     if a.config_hash == b.config_hash:
         return []
-    if not (a.path / "config.json").is_file() or not (b.path / "config.json").is_file():
+    fa, fb = RunFolder(a.path), RunFolder(b.path)
+    if not fa.has("config.json") or not fb.has("config.json"):
         return [f"config_hash ({a.config_hash!r} vs {b.config_hash!r})"]
-    ca, cb = flatten(read_json(a.path / "config.json")), flatten(read_json(b.path / "config.json"))
+    ca, cb = flatten(fa.read("config.json")), flatten(fb.read("config.json"))
     for config, run in ((ca, a), (cb, b)):
         if (run.metrics or {}).get("dataset_id"):
             config["data.name"] = run.metrics["dataset_id"]
@@ -210,14 +212,14 @@ class SweepInfo:
 
     @classmethod
     def read(cls, root: Path) -> "SweepInfo":
-        path = root / "sweep.json"
-        if not path.is_file():
+        manifest = sweepdir.read_manifest(root)
+        if manifest is None:
             return cls()
-        spec = read_json(path).get("spec", {})
+        spec = manifest.get("spec", {})
         experiment = spec.get("experiment") or {}
         report = experiment.get("report", {})
         variants = spec.get("variants") or [{"name": m, "method": m, "overrides": [], "epochs": None, "base": None} for m in spec.get("methods", [])]
-        search = read_json(root / "search.json") if (root / "search.json").is_file() else {}
+        search = sweepdir.read_search(root) if sweepdir.has_search(root) else {}
         return cls(experiment.get("name", ""), experiment.get("description", ""), experiment.get("path", ""), variants,
                    list(spec.get("overrides", [])), list(report.get("metrics", [])), report.get("title", ""),
                    list(report.get("compare", [])), str(report.get("baseline", "best")), search)

@@ -32,7 +32,7 @@ from imer.errors import IMERError
 from imer.evaluation.metrics import metric_label, shown_raw
 from imer.evaluation.significance import Comparison
 from imer.experiments.spec import overrides_for
-from imer.io import atomic_write, read_json, write_json
+from imer.io import atomic_write, write_json
 from imer.reports.aggregate import Aggregate, SweepInfo, aggregate, comparisons
 from imer.reports.plots import write_plots
 from imer.reports.runs import RunRecord, collect_runs
@@ -49,6 +49,7 @@ from imer.reports.sections import (
 )
 from imer.reports.tables import ConditionTable, PaperTable, cost_table, csv_rows, latex_table, markdown_table, metric_table
 from imer.reports.text import STD_NOTE, csv_text, fmt_cell, metric_pair, rate_text
+from imer.runfolder import sweepdir
 
 
 @dataclass
@@ -149,13 +150,6 @@ class Report:
         }
 
 
-def _failed_cells(root: Path) -> list[str]:
-    path = root / "sweep.json"
-    if not path.is_file():
-        return []
-    return [c["path"] for c in read_json(path).get("cells", []) if c.get("status") == "failed"]
-
-
 def report_page(report: "Report") -> str:
     """The whole report as one markdown page (what docs/ links to)."""
     info = report.info
@@ -252,7 +246,7 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, plots: boo
         raise IMERError(f"{root}: no finished runs (metrics.json) found; run `imer sweep ... --out {root}` first")
     info = SweepInfo.read(root)
     aggregates = aggregate(runs, info.order)
-    report = Report(root, out, runs, aggregates, PaperTable.build(aggregates, runs), ConditionTable.build(aggregates), _failed_cells(root),
+    report = Report(root, out, runs, aggregates, PaperTable.build(aggregates, runs), ConditionTable.build(aggregates), sweepdir.failed_cells(root),
                     info=info, ablations=ablation_tables(aggregates, runs, info.bases), comparisons=comparisons(aggregates, runs, info))
     out.mkdir(parents=True, exist_ok=True)
     for name, fmt in (("table.md", "md"), ("table.tex", "latex"), ("table.csv", "csv")):

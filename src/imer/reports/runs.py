@@ -8,13 +8,12 @@ after their method, with no config hash.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imer.errors import IMERError
-from imer.io import read_json
+from imer.runfolder import RunFolder, finished_runs
 
 @dataclass
 class RunRecord:
@@ -41,14 +40,15 @@ class RunRecord:
 
     @property
     def has_history(self) -> bool:
-        return (self.path / "history.jsonl").is_file()
+        return RunFolder(self.path).has("history.jsonl")
 
 
 def read_run(run_dir: Path) -> RunRecord:
     """The record of one finished run folder."""
-    path = run_dir / "metrics.json"
+    folder = RunFolder(run_dir)
+    path = folder.file("metrics.json")
     try:
-        m = read_json(path)
+        m = folder.read("metrics.json")
         missing = m.get("missing", {})
         record = RunRecord(
             path=run_dir,
@@ -68,8 +68,8 @@ def read_run(run_dir: Path) -> RunRecord:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise IMERError(f"{path}: not a metrics file written by imer ({type(exc).__name__}: {exc})") from None
-    if (run_dir / "conditions.json").is_file():
-        record.conditions = read_json(run_dir / "conditions.json")["conditions"]
+    if folder.has("conditions.json"):
+        record.conditions = folder.read("conditions.json")["conditions"]
     return record
 
 
@@ -84,7 +84,7 @@ def collect_runs(root: str | Path) -> list[RunRecord]:
     if not root.is_dir():
         raise IMERError(f"{root}: not a directory")
     trials = root / "search"
-    return [read_run(path.parent) for path in sorted(root.rglob("metrics.json")) if trials not in path.parents]
+    return [read_run(folder.path) for folder in finished_runs(root) if trials not in folder.path.parents]
 
 
 def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
@@ -94,27 +94,13 @@ def history_modality_acc(run_dir: Path) -> list[dict[str, float]] | None:
     unless ``train.eval_test_each_epoch`` is set, and curves over epochs are
     a model-selection view anyway.
     """
-    path = run_dir / "history.jsonl"
-    if not path.is_file():
-        return None
     series = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for record in RunFolder(run_dir).history():
         split = record.get("valid") or {}
         if "modality_acc" not in split:
             return None
         series.append(split["modality_acc"])
     return series or None
-
-
-def history(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of ``history.jsonl`` (empty when absent)."""
-    path = run_dir / "history.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def best_per_stage(run: RunRecord) -> list[dict[str, Any]]:
@@ -130,7 +116,7 @@ def best_per_stage(run: RunRecord) -> list[dict[str, Any]]:
 
     metric = (run.metrics or {}).get("selection", {}).get("metric")
     stages: list[dict[str, Any]] = []
-    for record in history(run.path) if metric else []:
+    for record in RunFolder(run.path).history() if metric else []:
         score = record.get("valid", {}).get(metric)
         if not stages or stages[-1]["stage"] != record.get("stage"):
             stages.append({"stage": record.get("stage"), "first": record["epoch"], "epoch": None, "valid": None, "test": None})
@@ -158,7 +144,7 @@ def selected_by_rule(run: RunRecord, rule: str) -> dict[str, Any] | None:
     if rule == run.selection:
         return {"epoch": (run.metrics or {}).get("selection", {}).get("best_epoch"), "test": run.test}
     metric = (run.metrics or {}).get("selection", {}).get("metric")
-    records = history(run.path)
+    records = RunFolder(run.path).history()
     if metric is None or not records or any(not r.get("test") for r in records):
         return None
     split = "test" if rule == "test-published" else "valid"
@@ -174,17 +160,14 @@ def selected_diagnostics(run: RunRecord, split: str = "test") -> tuple[str, dict
 
     Keys are flattened (``a/b``); None if nothing was logged.
     """
-    path = run.path / "history.jsonl"
     best = (run.metrics or {}).get("selection", {}).get("best_epoch")
-    if best is None or not path.is_file():
+    if best is None:
         return None
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record.get("epoch") == best:
-                logged = record.get("diagnostics", {})
-                used = split if logged.get(split) else "valid"  # test is logged only with train.eval_test_each_epoch
-                return (used, _flatten(logged[used])) if logged.get(used) else None
+    for record in RunFolder(run.path).history():
+        if record.get("epoch") == best:
+            logged = record.get("diagnostics", {})
+            used = split if logged.get(split) else "valid"  # test is logged only with train.eval_test_each_epoch
+            return (used, _flatten(logged[used])) if logged.get(used) else None
     return None
 
 
@@ -201,7 +184,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
 def run_row(run: RunRecord) -> dict[str, Any]:
     """One flat row: identity, every scalar test metric (plain names), ``valid.*``, ``modality_acc.*``, conditions, cost."""
     m = run.metrics or {}
-    env = read_json(run.path / "environment.json") if (run.path / "environment.json").is_file() else {}
+    folder = RunFolder(run.path)
+    env = folder.read("environment.json") if folder.has("environment.json") else {}
     row: dict[str, Any] = {
         "dataset": run.dataset, "variant": run.variant, "method": run.method, "rate": run.rate, "seed": run.seed, "fold": run.fold,
         "condition": m.get("missing", {}).get("test_protocol"), "task": run.task,

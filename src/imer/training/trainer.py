@@ -24,13 +24,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from imer.config.schema import TrainConfig
 from imer.data.batching import SplitBatcher
 from imer.data.missing import derive_seed, missing_fraction
 from imer.errors import IMERError
 from imer.evaluation.metrics import MetricAccumulator, is_better
-from imer.io import append_jsonl, atomic_write, dumps, loads
+from imer.io import dumps, loads
 from imer.models.base import IMERModel
-from imer.training.checkpoint import load_checkpoint, save_checkpoint
+from imer.runfolder.folder import RunFolder
 
 
 class TrainingError(IMERError):
@@ -63,8 +64,8 @@ class CheckpointPolicy:
     """When the resume checkpoint is written: every ``every`` epochs or ``minutes`` minutes
     (0 disables either), and always at the first epoch of a stage and at the last epoch."""
 
-    every: int = 0
-    minutes: float = 1.0
+    every: int
+    minutes: float
 
     def due(self, epoch: int, last_epoch: bool, new_stage: bool, seconds_since: float) -> bool:
         by_epoch = self.every > 0 and (epoch + 1) % self.every == 0
@@ -120,46 +121,32 @@ class Trainer:
     def __init__(
         self,
         model: IMERModel,
+        train: TrainConfig,
         *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        weight_decay: float = 0.0,
-        optimizer: str = "adam",
-        grad_clip: float = 0.0,
         select_metric: str,
-        selection: str = "valid",
         seed: int = 0,
         device: str | torch.device = "cpu",
         run_dir: str | Path | None = None,
-        progress: bool = True,
-        eval_test_each_epoch: bool = False,
-        patience: int = 0,
-        checkpoint: CheckpointPolicy | None = None,
-        bucket: int = 8,
         hooks: list[Callable[[dict[str, Any]], None]] | None = None,
     ) -> None:
-        """``patience`` > 0 stops after that many epochs without a better validation score;
-        ``bucket`` is the pool (in batches) of length-bucketed batching for dialogue methods (0 = plain shuffling)."""
+        """Settings come from ``train`` (epochs, optimiser, selection rule, patience, checkpoints, bucketing);
+        ``select_metric`` is ``train.select_metric`` resolved for the data's task, ``device`` ``train.device`` resolved.
+        ``run_dir`` receives ``history.jsonl`` and ``checkpoint.pt`` (none without it)."""
         self.model = model
-        self.epochs, self.batch_size = epochs, batch_size
-        self.grad_clip = grad_clip
-        self.select_metric, self.selection = select_metric, selection
+        self.epochs, self.batch_size = train.epochs, train.batch_size
+        self.grad_clip = train.grad_clip
+        self.select_metric, self.selection = select_metric, train.selection
         self.seed = seed
         self.device = torch.device(device)
-        self.run_dir = Path(run_dir) if run_dir else None
-        self.progress = progress
-        self.eval_test_each_epoch = eval_test_each_epoch or selection == "test-published"
-        self.patience = patience
-        self.checkpoint_policy = checkpoint or CheckpointPolicy()
-        self.bucket = bucket if model.uses_context else 0
+        self.folder = RunFolder(run_dir) if run_dir else None
+        self.progress = train.progress
+        self.eval_test_each_epoch = train.eval_test_each_epoch or train.selection == "test-published"
+        self.patience = train.patience
+        self.checkpoint_policy = CheckpointPolicy(train.checkpoint_every, train.checkpoint_minutes)
+        self.bucket = train.bucket if model.uses_context else 0
         self.hooks = list(hooks or [])  # called with each epoch's history record, after it is logged
         self.model.to(self.device)
-        self.optimizer = make_optimizer(model, optimizer, lr, weight_decay)
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        return self.run_dir / "checkpoint.pt" if self.run_dir else None
+        self.optimizer = make_optimizer(model, train.optimizer, train.lr, train.weight_decay)
 
     def fit(
         self,
@@ -173,7 +160,7 @@ class Trainer:
         if self.model.convex_mask_draws():
             return self._fit_convex(train, train_mask, valid, test)
         start, best, history = 0, {"epoch": -1, "score": None, "valid": None, "test": None, "state": None}, []
-        if resume and self.checkpoint_path and self.checkpoint_path.is_file():
+        if resume and self.folder is not None and self.folder.interrupted:
             start, best, history = self._restore()
         elapsed: list[float] = [h["seconds"] for h in history]
         stopped_early = self._patience_exhausted(len(history) - 1, best) if history else False
@@ -241,8 +228,8 @@ class Trainer:
 
         The fit takes seconds, so it is always redone from scratch (no checkpoint; ``--resume`` refits).
         """
-        if self.run_dir is not None:
-            (self.run_dir / "history.jsonl").unlink(missing_ok=True)
+        if self.folder is not None:
+            self.folder.clear_history()
         t0 = time.perf_counter()
         masks = [train_mask(k) for k in range(self.model.convex_mask_draws())]
         best, history = {"epoch": -1, "score": None}, []
@@ -321,15 +308,13 @@ class Trainer:
         """Append an epoch's record to ``history.jsonl`` and hand it to every hook (tracking sinks)."""
         for hook in self.hooks:
             hook(record)
-        if self.run_dir is None:
-            return
-        append_jsonl(self.run_dir / "history.jsonl", record)
+        if self.folder is not None:
+            self.folder.append_history(record)
 
     def _checkpoint(self, epoch: int, best: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        if self.checkpoint_path is None:
+        if self.folder is None:
             return
-        save_checkpoint(
-            self.checkpoint_path,
+        self.folder.save_checkpoint(
             {
                 "epoch": epoch,
                 "model": self.model.state_dict(),
@@ -345,7 +330,7 @@ class Trainer:
         )
 
     def _restore(self) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
-        state = load_checkpoint(self.checkpoint_path)
+        state = self.folder.load_checkpoint()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -357,8 +342,6 @@ class Trainer:
             "test": loads(state["best_test"]),
             "state": state["best_state"],
         }
-        if self.run_dir is not None:
-            with atomic_write(self.run_dir / "history.jsonl") as fh:
-                fh.write("".join(dumps(h) + "\n" for h in history))
+        self.folder.write_history(history)
         return int(state["epoch"]) + 1, best, history
 

@@ -1,0 +1,82 @@
+"""A finished run folder back in memory: config, model with its best weights, scaler, data spec."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imer.config import RunConfig, config_from_dict, validate_run_config
+from imer.data import MultimodalDataset, Standardizer
+from imer.errors import ConfigError, DataError
+from imer.models import DataSpec, IMERModel, create_model
+from imer.runfolder import RunFolder
+
+
+def dataset_fingerprint(dataset: MultimodalDataset) -> str:
+    """SHA-256 (16 hex digits) of a dataset's arrays: the same data gives the same fingerprint."""
+    digest = hashlib.sha256()
+    parts = [dataset.labels, dataset.available, dataset.utterance_ids, dataset.group_ids, dataset.order]
+    parts += [dataset.split if dataset.split is not None else np.array([]), dataset.fold if dataset.fold is not None else np.array([])]
+    for m, x in dataset.features.items():
+        digest.update(m.encode())
+        parts.append(np.where(np.isfinite(x), x, 0))
+    for array in parts:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to evaluate or predict."""
+
+    config: RunConfig
+    model: IMERModel
+    scaler: Standardizer
+    spec: DataSpec
+    class_names: list[str] | None
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Rebuild a trained model from its run directory (safetensors weights, JSON config).
+
+    Every file is checked before use: a missing, truncated, crafted or
+    mismatched file raises :class:`DataError` naming it.
+    """
+    folder = RunFolder(run_dir)
+    folder.check_finished()
+    raw = folder.read_config()
+    try:
+        config = config_from_dict(raw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run's own warnings were shown when it was trained
+            validate_run_config(config, check_data=False)  # the data is checked when (and if) it is loaded
+    except ConfigError as exc:
+        raise DataError(f"{folder.file('config.json')}: {exc}") from None
+    spec, class_names = folder.read_spec()
+    model = create_model(config.method, spec, config.model)
+    _load_matching_weights(model, folder)
+    model.on_epoch_start(folder.best_epoch())
+    model.eval()
+    return LoadedRun(config, model, folder.load_scaler(spec), spec, class_names)
+
+
+def _load_matching_weights(model: IMERModel, folder: RunFolder) -> None:
+    """Load weights after checking every tensor's name and shape against the model built from the config."""
+    path = folder.file("model.safetensors")
+    weights = folder.load_weights()
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        name = (missing or extra)[0]
+        raise DataError(f"{path}: weights do not fit the run's config (tensor '{name}' {'missing' if missing else 'unexpected'}); "
+                        "config.json and model.safetensors come from different runs")
+    for name, tensor in expected.items():
+        if tuple(weights[name].shape) != tuple(tensor.shape):
+            raise DataError(f"{path}: weights do not fit the run's config (tensor '{name}' has shape {tuple(weights[name].shape)}, "
+                            f"the model expects {tuple(tensor.shape)}); config.json and model.safetensors come from different runs")
+    model.load_state_dict(weights)

@@ -1,0 +1,188 @@
+"""The run folder: which files a run directory holds, and the only code that writes, reads and checks them.
+
+``imer train --out DIR`` writes one self-describing folder (see :data:`FILES`).
+A run is *finished* when ``metrics.json`` exists and *interrupted* when only
+``checkpoint.pt`` does; a sweep cell is ``done``, ``partial`` or ``todo``
+(:meth:`RunFolder.state`). Every write is atomic (:mod:`imer.io`), so a run
+killed mid-write leaves the previous version of a file or none.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imer.data.scaling import Standardizer
+from imer.errors import DataError
+from imer.io import append_jsonl, atomic_write, dumps, read_json, write_json
+from imer.models.base import DataSpec
+from imer.runfolder.predictions import write_predictions
+from imer.runfolder.tensors import load_checkpoint, load_weights, save_checkpoint, save_weights
+
+# Every file a run folder may hold; --overwrite removes them before training again.
+FILES = {
+    "config.json": "the complete config of the run (every default resolved)",
+    "run_spec.json": "modalities, feature widths, task and classes: what `imer predict` needs besides the weights",
+    "environment.json": "versions, machine, time",
+    "features.json": "which extractor made each modality (when the dataset's feature origin is known)",
+    "metrics.json": "test and valid metrics at the selected epoch, selection, cost, warnings",
+    "history.jsonl": "one line per epoch",
+    "model.safetensors": "the best weights",
+    "scaler.npz": "the training-set standardisation",
+    "masks.npz": "the fixed valid/test availability masks",
+    "predictions_test.csv": "per-utterance test predictions",
+    "checkpoint.pt": "resume state (model, optimizer, RNG)",
+    "conditions.json": "test metrics under every fixed condition (`--all-conditions`, sweeps with conditions)",
+    "error.json": "why a sweep cell failed",
+}
+# What `--overwrite` removes (features.json is rewritten by every run that has one).
+RUN_FILES = tuple(name for name in FILES if name != "features.json")
+# A finished run that can be evaluated and predicted with.
+FINISHED = ("config.json", "run_spec.json", "model.safetensors", "scaler.npz", "metrics.json")
+# What a copy of a model keeps (imer.Model.save): everything but the resume and sweep state.
+SAVED = ("config.json", "run_spec.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz", "masks.npz",
+         "environment.json", "predictions_test.csv")
+
+
+class RunFolder:
+    """One run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        """The path of run file ``name`` (one of :data:`FILES`)."""
+        if name not in FILES:
+            raise KeyError(f"{name!r} is not a run-folder file; known: {', '.join(FILES)}")
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        return self.file(name).is_file()
+
+    @property
+    def finished(self) -> bool:
+        return self.has("metrics.json")
+
+    @property
+    def interrupted(self) -> bool:
+        return self.has("checkpoint.pt")
+
+    def state(self, conditions: bool = False) -> str:
+        """``done`` (finished, with ``conditions.json`` when asked for), ``partial`` (a checkpoint or a model) or ``todo``."""
+        if self.finished:
+            return "done" if not conditions or self.has("conditions.json") else "partial"
+        return "partial" if self.interrupted else "todo"
+
+    def clear(self) -> None:
+        """Remove every run file (``--overwrite``)."""
+        for name in RUN_FILES:
+            self.remove(name)
+
+    # ------------------------------------------------------------------ JSON files
+    def write(self, name: str, values: Any) -> None:
+        """Write the JSON file ``name`` atomically."""
+        write_json(self.file(name), values)
+
+    def read(self, name: str, what: str | None = None) -> Any:
+        """The content of the JSON file ``name``; :class:`DataError` naming ``what`` when it is damaged."""
+        return read_json(self.file(name), what or "JSON file")
+
+    def remove(self, name: str) -> None:
+        self.file(name).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ history
+    def append_history(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.file("history.jsonl"), record)
+
+    def write_history(self, records: list[dict[str, Any]]) -> None:
+        with atomic_write(self.file("history.jsonl")) as fh:
+            fh.write("".join(dumps(r) + "\n" for r in records))
+
+    def clear_history(self) -> None:
+        self.remove("history.jsonl")
+
+    def history(self) -> list[dict[str, Any]]:
+        """The records of ``history.jsonl`` (empty when absent)."""
+        if not self.has("history.jsonl"):
+            return []
+        return [json.loads(line) for line in self.file("history.jsonl").read_text().splitlines() if line.strip()]
+
+    # ------------------------------------------------------------------ tensors and arrays
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.file("checkpoint.pt"), state)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        return load_checkpoint(self.file("checkpoint.pt"))
+
+    def save_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        save_weights(self.file("model.safetensors"), state_dict)
+
+    def load_weights(self) -> dict[str, torch.Tensor]:
+        return load_weights(self.file("model.safetensors"))
+
+    def save_scaler(self, scaler: Standardizer) -> None:
+        scaler.save(self.file("scaler.npz"))
+
+    def load_scaler(self, spec: DataSpec) -> Standardizer:
+        return Standardizer.load(self.file("scaler.npz"), list(spec.modalities), spec.dim_of)
+
+    def save_masks(self, masks: dict[str, np.ndarray], indices: dict[str, np.ndarray]) -> None:
+        """The fixed availability masks of each split and the dataset positions they belong to."""
+        with atomic_write(self.file("masks.npz"), "wb") as fh:
+            np.savez(fh, **{f"{s}_available": m for s, m in masks.items()}, **{f"{s}_index": indices[s] for s in masks})
+
+    def save_predictions(self, rows: list[dict[str, Any]]) -> None:
+        write_predictions(self.file("predictions_test.csv"), rows)
+
+    def copy_model(self, target: str | Path) -> None:
+        """Copy the files of :data:`SAVED` that exist into ``target`` (created)."""
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for name in SAVED:
+            if self.has(name):
+                shutil.copy2(self.file(name), Path(target) / name)
+
+    # ------------------------------------------------------------------ a finished run, checked
+    def check_finished(self) -> None:
+        """:class:`DataError` unless the folder holds a finished run (every file evaluation and prediction need)."""
+        if not self.path.is_dir():
+            raise DataError(f"{self.path}: run folder not found (give the --out folder of `imer train`)")
+        for name in FINISHED:
+            if not self.has(name):
+                raise DataError(f"{self.path}: not a finished run directory ({name} missing); train it to the end or --resume it")
+
+    def read_config(self) -> dict[str, Any]:
+        raw = self.read("config.json", "run config")
+        if not isinstance(raw, dict):
+            raise DataError(f"{self.file('config.json')}: not a run config (expected a JSON object)")
+        return raw
+
+    def read_spec(self) -> tuple[DataSpec, list[str] | None]:
+        """The run's data spec and class names from ``run_spec.json``, checked."""
+        path = self.file("run_spec.json")
+        info = self.read("run_spec.json", "run spec")
+        try:
+            modalities = [str(m) for m in info["modalities"]]
+            dims = [int(d) for d in info["dims"]]
+            task, num_classes = str(info["task"]), int(info["num_classes"])
+            class_names = None if info.get("class_names") is None else [str(c) for c in info["class_names"]]
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path}: lacks modalities, dims, task or num_classes; the run folder is damaged, train again") from None
+        if len(dims) != len(modalities) or min(dims, default=0) < 1 or task not in ("classification", "regression") or num_classes < 1:
+            raise DataError(f"{path}: inconsistent modalities/dims/task/num_classes; the run folder is damaged, train again")
+        return DataSpec(tuple(modalities), tuple(dims), task, num_classes), class_names
+
+    def best_epoch(self) -> int:
+        try:
+            return int(self.read("metrics.json", "run metrics")["selection"]["best_epoch"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{self.file('metrics.json')}: no selection.best_epoch; the run folder is damaged, train again") from None
+
+
+def finished_runs(root: str | Path) -> list[RunFolder]:
+    """Every finished run folder under ``root`` (``metrics.json`` present), sorted by path."""
+    return [RunFolder(path.parent) for path in sorted(Path(root).rglob("metrics.json"))]
