@@ -146,7 +146,7 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
     for variant in variants:
         extra = LEGACY_OVERRIDES if variant == "before" else []
         config = build_run_config(method, "cmu-mosi" if size == "cmu-mosi" else "synthetic", overrides=[*overrides, *extra],
-                                  seed=0, train__epochs=epochs, train__progress=False, train__threads=threads, missing__rate=0.4)
+                                  settings={"seed": 0, "train.epochs": epochs, "train.progress": False, "train.threads": threads, "missing.rate": 0.4})
         data = prepare_data(config, dataset)
         torch.manual_seed(0)
         model = (baseline_create if variant == "main" else create_model)(method, data.spec, config.model)

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from speed import make_dataset
 
     dataset = make_dataset(args.size, args.data_dir)
-    config = build_run_config(args.method, "cmu-mosi" if args.size == "cmu-mosi" else "synthetic", seed=0, data__data_dir=args.data_dir,
-                              train__progress=False, missing__rate=0.4)
+    config = build_run_config(args.method, "cmu-mosi" if args.size == "cmu-mosi" else "synthetic",
+                              settings={"seed": 0, "data.data_dir": args.data_dir, "train.progress": False, "missing.rate": 0.4})
     data = prepare_data(config, dataset)
     torch.manual_seed(0)
     model = create_model(args.method, data.spec, config.model)

@@ -64,7 +64,7 @@ def test_from_arrays_infers_task_classes_groups_and_split():
 
 def test_train_does_not_change_the_callers_config(tmp_path):
     config = build_run_config("early-fusion", "synthetic", overrides=["data.options.num_groups=10", "data.options.max_len=4", "hidden=8"],
-                              train__epochs=1, train__progress=False)
+                              settings={"train.epochs": 1, "train.progress": False})
     before = copy.deepcopy(config)
     metrics = train(config, tmp_path / "run")
     assert config == before
@@ -73,16 +73,16 @@ def test_train_does_not_change_the_callers_config(tmp_path):
     assert metrics["variant"] == "early-fusion" and len(metrics["config_hash"]) == 12
 
 
-def _tiny(**kw):
+def _tiny(**settings):
     return build_run_config("late-fusion", "synthetic", overrides=["data.options.num_groups=10", "data.options.max_len=4", "hidden=8"],
-                            train__epochs=2, train__progress=False, **kw)
+                            settings={"train.epochs": 2, "train.progress": False, **settings})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed (pip install 'imer[tensorboard]')")
 def test_tensorboard_sink_logs_every_epoch(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(_tiny(train__log_to="tensorboard"), tmp_path / "run")
+    train(_tiny(**{"train.log_to": "tensorboard"}), tmp_path / "run")
     events = EventAccumulator(str(tmp_path / "run/tensorboard"))
     events.Reload()
     history = [json.loads(line) for line in (tmp_path / "run/history.jsonl").read_text().splitlines()]
@@ -99,7 +99,7 @@ def test_mlflow_sink_logs_params_and_every_epoch(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a throw-away local store for the test
     from mlflow.tracking import MlflowClient
 
-    train(_tiny(train__log_to="mlflow"), tmp_path / "run", variant="lf-tiny")
+    train(_tiny(**{"train.log_to": "mlflow"}), tmp_path / "run", variant="lf-tiny")
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("imer-test").experiment_id])
     assert run.info.run_name == "lf-tiny" and run.info.status == "FINISHED"
@@ -111,12 +111,12 @@ def test_mlflow_sink_logs_params_and_every_epoch(tmp_path, monkeypatch):
 
 def test_unknown_sink_is_refused():
     with pytest.raises(Exception, match="log_to"):
-        _tiny(train__log_to="wandb")
+        _tiny(**{"train.log_to": "wandb"})
 
 
 def test_development_folds_run_holds_out_a_fold_and_never_reads_the_test_part(tmp_path):
     config = build_run_config("early-fusion", "synthetic", overrides=["data.options.num_groups=12", "data.options.max_len=4", "hidden=8",
-                                                                      "data.dev_folds=3", "data.fold=2"], train__epochs=1, train__progress=False)
+                                                                      "data.dev_folds=3", "data.fold=2"], settings={"train.epochs": 1, "train.progress": False})
     metrics = train(config, tmp_path / "run")
     full = load_dataset("synthetic", None, num_groups=12, max_len=4)
     dev = full.development_folds(3, seed=0)

@@ -40,3 +40,12 @@ def test_readme_predict_example_runs(tmp_path, monkeypatch):
     assert main(["predict", "--model", run, "--input", "new.npz", "--out", "predictions.csv"]) == 0
     rows = (tmp_path / "predictions.csv").read_text().splitlines()
     assert len(rows) == 6 and rows[3].split(",")[-2] == "0"  # utterance 2: text not used (has_text = 0)
+
+
+def test_options_page_is_generated_from_the_field_declarations(capsys):
+    from imer.config.describe import option_rows, options_markdown
+
+    assert (DOC.parent / "options.md").read_text() == options_markdown()  # regenerate: imer.config.describe.options_markdown()
+    assert all(row[4] for row in option_rows())  # every option says what it means
+    assert main(["list", "--options"]) == 0
+    assert "train.lr" in capsys.readouterr().out

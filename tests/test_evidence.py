@@ -117,8 +117,8 @@ def test_test_selection_from_history_equals_a_test_published_run(tmp_path, metho
     (staged methods switch stage within the 4 epochs; linear's epochs are its penalty candidates)."""
     sets = [f"{k}={json.dumps(v)}" for k, v in TINY.items()] + ["train.eval_test_each_epoch=true"] + stage
     for rule in ("valid", "test-published"):
-        config = build_run_config(method, "synthetic", overrides=sets + [f"train.selection={rule}"], seed=1, missing__rate=0.4,
-                                  train__epochs=4, train__progress=False, train__threads=1)
+        config = build_run_config(method, "synthetic", overrides=sets + [f"train.selection={rule}"],
+                                  settings={"seed": 1, "missing.rate": 0.4, "train.epochs": 4, "train.progress": False, "train.threads": 1})
         train(config, tmp_path / rule)
     honest, published = read_run(tmp_path / "valid"), read_run(tmp_path / "test-published")
     derived = selected_by_rule(honest, "test-published")
@@ -130,7 +130,8 @@ def test_test_selection_from_history_equals_a_test_published_run(tmp_path, metho
 
 def test_selection_needs_per_epoch_test(tmp_path):
     sets = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
-    config = build_run_config("early-fusion", "synthetic", overrides=sets, missing__rate=0.4, train__epochs=2, train__progress=False, train__threads=1)
+    config = build_run_config("early-fusion", "synthetic", overrides=sets,
+                              settings={"missing.rate": 0.4, "train.epochs": 2, "train.progress": False, "train.threads": 1})
     train(config, tmp_path / "run")
     assert selected_by_rule(read_run(tmp_path / "run"), "test-published") is None
 

@@ -102,18 +102,18 @@ def test_overwrite_replaces_and_resume_extends(tmp_path):
 
 # ----------------------------------------------------------------------------- stages scale with the budget
 def test_stage_length_as_fraction_of_the_budget():
-    config = build_run_config("momke", "synthetic", overrides=["stage_epochs=0.25"], train__epochs=40)
+    config = build_run_config("momke", "synthetic", overrides=["stage_epochs=0.25"], settings={"train.epochs": 40})
     assert config.model["stage_epochs"] == 10
-    config = build_run_config("comp", "synthetic", overrides=["stage_epoch=0.5"], train__epochs=7)
+    config = build_run_config("comp", "synthetic", overrides=["stage_epoch=0.5"], settings={"train.epochs": 7})
     assert config.model["stage_epoch"] == 4
 
 
 def test_stage_that_never_starts_is_warned_about():
     with pytest.warns(UserWarning, match=r"model.stage_epochs=150 but train.epochs=20: the stage after it never starts"):
-        build_run_config("momke", "synthetic", overrides=["stage_epochs=150"], train__epochs=20)
+        build_run_config("momke", "synthetic", overrides=["stage_epochs=150"], settings={"train.epochs": 20})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        build_run_config("momke", "synthetic", train__epochs=20)  # the shipped default is a fraction
+        build_run_config("momke", "synthetic", settings={"train.epochs": 20})  # the shipped default is a fraction
 
 
 # ----------------------------------------------------------------------------- model selection vs a constant predictor
@@ -124,7 +124,7 @@ def test_selection_no_better_than_constant_warns_and_is_recorded(tmp_path):
     save_custom(dataset, path)
     from imer.experiments.run import train
 
-    config = build_run_config("early-fusion", str(path), overrides=["hidden=4"], train__epochs=1, train__progress=False)
+    config = build_run_config("early-fusion", str(path), overrides=["hidden=4"], settings={"train.epochs": 1, "train.progress": False})
     with pytest.warns(UserWarning, match="no better than a constant prediction"):
         metrics = train(config, tmp_path / "r")
     assert metrics["selection"]["constant_baseline"]["valid"] == 1.0

@@ -70,17 +70,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.dataset,
         config_file=args.config,
         overrides=args.set,
-        seed=args.seed,
-        data__data_dir=args.data_dir,
-        data__fold=args.fold,
-        missing__rate=args.missing_rate,
-        missing__test_rate=args.test_missing_rate,
-        missing__test_condition=args.test_condition,
-        train__epochs=args.epochs,
-        train__device=args.device,
-        train__threads=args.threads,
-        train__progress=False if args.no_progress else None,
-        train__log_to=args.log_to,
+        settings={
+            "seed": args.seed,
+            "data.data_dir": args.data_dir,
+            "data.fold": args.fold,
+            "missing.rate": args.missing_rate,
+            "missing.test_rate": args.test_missing_rate,
+            "missing.test_condition": args.test_condition,
+            "train.epochs": args.epochs,
+            "train.device": args.device,
+            "train.threads": args.threads,
+            "train.progress": False if args.no_progress else None,
+            "train.log_to": args.log_to,
+        },
     )
     metrics = train(config, args.out, resume=args.resume, overwrite=args.overwrite)
     sel = metrics["selection"]
@@ -260,6 +262,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from imer.experiments.spec import filter_names, load_spec
     from imer.models import get_model_class, list_models
 
+    if args.options:
+        from imer.config.describe import option_rows
+
+        _table("run options (--set KEY=VALUE)", ["key", "type", "default", "allowed", "meaning"], option_rows())
+        return 0
     if args.spec:
         variants = load_spec(args.spec)[0]["variants"]
         shown = set(filter_names([v.name for v in variants], args.pattern))
@@ -616,10 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     ls = sub.add_parser("list", help="registered methods and datasets, or the variants of a spec file",
-                        epilog="examples:\n  imer list\n  imer list 'comp*'\n  imer list 'comp*' --spec experiments/mosi_comp.toml",
+                        epilog="examples:\n  imer list\n  imer list 'comp*'\n  imer list 'comp*' --spec experiments/mosi_comp.toml\n  imer list --options",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("pattern", nargs="?", help="shell-style name filter, e.g. 'comp*'")
     ls.add_argument("--spec", help="list the variants of this experiment spec file instead")
+    ls.add_argument("--options", action="store_true", help="list the run options (train, missing, data, seed) instead")
     ls.set_defaults(func=cmd_list)
     return parser
 

@@ -14,11 +14,12 @@ from imer.config.build import (
     resolve_config_file,
 )
 from imer.config.identity import config_hash, dataset_label
-from imer.config.schema import RUN_LOCAL, DataConfig, MissingConfig, RunConfig, TrainConfig
+from imer.config.schema import RESUME_FREE, RUN_LOCAL, DataConfig, MissingConfig, RunConfig, TrainConfig
 from imer.config.validation import check_select_metric, validate_run_config
 
 __all__ = [
     "CONFIG_ROOT",
+    "RESUME_FREE",
     "RUN_LOCAL",
     "DataConfig",
     "MissingConfig",

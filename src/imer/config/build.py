@@ -14,10 +14,11 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from imer.config.schema import RunConfig
+from imer.config.schema import SECTIONS, RunConfig
 from imer.config.validation import validate_data_config, validate_run_config
 from imer.data.registry import is_custom_path, needs_data_dir
 from imer.errors import ConfigError
@@ -31,9 +32,6 @@ else:  # pragma: no cover
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 
-_SECTIONS = ("data", "missing", "train")
-
-
 def merge_into(config: RunConfig, values: dict[str, Any], source: str = "config") -> None:
     """Merge a nested mapping into ``config``; unknown keys are an error naming ``source``."""
     for key, value in values.items():
@@ -43,7 +41,7 @@ def merge_into(config: RunConfig, values: dict[str, Any], source: str = "config"
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: 'model' must be a table of options")
             config.model.update(value)
-        elif key in _SECTIONS:
+        elif key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{key}' must be a table")
             section = getattr(config, key)
@@ -124,7 +122,11 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
-    key, value = key.strip(), parse_value(raw.strip())
+    set_option(config, key.strip(), parse_value(raw.strip()))
+
+
+def set_option(config: RunConfig, key: str, value: Any) -> None:
+    """Set the option ``key`` (a ``--set`` key: ``train.lr``, ``model.hidden``, ``data.options.NAME`` or a bare field name) to ``value``."""
     parts = key.split(".")
     if key == "method" and value != config.method:
         raise ConfigError(f"--set: method is chosen with --method (here '{config.method}'), not --set method={value}")
@@ -138,7 +140,7 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     if parts[0] == "data" and len(parts) == 3 and parts[1] == "options":
         config.data.options[parts[2]] = value
         return
-    if parts[0] in _SECTIONS and len(parts) == 2:
+    if parts[0] in SECTIONS and len(parts) == 2:
         merge_into(config, {parts[0]: {parts[1]: value}}, source="--set")
         return
     if len(parts) == 1:
@@ -146,7 +148,7 @@ def apply_override(config: RunConfig, assignment: str) -> None:
         if key in model_fields:
             config.model[key] = value
             return
-        for section in _SECTIONS:
+        for section in SECTIONS:
             if key in {f.name for f in dataclasses.fields(getattr(config, section))}:
                 setattr(getattr(config, section), key, value)
                 return
@@ -164,11 +166,13 @@ def build_run_config(
     dataset: str,
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
     in_memory: bool = False,
-    **flags: Any,
 ) -> RunConfig:
-    """Assemble a run config from all layers; ``flags`` are ``section.field`` -> value (None = not given).
+    """Assemble a run config from all layers.
 
+    ``overrides`` are ``--set`` strings (``key=value``); ``settings`` the same keys with typed values, applied before
+    them (command-line flags such as ``--missing-rate``: ``{"missing.rate": 0.4}``; None = not given).
     ``in_memory``: ``dataset`` names a dataset given as an object (``imer.fit``), so it is not checked as a loader name.
     """
     config = RunConfig(method=method)
@@ -181,14 +185,9 @@ def build_run_config(
         merge_into(config, values, source=str(config_file))
         if values.get("method", method) != method:
             raise ConfigError(f"{config_file}: is for method '{values['method']}', not '{method}'")
-    for dotted, value in flags.items():
-        if value is None:
-            continue
-        section, _, name = dotted.partition("__")
-        if name:
-            setattr(getattr(config, section), name, value)
-        else:
-            setattr(config, section, value)
+    for key, value in (settings or {}).items():
+        if value is not None:
+            set_option(config, key, value)
     for assignment in overrides or []:
         apply_override(config, assignment)
     config.data.name = dataset if config.data.name in (None, "") else config.data.name

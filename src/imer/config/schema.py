@@ -1,43 +1,97 @@
-"""The typed run config: what determines a run's numbers, section by section."""
+"""The typed run config: what determines a run's numbers, section by section.
+
+Every field is declared once, with its type, default, allowed range or
+choices, and help text (:func:`option`); validation (:mod:`imer.config.validation`),
+``--set`` parsing, the config hash (``run_local``), resume checks
+(``resume_free``), ``imer list --options`` and docs/options.md all read
+them from here. Adding a run option is one line in its section below.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from imer.evaluation.metrics import TASKS, select_metrics
 
-# Run-config fields (dotted) that never change a run's numbers or name the cell rather than the setting: the config
-# hash leaves them out and the report does not compare them.
-RUN_LOCAL = frozenset({"seed", "data.fold", "data.data_dir", "train.threads", "train.progress", "train.device", "train.log_to",
-                       "train.checkpoint_every", "train.checkpoint_minutes"})
+SECTIONS = ("data", "missing", "train")
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a number (``None`` = unbounded); ``low_open``/``high_open`` exclude the ends."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
+
+    def text(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "finite"
+
+
+POSITIVE = Range(0, None, low_open=True)
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+UNIT = Range(0, 1)
+FRACTION = Range(0, 1, low_open=True, high_open=True)
+SEED = Range(0, MAX_SEED)
+FINITE = Range(None)
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING, range: Range | None = None,
+           choices: tuple[str, ...] | None = None, pattern: tuple[str, str] | None = None, run_local: bool = False,
+           resume_free: bool = False) -> Any:
+    """A config field with its checks and help.
+
+    ``range``: allowed interval of a number; ``choices``: allowed strings;
+    ``pattern``: (regex, what it admits) for a string. ``run_local``: never
+    changes a run's numbers (left out of the config hash, not compared by the
+    report); ``resume_free``: may differ between an interrupted run and its resumption.
+    """
+    meta = {"help": help, "range": range, "choices": choices, "pattern": pattern, "run_local": run_local, "resume_free": resume_free}
+    return field(default=default, default_factory=factory, metadata=meta)
 
 
 @dataclass
 class DataConfig:
-    """Which data, which fold, and how the validation part is carved.
+    """Which data, which fold, and how the validation part is carved."""
 
-    ``dev_folds = K > 0`` selects settings without the test set: the test part
-    is dropped and the train + valid groups are dealt into K seeded folds;
-    ``fold`` is then the held-out fold (see ``MultimodalDataset.development_folds``).
-    """
-
-    name: str = "synthetic"
-    data_dir: str | None = None
-    fold: int | None = None
-    valid_fraction: float = 0.15
-    split_seed: int = 0
-    dev_folds: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = option("synthetic", "registered dataset name or path to a custom .npz file")
+    data_dir: str | None = option(None, "data root (default: $IMER_DATA); stored resolved", run_local=True, resume_free=True)
+    fold: int | None = option(None, "held-out fold of a fold dataset (default: its first)", range=FINITE, run_local=True)
+    valid_fraction: float = option(0.15, "share of training groups carved out for validation where the data has no validation split",
+                                   range=FRACTION)
+    split_seed: int = option(0, "seed of that carving and of development folds", range=SEED)
+    dev_folds: int = option(0, "K > 0: drop the test part and deal train + valid groups into K seeded folds; fold = the held-out one",
+                            range=NON_NEGATIVE)
+    options: dict[str, Any] = option(factory=dict, help="the loader's own options (data.options.NAME=VALUE)")
 
 
 @dataclass
 class MissingConfig:
     """Missing-modality protocol: train rate, and test rate or fixed test condition."""
 
-    rate: float = 0.0
-    test_rate: float | None = None
-    test_condition: str | None = None
-    mask_seed: int | None = None
+    rate: float = option(0.0, "fraction of (utterance, modality) entries missing in training; fresh masks every epoch", range=UNIT)
+    test_rate: float | None = option(None, "rate of the fixed valid/test masks (default: rate)", range=UNIT)
+    test_condition: str | None = option(None, "evaluate under one fixed subset of modalities instead, e.g. at")
+    mask_seed: int | None = option(None, "seed of the fixed valid/test masks (default: the run seed)", range=SEED)
 
     @property
     def effective_test_rate(self) -> float:
@@ -46,50 +100,64 @@ class MissingConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, model selection and run mechanics.
+    """Optimisation, model selection and run mechanics."""
 
-    ``threads``: torch intra-op threads (None = the cores available, see
-    :mod:`imer.training.threads`). ``eval_test_each_epoch``: also evaluate the
-    test split after every epoch (per-epoch test curves in ``history.jsonl``;
-    off by default: selection never needs it). ``patience``: early stopping
-    after that many epochs without a better validation score (0 = off).
-    ``checkpoint_every`` / ``checkpoint_minutes``: resume checkpoint interval in
-    epochs / minutes of training (0 = off; also written at the first epoch of
-    each stage and at the end). By default once a minute: an interruption loses
-    at most a minute, and writing costs at most a fraction of a percent of the run.
-    ``bucket``: length-bucketed batches for dialogue methods, pooled over
-    this many batches (0 = plain shuffling).
-    """
-
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    grad_clip: float = 0.0
-    select_metric: str | None = None
-    selection: str = "valid"
-    device: str = "cpu"
-    threads: int | None = None
-    progress: bool = True
-    eval_test_each_epoch: bool = False
-    patience: int = 0
-    checkpoint_every: int = 0
-    checkpoint_minutes: float = 1.0
-    bucket: int = 8
-    log_to: str | None = None
+    epochs: int = option(30, "epoch budget", range=AT_LEAST_1, resume_free=True)
+    batch_size: int = option(32, "batch size (utterances, or dialogues for context methods)", range=AT_LEAST_1)
+    lr: float = option(1e-3, "learning rate", range=POSITIVE)
+    weight_decay: float = option(0.0, "weight decay", range=NON_NEGATIVE)
+    optimizer: str = option("adam", "optimiser", choices=("adam", "adamw", "sgd"))
+    grad_clip: float = option(0.0, "gradient norm clipping (0 = off)", range=NON_NEGATIVE)
+    select_metric: str | None = option(None, "validation metric of model selection (default: acc for classification, acc2 for regression)",
+                                       choices=tuple(name for task in TASKS for name in select_metrics(task)))
+    selection: str = option("valid", "selection rule: valid, or the published code's (optimistic) test-set selection",
+                            choices=("valid", "test-published"))
+    device: str = option("cpu", "torch device", pattern=(r"^(cpu|auto|mps|cuda(:\d+)?)$", "cpu, cuda, cuda:N, mps or auto"),
+                         run_local=True, resume_free=True)
+    threads: int | None = option(None, "torch intra-op threads (default: the cores available)", range=AT_LEAST_1, run_local=True,
+                                 resume_free=True)
+    progress: bool = option(True, "show a progress bar", run_local=True, resume_free=True)
+    eval_test_each_epoch: bool = option(False, "also evaluate the test split after every epoch (per-epoch test curves in history.jsonl)")
+    patience: int = option(0, "stop after this many epochs without a better validation score (0 = off)", range=NON_NEGATIVE)
+    checkpoint_every: int = option(0, "resume checkpoint every N epochs (0 = off; also at each stage's first epoch and at the end)",
+                                   range=NON_NEGATIVE, run_local=True, resume_free=True)
+    checkpoint_minutes: float = option(1.0, "resume checkpoint every N minutes of training (0 = off)", range=NON_NEGATIVE, run_local=True,
+                                       resume_free=True)
+    bucket: int = option(8, "length-bucketed batches for dialogue methods, pooled over this many batches (0 = plain shuffling)",
+                         range=NON_NEGATIVE)
+    log_to: str | None = option(None, "also log every epoch to TensorBoard or MLflow", choices=("tensorboard", "mlflow"), run_local=True)
 
 
 @dataclass
 class RunConfig:
     """Everything that determines a run's numbers."""
 
-    method: str = "early-fusion"
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    missing: MissingConfig = field(default_factory=MissingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    model: dict[str, Any] = field(default_factory=dict)
+    method: str = option("early-fusion", "the method (see `imer list`)")
+    seed: int = option(0, "seeds initialisation, shuffling, training masks and test masks", range=SEED, run_local=True)
+    data: DataConfig = option(factory=DataConfig)
+    missing: MissingConfig = option(factory=MissingConfig)
+    train: TrainConfig = option(factory=TrainConfig)
+    model: dict[str, Any] = option(factory=dict, help="the method's options (model.NAME=VALUE; see its config dataclass)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def run_fields() -> dict[str, dataclasses.Field]:
+    """Every option of a run config by dotted name (``seed``, ``train.lr``, ...), sections' fields in declaration order."""
+    out = {f.name: f for f in dataclasses.fields(RunConfig) if f.name in ("method", "seed")}
+    for section in SECTIONS:
+        cls = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}[section]
+        out.update({f"{section}.{f.name}": f for f in dataclasses.fields(cls)})
+    return out
+
+
+def _flagged(flag: str) -> frozenset[str]:
+    return frozenset(name for name, f in run_fields().items() if f.metadata.get(flag))
+
+
+# Fields that never change a run's numbers or name the cell rather than the setting: the config hash leaves them out and
+# the report does not compare them.
+RUN_LOCAL = _flagged("run_local")
+# Fields that may differ between an interrupted run and its resumption (more epochs extend a run).
+RESUME_FREE = _flagged("resume_free")

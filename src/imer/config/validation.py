@@ -1,7 +1,7 @@
 """Check every field of a run config (type and range) before any work starts.
 
 Run-config fields are checked against their dataclass annotations and the
-ranges in :data:`RUN_RANGES`; model options against the method's config
+range, choices or pattern each declares (:func:`imer.config.schema.option`); model options against the method's config
 dataclass and the naming rules in :data:`MODEL_RULES` (so a new method gets
 sensible checks without code here); data options against the loader's
 signature. Errors are :class:`~imer.errors.ConfigError` whose message starts
@@ -27,75 +27,13 @@ from typing import Any
 
 import torch
 
-from imer.config.schema import RunConfig
+from imer.config.schema import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SECTIONS, UNIT, Range, RunConfig, run_fields
 from imer.data.registry import dataset_options
 from imer.errors import ConfigError
-from imer.evaluation.metrics import TASKS, select_metrics
+from imer.evaluation.metrics import select_metrics
 from imer.models import DataSpec, create_model
 from imer.models.registry import get_model_class
 
-MAX_SEED = 2**32 - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """Allowed interval of a number (``None`` = unbounded); ``low_open``/``high_open`` exclude the ends."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def admits(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
-
-    def text(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return "finite"
-
-
-POSITIVE = Range(0, None, low_open=True)
-AT_LEAST_1 = Range(1)
-NON_NEGATIVE = Range(0)
-UNIT = Range(0, 1)
-FRACTION = Range(0, 1, low_open=True, high_open=True)
-
-RUN_RANGES: dict[str, Range] = {
-    "seed": Range(0, MAX_SEED),
-    "data.fold": Range(None),
-    "data.valid_fraction": FRACTION,
-    "data.split_seed": Range(0, MAX_SEED),
-    "data.dev_folds": NON_NEGATIVE,
-    "missing.rate": UNIT,
-    "missing.test_rate": UNIT,
-    "missing.mask_seed": Range(0, MAX_SEED),
-    "train.epochs": AT_LEAST_1,
-    "train.batch_size": AT_LEAST_1,
-    "train.lr": POSITIVE,
-    "train.weight_decay": NON_NEGATIVE,
-    "train.grad_clip": NON_NEGATIVE,
-    "train.threads": AT_LEAST_1,
-    "train.patience": NON_NEGATIVE,
-    "train.checkpoint_every": NON_NEGATIVE,
-    "train.checkpoint_minutes": NON_NEGATIVE,
-    "train.bucket": NON_NEGATIVE,
-}
-RUN_CHOICES: dict[str, tuple[str, ...]] = {
-    "train.optimizer": ("adam", "adamw", "sgd"),
-    "train.selection": ("valid", "test-published"),
-    "train.log_to": ("tensorboard", "mlflow"),
-    "train.select_metric": tuple(name for task in TASKS for name in select_metrics(task)),
-}
-_DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 
 # Model options by name (first match wins); any other number only has to be finite.
 MODEL_RULES: list[tuple[re.Pattern[str], Range]] = [
@@ -213,25 +151,31 @@ def _check_section(obj: Any, section: str) -> None:
         where = f"{section}.{f.name}" if section else f.name
         value = coerce(getattr(obj, f.name), hints.get(f.name, Any), where)
         setattr(obj, f.name, value)
-        if value is None:
-            continue
-        if where in RUN_RANGES:
-            check_range(value, RUN_RANGES[where], where)
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{where}: must be finite, got {value!r}")
-        if where in RUN_CHOICES and value not in RUN_CHOICES[where]:
-            raise ConfigError(f"{where}: unknown value {value!r}; choose one of {', '.join(RUN_CHOICES[where])}")
+        if value is not None:
+            check_value(value, f.metadata, where)
+
+
+def check_value(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    """``value`` (already of its field's type) against the field's range or choices (see :func:`imer.config.schema.option`)."""
+    if meta.get("range") is not None:
+        check_range(value, meta["range"], where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be finite, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{where}: unknown value {value!r}; choose one of {', '.join(meta['choices'])}")
 
 
 def _check_top(config: RunConfig) -> None:
+    fields = run_fields()
     if not isinstance(config.method, str) or not config.method:
         raise ConfigError(f"method: must be a method name (see `imer list`), got {config.method!r}")
     config.seed = coerce(config.seed, int, "seed")
-    check_range(config.seed, RUN_RANGES["seed"], "seed")
+    check_value(config.seed, fields["seed"].metadata, "seed")
     if not isinstance(config.data.name, str) or not config.data.name:
         raise ConfigError(f"data.name: must be a dataset name or a path to a .npz file, got {config.data.name!r}")
-    if not _DEVICE.match(str(config.train.device)):
-        raise ConfigError(f"train.device: must be cpu, cuda, cuda:N, mps or auto, got {config.train.device!r}")
+    pattern, admitted = fields["train.device"].metadata["pattern"]
+    if not re.match(pattern, str(config.train.device)):
+        raise ConfigError(f"train.device: must be {admitted}, got {config.train.device!r}")
     if not isinstance(config.data.options, dict):
         raise ConfigError(f"data.options: must be a table of loader options, got {config.data.options!r}")
     if not isinstance(config.model, dict):
@@ -308,7 +252,7 @@ def validate_run_config(config: RunConfig, check_data: bool = True) -> None:
     ``check_data=False`` leaves out the dataset name and its options (a dataset given in memory).
     """
     _check_top(config)
-    for section in ("data", "missing", "train"):
+    for section in SECTIONS:
         _check_section(getattr(config, section), section)
     if check_data:
         check_data_options(config)

@@ -147,8 +147,8 @@ def fit(
     ``section.field=value`` strings. ``out`` keeps the run folder there.
     """
     extra = [f"{k}={json.dumps(v)}" for k, v in options.items()]
-    config = build_run_config(method, dataset.name, overrides=list(overrides or []) + extra, in_memory=True, seed=seed,
-                              missing__rate=missing_rate, train__epochs=epochs, train__progress=progress)
+    config = build_run_config(method, dataset.name, overrides=list(overrides or []) + extra, in_memory=True,
+                              settings={"seed": seed, "missing.rate": missing_rate, "train.epochs": epochs, "train.progress": progress})
     temporary = out is None
     run_dir = Path(tempfile.mkdtemp(prefix="imer-fit-")) if temporary else Path(out)
     train(config, run_dir, dataset=dataset)

@@ -63,8 +63,8 @@ def plan_sweep(spec: SweepSpec, out: str | Path, sources: list[str | Path] = ())
         variant = spec.variant(name)
         first = cells[0]
         overrides = spec.run_overrides(first) if not spec.waiting(first) else overrides_for(variant.method, spec.overrides) + list(variant.overrides)
-        config = build_run_config(variant.method, dataset, config_file=variant.config, overrides=overrides, data__data_dir=spec.data_dir,
-                                  train__epochs=variant.epochs or spec.epochs, train__threads=spec.threads)
+        config = build_run_config(variant.method, dataset, config_file=variant.config, overrides=overrides,
+                                  settings={"data.data_dir": spec.data_dir, "train.epochs": variant.epochs or spec.epochs, "train.threads": spec.threads})
         states = [cell_status(spec, out, c) for c in cells]
         todo = sum(s not in ("done", "frozen") for s in states)
         label = first.dataset_id or dataset

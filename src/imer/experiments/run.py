@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imer.config import RunConfig, check_select_metric, config_hash, dataset_label, validate_run_config
+from imer.config import RESUME_FREE, RunConfig, check_select_metric, config_hash, dataset_label, validate_run_config
 from imer.data import (
     FixedCondition,
     MultimodalDataset,
@@ -351,18 +351,13 @@ def _warn_if_constant_wins(config: RunConfig, data: PreparedData, select: str, b
         )
 
 
-# Fields that may differ between an interrupted run and its resumption (more epochs extend a run).
-_RESUME_FREE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("train", "epochs"), ("train", "checkpoint_every"),
-                ("train", "checkpoint_minutes"), ("data", "data_dir")}
-
-
 def _check_same_run(saved: dict[str, Any], config: RunConfig, out: Path) -> None:
     """Refuse to resume a run with a config that would change its numbers."""
     current = config.to_dict()
     for section in ("method", "seed", "data", "missing", "train"):
         a, b = saved.get(section), current.get(section)
         if isinstance(a, dict):
-            diff = sorted(k for k in set(a) | set(b) if (section, k) not in _RESUME_FREE and a.get(k) != b.get(k) and not (section == "data" and k == "fold" and b.get(k) is None))
+            diff = sorted(k for k in set(a) | set(b) if f"{section}.{k}" not in RESUME_FREE and a.get(k) != b.get(k) and not (section == "data" and k == "fold" and b.get(k) is None))
             if diff:
                 raise IMERError(f"{out}: cannot resume, {section}.{diff[0]} differs from the interrupted run ({a.get(diff[0])!r} vs {b.get(diff[0])!r}); use the same settings, or --overwrite to start again")
         elif a != b:

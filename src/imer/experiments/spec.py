@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import Any
 
 from imer.config.build import build_run_config
-from imer.config.validation import RUN_RANGES, UNIT, check_range
+from imer.config.schema import SEED, UNIT
+from imer.config.validation import check_range
 from imer.errors import ConfigError
 from imer.models import list_models
 
@@ -385,7 +386,7 @@ def validate_sweep(spec: Any) -> None:
     for rate in spec.rates + ([spec.search.rate] if spec.search is not None else []):
         check_range(rate, UNIT, "--missing-rates")
     for seed in spec.seeds:
-        check_range(seed, RUN_RANGES["seed"], "--seeds")
+        check_range(seed, SEED, "--seeds")
     for dataset in spec.datasets:
         for variant in spec.variants:
             base = overrides_for(variant.method, spec.overrides) + list(variant.overrides)
@@ -394,8 +395,8 @@ def validate_sweep(spec: Any) -> None:
                 for trial in trials:
                     try:
                         build_run_config(variant.method, dataset, config_file=variant.config, overrides=base + list(trial),
-                                         data__data_dir=spec.data_dir, data__fold=fold, train__epochs=variant.epochs or spec.epochs,
-                                         train__threads=spec.threads)
+                                         settings={"data.data_dir": spec.data_dir, "data.fold": fold, "train.epochs": variant.epochs or spec.epochs,
+                                                   "train.threads": spec.threads})
                     except ConfigError as exc:
                         name = variant.method if variant.name == variant.method else f"variant '{variant.name}' ({variant.method})"
                         where = f" (search trial {' '.join(trial)})" if trial else ""
