@@ -407,12 +407,12 @@ def test_process_prints_one_line_and_debug_shows_the_traceback(tmp_path):
 
 
 def test_internal_errors_are_one_line_with_status_1(monkeypatch, capsys):
-    import imer.cli
+    from imer.cli import listing
 
     def broken(args):
         raise KeyError("oops")
 
-    monkeypatch.setattr(imer.cli, "cmd_list", broken)
+    monkeypatch.setattr(listing, "cmd_list", broken)
     assert main(["list"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error (KeyError: 'oops'); rerun with --debug" in err

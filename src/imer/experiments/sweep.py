@@ -84,6 +84,21 @@ def _check_settings(spec: SweepSpec, out: Path) -> None:
                               "give the changed variant a new name or use another --out")
 
 
+def _prepare(spec: SweepSpec, out: Path) -> list[Cell]:
+    """Check the grid and that ``out`` holds no sweep with other settings, load frozen search choices; the search cells."""
+    if not spec.variants or not spec.datasets or not spec.rates or not spec.seeds:
+        raise ConfigError("a sweep needs at least one method, dataset, missing rate and seed")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(spec, out)
+    unknown = sorted({v.method for v in spec.variants} - set(list_models()))
+    if unknown:
+        warnings.warn(f"unknown method(s) {unknown} (registered: {list_models()}); their cells will be recorded as failed", stacklevel=3)
+    if spec.search is not None:
+        frozen = read_search(spec, out)["datasets"]
+        spec.chosen = {d: {n: list(e["overrides"]) for n, e in entries.items()} for d, entries in frozen.items()}
+    return spec.search_cells()
+
+
 def run_sweep(
     spec: SweepSpec,
     out: str | Path,
@@ -107,18 +122,8 @@ def run_sweep(
 
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
-    if not spec.variants or not spec.datasets or not spec.rates or not spec.seeds:
-        raise ConfigError("a sweep needs at least one method, dataset, missing rate and seed")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_settings(spec, out)
-    unknown = sorted({v.method for v in spec.variants} - set(list_models()))
-    if unknown:
-        warnings.warn(f"unknown method(s) {unknown} (registered: {list_models()}); their cells will be recorded as failed", stacklevel=2)
-    search_cells = spec.search_cells()
-    if spec.search is not None:
-        frozen = read_search(spec, out)["datasets"]
-        spec.chosen = {d: {n: list(e["overrides"]) for n, e in entries.items()} for d, entries in frozen.items()}
+    search_cells = _prepare(spec, out)
     cells = search_cells + spec.cells()
     states = {c: cell_status(spec, out, c) for c in cells}
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")

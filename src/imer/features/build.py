@@ -129,31 +129,25 @@ def _default_split(groups: np.ndarray, seed: int) -> np.ndarray:
     return np.array(["test" if g in test else "train" for g in groups], dtype=str)
 
 
-def build_dataset(
-    modality_files: dict[str, str | Path],
-    out: str | Path,
-    labels_path: str | Path | None = None,
-    task: str | None = None,
-    name: str | None = None,
-    keep_unmatched: bool = False,
-    split_seed: int = 0,
-    log: Any = None,
-) -> BuildResult:
-    """Join modality feature files (modality -> path) into ``out`` and ``<out stem>.features.json``."""
-    out = Path(out)
-    log = log or (lambda msg: None)
+def _load_features(modality_files: dict[str, str | Path]) -> dict[str, ModalityFeatures]:
+    """The feature files by modality, in the usual modality order; at least two."""
     feats = {m: ModalityFeatures.load(p) for m, p in sorted(modality_files.items(), key=lambda kv: MODALITY_ORDER.index(kv[0]) if kv[0] in MODALITY_ORDER else 99)}
     for m, f in feats.items():
         if f.modality != m:
             raise DataError(f"{modality_files[m]}: holds {f.modality} features, given as --{m}")
     if len(feats) < 2:
         raise DataError("features build needs at least two modalities (e.g. --text and --audio): every method here combines modalities")
+    return feats
+
+
+def _utterance_ids(feats: dict[str, ModalityFeatures], modality_files: dict[str, str | Path], labels: Any, labels_path: str | Path | None,
+                   keep_unmatched: bool, log: Any) -> list[str]:
+    """The utterances of the dataset: the label table's, or every id some modality has; unmatched ids refused unless kept."""
     modalities = list(feats)
     seen: dict[str, list[str]] = {}
     for m, f in feats.items():
         for uid in f.ids:
             seen.setdefault(uid, []).append(m)
-    labels = read_labels(labels_path) if labels_path else None
     if labels is not None:
         labelled = set(labels.ids)
         unlabelled = {m: [u for u in f.ids if u not in labelled] for m, f in feats.items()}
@@ -163,20 +157,23 @@ def build_dataset(
                             f"e.g. {unlabelled[worst][:3]}; check the id spelling, or pass --keep-unmatched to leave them out")
         if unlabelled[worst]:
             log(f"{len(set().union(*unlabelled.values()))} id(s) without a label row are left out, e.g. {unlabelled[worst][:3]}")
-        ids = list(labels.ids)
-    else:
-        lonely = [u for u, ms in seen.items() if len(ms) == 1]
-        if lonely and not keep_unmatched:
-            by = {m: [u for u in lonely if seen[u] == [m]] for m in modalities}
-            m = max(by, key=lambda k: len(by[k]))
-            others = [o for o in modalities if o != m]
-            raise DataError(f"{modality_files[m]}: {len(by[m])} {m} id(s) appear in no other modality ({', '.join(others)}), e.g. {by[m][:3]}; "
-                            "check that every extractor used the same utterance ids, or pass --keep-unmatched to keep them as single-modality utterances")
-        ids = list(seen)
+        return list(labels.ids)
+    lonely = [u for u, ms in seen.items() if len(ms) == 1]
+    if lonely and not keep_unmatched:
+        by = {m: [u for u in lonely if seen[u] == [m]] for m in modalities}
+        m = max(by, key=lambda k: len(by[k]))
+        others = [o for o in modalities if o != m]
+        raise DataError(f"{modality_files[m]}: {len(by[m])} {m} id(s) appear in no other modality ({', '.join(others)}), e.g. {by[m][:3]}; "
+                        "check that every extractor used the same utterance ids, or pass --keep-unmatched to keep them as single-modality utterances")
+    return list(seen)
+
+
+def _join(feats: dict[str, ModalityFeatures], ids: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[str, str, str]], list[str]]:
+    """Features by modality ``[N, dim]`` (NaN where absent), availability ``[N, M]``, why entries are missing, and each id's file group."""
     rows = {m: {uid: k for k, uid in enumerate(f.ids)} for m, f in feats.items()}
     n = len(ids)
     x = {m: np.full((n, int(f.entry["dim"])), np.nan, dtype=np.float32) for m, f in feats.items()}
-    available = np.zeros((n, len(modalities)), dtype=bool)
+    available = np.zeros((n, len(feats)), dtype=bool)
     reasons: list[tuple[str, str, str]] = []
     file_groups = [""] * n
     for j, (m, f) in enumerate(feats.items()):
@@ -191,6 +188,27 @@ def build_dataset(
                 continue
             x[m][i] = f.x[k]
             available[i, j] = True
+    return x, available, reasons, file_groups
+
+
+def build_dataset(
+    modality_files: dict[str, str | Path],
+    out: str | Path,
+    labels_path: str | Path | None = None,
+    task: str | None = None,
+    name: str | None = None,
+    keep_unmatched: bool = False,
+    split_seed: int = 0,
+    log: Any = None,
+) -> BuildResult:
+    """Join modality feature files (modality -> path) into ``out`` and ``<out stem>.features.json``."""
+    out = Path(out)
+    log = log or (lambda msg: None)
+    feats = _load_features(modality_files)
+    modalities = list(feats)
+    labels = read_labels(labels_path) if labels_path else None
+    ids = _utterance_ids(feats, modality_files, labels, labels_path, keep_unmatched, log)
+    x, available, reasons, file_groups = _join(feats, ids)
     keep = available.any(axis=1)
     dropped = [ids[i] for i in np.flatnonzero(~keep)]
     if dropped:

@@ -150,6 +150,27 @@ class Report:
         }
 
 
+def variants_section(report: "Report") -> list[str]:
+    """The page's variants table: each variant's method, base, settings (and searched choices) and epochs."""
+    info = report.info
+    used = {a.variant for a in report.aggregates}
+    epochs = {r.variant: r.epochs for r in report.runs}
+    lines = ["## Variants", "", "| variant | method | base | settings (on top of the method's packaged config) | epochs |", "|---|---|---|---|---:|"]
+    datasets = list(dict.fromkeys(a.dataset for a in report.aggregates))
+    for v in info.variants:
+        if v["name"] not in used:
+            continue
+        settings = " ".join(f"`{o}`" for o in overrides_for(v["method"], info.overrides) + list(v.get("overrides") or [])) or "–"
+        if v.get("config"):
+            settings = f"preset `{v['config']}` " + settings
+        for dataset in datasets:
+            chosen = info.chosen(dataset, v["name"])
+            if chosen:
+                settings += f" + searched{f' ({dataset})' if len(datasets) > 1 else ''}: " + " ".join(f"`{o}`" for o in chosen)
+        lines.append(f"| {v['name']} | {v['method']} | {v.get('base') or '–'} | {settings} | {epochs.get(v['name'], '–')} |")
+    return lines + [""]
+
+
 def report_page(report: "Report") -> str:
     """The whole report as one markdown page (what docs/ links to)."""
     info = report.info
@@ -165,22 +186,7 @@ def report_page(report: "Report") -> str:
     else:
         lines += ["Reproduce the tables from the runs:", "", "```bash", f"imer report {root}{out}", "```", ""]
     if info.variants:
-        used = {a.variant for a in report.aggregates}
-        epochs = {r.variant: r.epochs for r in report.runs}
-        lines += ["## Variants", "", "| variant | method | base | settings (on top of the method's packaged config) | epochs |", "|---|---|---|---|---:|"]
-        datasets = list(dict.fromkeys(a.dataset for a in report.aggregates))
-        for v in info.variants:
-            if v["name"] not in used:
-                continue
-            settings = " ".join(f"`{o}`" for o in overrides_for(v["method"], info.overrides) + list(v.get("overrides") or [])) or "–"
-            if v.get("config"):
-                settings = f"preset `{v['config']}` " + settings
-            for dataset in datasets:
-                chosen = info.chosen(dataset, v["name"])
-                if chosen:
-                    settings += f" + searched{f' ({dataset})' if len(datasets) > 1 else ''}: " + " ".join(f"`{o}`" for o in chosen)
-            lines.append(f"| {v['name']} | {v['method']} | {v.get('base') or '–'} | {settings} | {epochs.get(v['name'], '–')} |")
-        lines.append("")
+        lines += variants_section(report)
     if info.search.get("datasets"):
         lines += ["## Hyper-parameter search", "", search_table(info.search)]
     lines += ["## Test results", "", markdown_table(report.table)]

@@ -1,0 +1,7 @@
+"""``python -m imer.cli``."""
+
+import sys
+
+from imer.cli import main
+
+sys.exit(main())

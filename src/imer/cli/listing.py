@@ -1,0 +1,52 @@
+"""`imer list`: methods, datasets, run options, or the variants of a spec file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from imer.cli.common import table
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from imer.data import list_datasets
+    from imer.experiments.spec import filter_names, load_spec
+    from imer.models import get_model_class, list_models
+
+    if args.options:
+        from imer.config.describe import option_rows
+
+        table("run options (--set KEY=VALUE)", ["key", "type", "default", "allowed", "meaning"], option_rows())
+        return 0
+    if args.spec:
+        variants = load_spec(args.spec)[0]["variants"]
+        shown = set(filter_names([v.name for v in variants], args.pattern))
+        table(f"variants of {args.spec}", ["name", "method", "base", "overrides", "epochs"],
+               [[v.name, v.method, v.base or "", (f"preset {v.config} " if v.config else "") + " ".join(v.overrides), v.epochs or ""]
+                for v in variants if v.name in shown])
+        return 0
+    table("methods", ["name", "kind", "description"],
+           [[m, "dialogue" if get_model_class(m).uses_context else "utterance", _method_description(get_model_class(m))]
+            for m in filter_names(list_models(), args.pattern)])
+    table("datasets", ["name", "description"], [[k, v] for k, v in list_datasets().items() if filter_names([k], args.pattern)])
+    return 0
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].rstrip(".") if text and text.strip() else ""
+
+
+def _method_description(cls: type) -> str:
+    """First line of the method module's docstring (every method file starts with one)."""
+    return _first_line(sys.modules[cls.__module__].__doc__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `imer list` and its options to the command parser."""
+    ls = sub.add_parser("list", help="registered methods and datasets, or the variants of a spec file",
+                        epilog="examples:\n  imer list\n  imer list 'comp*'\n  imer list 'comp*' --spec experiments/mosi_comp.toml\n  imer list --options",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ls.add_argument("pattern", nargs="?", help="shell-style name filter, e.g. 'comp*'")
+    ls.add_argument("--spec", help="list the variants of this experiment spec file instead")
+    ls.add_argument("--options", action="store_true", help="list the run options (train, missing, data, seed) instead")
+    ls.set_defaults(func=cmd_list)
