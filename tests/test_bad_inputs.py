@@ -419,7 +419,7 @@ def test_internal_errors_are_one_line_with_status_1(monkeypatch, capsys):
 
 
 def test_pickled_feature_file_in_gcnet_layout_is_refused_without_hint(tmp_path):
-    from imer.data.gcnet import load_feature_file
+    from imer.data.gcnet_layout import load_feature_file
     from imer.errors import DataError
 
     np.save(tmp_path / "u1.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)

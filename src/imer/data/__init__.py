@@ -1,9 +1,12 @@
 """Data layer: the dataset type, loaders, missing-modality protocols, scaling and batching.
 
-Knows nothing of models. Importing it registers every built-in loader.
+Knows nothing of models. Importing it registers every loader of every module here (:func:`registry.discover`).
 """
 
-from imer.data import custom, gcnet, mosi_bclstm, mosi_minilm, synthetic  # noqa: F401  (register loaders)
+from imer.data.registry import discover, list_datasets, load_dataset, register_dataset, resolve_data_dir
+
+discover()  # first: loaders register in module-name order, whatever the imports below pull in
+
 from imer.data.batching import Batch, SplitBatcher
 from imer.data.custom import load_custom, save_custom
 from imer.data.dataset import MultimodalDataset
@@ -17,7 +20,6 @@ from imer.data.missing import (
     missing_fraction,
     parse_condition,
 )
-from imer.data.registry import list_datasets, load_dataset, register_dataset, resolve_data_dir
 from imer.data.safe_pickle import safe_load_pickle
 from imer.data.scaling import Standardizer
 from imer.data.synthetic import make_synthetic

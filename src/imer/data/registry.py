@@ -8,8 +8,10 @@ under that name; a name that is a path to an existing file is read as a
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
+import pkgutil
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +41,13 @@ def register_dataset(name: str, needs_data_dir: bool, description: str, options:
         return loader
 
     return wrap
+
+
+def discover() -> None:
+    """Import every module of ``imer/data`` (in name order), so each registers its loaders: adding a dataset is one new module."""
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if not info.name.startswith("_") and info.name != "registry":
+            importlib.import_module(f"imer.data.{info.name}")
 
 
 def dataset_options(name: str) -> dict[str, Any]:
