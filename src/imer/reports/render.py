@@ -36,17 +36,7 @@ from imer.io import atomic_write, write_json
 from imer.reports.aggregate import Aggregate, SweepInfo, aggregate, comparisons
 from imer.reports.plots import write_plots
 from imer.reports.runs import RunRecord, collect_runs
-from imer.reports.sections import (
-    AblationTable,
-    ablation_tables,
-    diagnostics_table,
-    gap_table,
-    pattern_table,
-    search_table,
-    selection_table,
-    significance_table,
-    stage_table,
-)
+from imer.reports.sections import SECTIONS, AblationTable, Section, ablation_tables, search_table
 from imer.reports.tables import ConditionTable, PaperTable, cost_table, csv_rows, latex_table, markdown_table, metric_table
 from imer.reports.text import STD_NOTE, csv_text, fmt_cell, metric_pair, rate_text
 from imer.runfolder import sweepdir
@@ -69,15 +59,15 @@ class Report:
     comparisons: list[Comparison] = field(default_factory=list)
 
     @cached_property
+    def tables(self) -> dict[Section, str]:
+        """The further tables of the page (:data:`~imer.reports.sections.SECTIONS`) that apply to these runs."""
+        built = {section: section.build(self) for section in SECTIONS}
+        return {section: text for section, text in built.items() if text}
+
+    @property
     def sections(self) -> dict[str, str]:
-        """The further tables of the page, by the file each is also written to (only those that apply to these runs)."""
-        order = self.info.order
-        tables = {"selection.md": selection_table(self.runs, order),
-                  "significance.md": significance_table(self.comparisons) if self.comparisons else None,
-                  "patterns.md": pattern_table(self.runs, order),
-                  "stages.md": stage_table(self.runs, order),
-                  "gap.md": gap_table(self.runs, order)}
-        return {name: text for name, text in tables.items() if text}
+        """The further tables that are also written to a file of their own, by file name."""
+        return {section.file: text for section, text in self.tables.items() if section.file}
 
     def text(self, fmt: str) -> str:
         """The main table as ``md``, ``latex`` or ``csv`` text."""
@@ -171,6 +161,15 @@ def variants_section(report: "Report") -> list[str]:
     return lines + [""]
 
 
+def section_lines(report: "Report", place: str) -> list[str]:
+    """The page lines of the further tables at ``place``: heading, table, note."""
+    lines: list[str] = []
+    for section, text in report.tables.items():
+        if section.place == place:
+            lines += [f"## {section.heading}", "", text] + ([section.note(report), ""] if section.note else [])
+    return lines
+
+
 def report_page(report: "Report") -> str:
     """The whole report as one markdown page (what docs/ links to)."""
     info = report.info
@@ -190,11 +189,7 @@ def report_page(report: "Report") -> str:
     if info.search.get("datasets"):
         lines += ["## Hyper-parameter search", "", search_table(info.search)]
     lines += ["## Test results", "", markdown_table(report.table)]
-    selection = report.sections.get("selection.md")
-    if selection:
-        lines += ["## Selection rules side by side", "", selection]
-    if "significance.md" in report.sections:
-        lines += ["## Significance: paired comparisons with the best baseline", "", report.sections["significance.md"]]
+    lines += section_lines(report, "results")
     if report.ablations:
         lines += ["## Ablations", "", "Mean ± std over seeds ×100; (Δ) = mean paired difference to the base over the seeds both ran "
                   "(same seed = same test masks).", ""]
@@ -203,35 +198,10 @@ def report_page(report: "Report") -> str:
         label = metric_label(k)
         scale = "as is" if shown_raw(k) else "×100"
         lines += [f"## Test {label} (`{k}`)", "", metric_table(report.aggregates, k), f"mean ± population std over seeds, {scale}; best per dataset and column in bold.", ""]
-    patterns = report.sections.get("patterns.md")
-    if patterns:
-        lines += ["## Test results by availability pattern", "", patterns,
-                  f"Test {metric_pair(report.runs[0].task).split('/')[0]} of the utterances that kept exactly the modalities in braces under "
-                  "the random test mask (`test_by_pattern` in metrics.json), mean ± population std over seeds ×100, (mean number of "
-                  "utterances). Post-hoc: where the points of the main table are won or lost.", ""]
+    lines += section_lines(report, "breakdown")
     if report.conditions is not None:
         lines += ["## Fixed conditions", "", report.conditions.markdown()]
-    gap = report.sections.get("gap.md")
-    if gap:
-        lines += ["## Validation and test at the selected epoch", "", gap,
-                  f"{STD_NOTE}. The validation score the selection rule saw at the epoch it picked, the test score of that epoch, "
-                  "and their mean paired gap. Validation and test are different videos: a gap larger than the other methods' "
-                  "means what the method learned to win validation does not carry over to the test videos.", ""]
-    stages = report.sections.get("stages.md")
-    if stages:
-        lines += ["## Training stages", "", stages,
-                  f"{STD_NOTE}. For methods trained in stages (ComP: warm-up, then joint prompting; MMIN, MoMKE, PROMISE: their "
-                  "pre-training stages), each stage's best validation score by the selection metric and the test score of that "
-                  "same epoch (– unless the runs logged the test split every epoch), and in how many seeds the validation-selected "
-                  "epoch of the whole run lies in that stage. A later stage that never beats an earlier one adds nothing to the "
-                  "selected model.", ""]
-    diagnostics = diagnostics_table(report.runs, info.order)
-    if diagnostics:
-        lines += ["## Method diagnostics at the selected epoch", "", diagnostics,
-                  "What the method logs each epoch (`diagnostics` in history.jsonl: e.g. PROMISE's cosine similarity of a "
-                  "generated modality to the real one of the same utterance, `matched`, and of another utterance, `shuffled`), "
-                  "on the split in the `split` column under its fixed mask (test when the runs logged the test split every epoch, "
-                  "`train.eval_test_each_epoch`, else validation), mean over seeds.", ""]
+    lines += section_lines(report, "analysis")
     if any(a.cost for a in report.aggregates):
         lines += ["## Cost", "", cost_table(report.aggregates),
                   "From each run's `metrics.json`: training seconds per epoch (evaluation excluded), wall seconds of the whole run, "

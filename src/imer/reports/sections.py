@@ -4,6 +4,7 @@ validation-test gap, training stages, method diagnostics, significance and the f
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from imer.evaluation.metrics import headline_metrics, metric_label
 from imer.evaluation.significance import Comparison
 from imer.reports.aggregate import Aggregate, mean_std, per_seed, seed_values
 from imer.reports.runs import RunRecord, best_per_stage, selected_by_rule, selected_diagnostics
-from imer.reports.text import STD_NOTE, delta_text, metric_text, p_text, rate_text, value_text
+from imer.reports.text import STD_NOTE, delta_text, metric_pair, metric_text, p_text, rate_text, value_text
 
 
 @dataclass
@@ -284,3 +285,47 @@ def search_table(search: dict[str, Any]) -> str:
                 "`search.json` before any grid cell ran. The grid then runs every variant with its choice (variants with a base take "
                 "their base's).\n\n")
     return head + "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One table of the report page: its heading, its place, the note under it, and the file it is also written to.
+
+    ``place``: ``results`` (after the main table), ``breakdown`` (after the per-metric tables) or ``analysis``
+    (after the fixed conditions); sections of one place follow :data:`SECTIONS` order. ``build`` takes the
+    report (its ``runs``, ``info.order`` and ``comparisons``) and returns markdown, or None when the table
+    does not apply to these runs.
+    """
+
+    heading: str
+    place: str
+    build: Callable[[Any], str | None]
+    file: str | None = None
+    note: Callable[[Any], str] | None = None
+
+
+# The page's further tables, in page order within each place: adding a table is a function above and a line here.
+SECTIONS = (
+    Section("Selection rules side by side", "results", lambda r: selection_table(r.runs, r.info.order), "selection.md"),
+    Section("Significance: paired comparisons with the best baseline", "results",
+            lambda r: significance_table(r.comparisons) if r.comparisons else None, "significance.md"),
+    Section("Test results by availability pattern", "breakdown", lambda r: pattern_table(r.runs, r.info.order), "patterns.md",
+            lambda r: f"Test {metric_pair(r.runs[0].task).split('/')[0]} of the utterances that kept exactly the modalities in braces under "
+            "the random test mask (`test_by_pattern` in metrics.json), mean ± population std over seeds ×100, (mean number of "
+            "utterances). Post-hoc: where the points of the main table are won or lost."),
+    Section("Validation and test at the selected epoch", "analysis", lambda r: gap_table(r.runs, r.info.order), "gap.md",
+            lambda r: f"{STD_NOTE}. The validation score the selection rule saw at the epoch it picked, the test score of that epoch, "
+            "and their mean paired gap. Validation and test are different videos: a gap larger than the other methods' "
+            "means what the method learned to win validation does not carry over to the test videos."),
+    Section("Training stages", "analysis", lambda r: stage_table(r.runs, r.info.order), "stages.md",
+            lambda r: f"{STD_NOTE}. For methods trained in stages (ComP: warm-up, then joint prompting; MMIN, MoMKE, PROMISE: their "
+            "pre-training stages), each stage's best validation score by the selection metric and the test score of that "
+            "same epoch (– unless the runs logged the test split every epoch), and in how many seeds the validation-selected "
+            "epoch of the whole run lies in that stage. A later stage that never beats an earlier one adds nothing to the "
+            "selected model."),
+    Section("Method diagnostics at the selected epoch", "analysis", lambda r: diagnostics_table(r.runs, r.info.order), None,
+            lambda r: "What the method logs each epoch (`diagnostics` in history.jsonl: e.g. PROMISE's cosine similarity of a "
+            "generated modality to the real one of the same utterance, `matched`, and of another utterance, `shuffled`), "
+            "on the split in the `split` column under its fixed mask (test when the runs logged the test split every epoch, "
+            "`train.eval_test_each_epoch`, else validation), mean over seeds."),
+)
