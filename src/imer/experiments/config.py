@@ -35,6 +35,10 @@ class DataConfig:
     ``dev_folds = K > 0`` selects settings without the test set: the test part
     is dropped and the train + valid groups are dealt into K seeded folds;
     ``fold`` is then the held-out fold (see ``MultimodalDataset.development_folds``).
+    ``holdout``: the part a held-out fold plays, ``test`` (validation carved
+    from the other folds) or ``valid`` (a cross-validation fold of the ``cv``
+    protocol). ``refit``: train on train + valid (the ``cv`` protocol's refit,
+    docs/protocol.md); needs ``train.selection = "last"``.
     """
 
     name: str = "synthetic"
@@ -43,6 +47,8 @@ class DataConfig:
     valid_fraction: float = 0.15
     split_seed: int = 0
     dev_folds: int = 0
+    holdout: str = "test"
+    refit: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -73,7 +73,8 @@ SPEC_KEYS = {"name", "description", "datasets", "missing_rates", "seeds", "folds
              "methods", "set", "variants", "report", "threads", "search"}
 VARIANT_KEYS = {"method", "base", "set", "epochs", "missing_rates", "seeds", "description", "config"}
 REPORT_KEYS = {"metrics", "title", "compare", "baseline"}
-SEARCH_KEYS = {"seed", "rate", "metric", "grid", "grids", "variants"}
+SEARCH_KEYS = {"seed", "rate", "metric", "grid", "grids", "variants", "protocol", "folds"}
+PROTOCOLS = ("valid", "cv")
 # Config fields that never change a run's numbers (or identify the cell rather than the setting).
 HASH_FREE = {tuple(key.split(".")) for key in RUN_LOCAL}
 
@@ -199,6 +200,12 @@ class SearchSpec:
     variant (same number of trials). Variants with a ``base`` inherit their
     base's winner; ``variants`` names the searched ones (default: every
     variant without a base).
+
+    ``protocol = "cv"`` (docs/protocol.md) runs every trial on each of
+    ``folds`` development folds (train + valid videos, the held-out fold as
+    validation), chooses the trial *and* the epoch budget by the fold-averaged
+    validation curve, and the grid cells refit on all development videos for
+    exactly that budget (``data.refit``, ``train.selection = "last"``).
     """
 
     rate: float
@@ -207,6 +214,8 @@ class SearchSpec:
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     grids: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = ()
     variants: tuple[str, ...] = ()
+    protocol: str = "valid"
+    folds: int = 0
 
     def grid_of(self, variant: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         return dict(self.grids).get(variant, self.grid)
@@ -219,7 +228,23 @@ class SearchSpec:
 
     def settings(self, variant: str) -> dict[str, Any]:
         """What a frozen choice depends on: a rerun with other settings is refused."""
-        return {"seed": self.seed, "rate": self.rate, "metric": self.metric, "trials": [list(t) for t in self.trials(variant)]}
+        values = {"seed": self.seed, "rate": self.rate, "metric": self.metric, "trials": [list(t) for t in self.trials(variant)]}
+        if self.protocol != "valid":
+            values.update(protocol=self.protocol, folds=self.folds)
+        return values
+
+    @property
+    def cv_folds(self) -> list[int | None]:
+        """The development folds each trial runs on (``[None]``: the dataset's own validation part)."""
+        return list(range(1, self.folds + 1)) if self.protocol == "cv" else [None]
+
+    def trial_overrides(self) -> list[str]:
+        """What a search run of this protocol adds to its trial's overrides."""
+        return [f"data.dev_folds={self.folds}", 'data.holdout="valid"'] if self.protocol == "cv" else []
+
+    def grid_overrides(self) -> list[str]:
+        """What a grid cell of this protocol adds before the frozen choice."""
+        return ["data.refit=true", 'train.selection="last"'] if self.protocol == "cv" else []
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchSpec":
@@ -227,7 +252,8 @@ class SearchSpec:
             return tuple((str(k), tuple(v)) for k, v in pairs)
 
         return cls(float(values["rate"]), int(values.get("seed", 0)), values.get("metric"), grid(values.get("grid", ())),
-                   tuple((str(n), grid(g)) for n, g in values.get("grids", ())), tuple(values.get("variants", ())))
+                   tuple((str(n), grid(g)) for n, g in values.get("grids", ())), tuple(values.get("variants", ())),
+                   str(values.get("protocol", "valid")), int(values.get("folds", 0)))
 
 
 def _grid_from(value: Any, where: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
@@ -277,7 +303,15 @@ def search_from(table: Any, variants: list[Variant], overrides: list[str], where
         if name not in names:
             raise ConfigError(f"{where}: grids.{name}: '{name}' is not a searched variant")
         grids.append((name, _grid_from(grid, f"{where} grids.{name}")))
-    search = SearchSpec(float(table["rate"]), seed, metric, shared, tuple(grids), tuple(names))
+    protocol = table.get("protocol", "valid")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{where}: 'protocol' must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    folds = table.get("folds", 5 if protocol == "cv" else 0)
+    if protocol == "cv" and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
+        raise ConfigError(f"{where}: 'folds' (development folds of the cv protocol) must be an integer >= 2, got {folds!r}")
+    if protocol != "cv" and "folds" in table:
+        raise ConfigError(f"{where}: 'folds' belongs to protocol = \"cv\"")
+    search = SearchSpec(float(table["rate"]), seed, metric, shared, tuple(grids), tuple(names), protocol, folds if protocol == "cv" else 0)
     counts = {name: len(search.trials(name)) for name in names}
     missing = [n for n, c in counts.items() if not search.grid_of(n)]
     if missing:
@@ -289,6 +323,9 @@ def search_from(table: Any, variants: list[Variant], overrides: list[str], where
         while root.name not in names and root.base is not None:
             root = by_name[root.base]
         if root.name not in names:
+            if protocol == "cv":
+                raise ConfigError(f"{where}: variant '{variant.name}' is not searched; under protocol = \"cv\" every variant's budget "
+                                  "comes from the cross-validation (list it in 'variants')")
             continue
         keys = {k for k, _ in search.grid_of(root.name)}
         fixed = {override_key(o) for o in overrides_for(variant.method, overrides) + list(variant.overrides)} & keys

@@ -27,6 +27,7 @@ optional ``ray`` backend, as Ray tasks on a local or remote Ray cluster.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -144,10 +145,10 @@ class SweepSpec:
         if self.search is None:
             return []
         labels = {d: dataset_label(d) for d in self.datasets}
-        fold = self.folds[0] if self.folds else None
+        folds = self.search.cv_folds if self.search.protocol == "cv" else [self.folds[0] if self.folds else None]
         return [Cell(d, v.name, v.method, self.search.rate, self.search.seed, fold, labels[d], trial=k)
                 for d in self.datasets for v in self.variants if v.name in self.search.variants
-                for k in range(len(self.search.trials(v.name)))]
+                for k in range(len(self.search.trials(v.name))) for fold in folds]
 
     def searched_root(self, name: str) -> str | None:
         """The variant whose search decides ``name``'s settings (itself or a base), None when it is not searched."""
@@ -169,10 +170,11 @@ class SweepSpec:
         items = overrides_for(cell.method, self.overrides) + list(variant.overrides)
         if cell.trial is not None:
             assert self.search is not None
-            return items + list(self.search.trials(cell.variant)[cell.trial])
+            return items + self.search.trial_overrides() + list(self.search.trials(cell.variant)[cell.trial])
         root = self.searched_root(cell.variant)
         if root is not None:
-            items += self.chosen[cell.dataset_id or cell.dataset][root]
+            assert self.search is not None
+            items += self.search.grid_overrides() + self.chosen[cell.dataset_id or cell.dataset][root]
         return items
 
     def settings(self) -> dict[str, Any]:
@@ -429,6 +431,14 @@ def freeze_search(spec: SweepSpec, out: Path) -> list[str]:
     for (dataset, name), cells in by_key.items():
         if name in data["datasets"].get(dataset, {}):
             continue
+        if spec.search.protocol == "cv":
+            entry = _cv_choice(spec, out, name, cells)
+            if isinstance(entry, str):
+                open_.append(f"{dataset}/{name}: {entry}")
+                continue
+            data["datasets"].setdefault(dataset, {})[name] = entry
+            changed = True
+            continue
         trials, complete = [], True
         for cell in cells:
             run_dir = out / cell.relpath
@@ -457,12 +467,86 @@ def freeze_search(spec: SweepSpec, out: Path) -> list[str]:
             "trials": trials, "winner": winner["trial"], "overrides": winner["overrides"],
         }
         changed = True
-    if changed:
+    if changed and spec.search.protocol == "cv":
+        data["rule"] = ("cv: every trial on each development fold (held-out fold = validation); the trial and epoch with the best "
+                        "fold-averaged validation score of the search metric win (ties keep the earlier trial, then the earlier epoch); "
+                        "the grid refits on all development videos for that budget; frozen: a rerun never changes a choice")
+        write_json(out / SEARCH_FILE, data)
+    elif changed:
         data["rule"] = ("best validation score of the search metric at each trial's selected epoch; ties keep the earlier trial "
                         "(grid order: first key slowest); frozen: a rerun never changes a choice")
         write_json(out / SEARCH_FILE, data)
     spec.chosen = {d: {n: list(e["overrides"]) for n, e in entries.items()} for d, entries in data["datasets"].items()}
     return open_
+
+
+def _stages(spec: SweepSpec, cells: list[Cell]) -> list[list[Cell]]:
+    """With a search: one stage per searched variant in spec order (its trials, then the grid cells it decides), so
+    finished rows appear while later variants are still searched; unsearched grid cells form a last stage."""
+    if spec.search is None:
+        return []
+    stages: dict[str | None, list[Cell]] = {}
+    for cell in cells:
+        stages.setdefault(cell.variant if cell.trial is not None else spec.searched_root(cell.variant), []).append(cell)
+    return [stages[key] for key in sorted(stages, key=lambda k: k is None)]
+
+
+def _cv_choice(spec: SweepSpec, out: Path, name: str, cells: list[Cell]) -> dict[str, Any] | str:
+    """The frozen ``cv`` choice of one variant: fold-averaged validation curves of every trial -> best (trial, epoch).
+
+    Returns the search.json entry, or why the variant stays open.
+    """
+    from imer.experiments.validation import STAGE_FIELD
+    from imer.models import get_model_class
+
+    assert spec.search is not None
+    by_trial: dict[int, list[Cell]] = {}
+    for cell in cells:
+        by_trial.setdefault(int(cell.trial or 0), []).append(cell)
+    metric = spec.search.metric
+    trials, best = [], None
+    for k, members in sorted(by_trial.items()):
+        record: dict[str, Any] = {"trial": k, "overrides": list(spec.search.trials(name)[k]),
+                                  "paths": [c.relpath.as_posix() for c in members]}
+        curves, configs = [], []
+        for cell in members:
+            run_dir = out / cell.relpath
+            if (run_dir / "metrics.json").is_file():
+                m = read_json(run_dir / "metrics.json")
+                metric = metric or m["selection"]["metric"]
+                curves.append([h["valid"].get(metric) for h in _read_history(run_dir)])
+                configs.append(read_json(run_dir / "config.json"))
+            elif (run_dir / "error.json").is_file() and read_json(run_dir / "error.json").get("user_error"):
+                curves = []
+                record.update(status="failed", error=read_json(run_dir / "error.json").get("error"))
+                break
+            else:
+                return "trials unfinished"
+        if not curves or len({len(c) for c in curves}) != 1 or any(v is None for c in curves for v in c):
+            record.update(status=record.get("status", "failed"), score=None)
+            trials.append(record)
+            continue
+        mean = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
+        epoch = int(np.argmin(mean) if metric in LOWER_IS_BETTER else np.argmax(mean))
+        history = _read_history(out / members[0].relpath)
+        budget = get_model_class(members[0].method).budget_overrides(epoch, history[epoch])
+        stages = [f"{key}={json.dumps(value)}" for key, value in configs[0]["model"].items()
+                  if STAGE_FIELD.match(key) and isinstance(value, int) and not isinstance(value, bool)]
+        record.update(status="ok", metric=metric, score=float(mean[epoch]), best_epoch=epoch, curve=[float(v) for v in mean],
+                      fold_scores=[float(c[epoch]) for c in curves], budget=budget + stages)
+        trials.append(record)
+        if is_better(metric, record["score"], None if best is None else best["score"]):
+            best = record
+    if best is None:
+        return "every trial failed"
+    return {"settings": spec.search.settings(name), "metric": metric, "direction": "min" if metric in LOWER_IS_BETTER else "max",
+            "trials": trials, "winner": best["trial"], "best_epoch": best["best_epoch"],
+            "overrides": best["overrides"] + best["budget"]}
+
+
+def _read_history(run_dir: Path) -> list[dict[str, Any]]:
+    with open(run_dir / "history.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def run_sweep(
@@ -541,12 +625,16 @@ def run_sweep(
             runner.close()  # on interruption: stops the workers now (see execute_local)
 
     try:
-        if spec.search is not None:
-            execute([c for c in search_cells if states[c] == "todo" or states[c] == "partial"])
+        if spec.search is None:
+            if not search_only:
+                execute([c for c in cells if states[c] != "done"])
+        for stage in _stages(spec, cells):
+            execute([c for c in stage if c.trial is not None and states[c] in ("todo", "partial")])
             for line in freeze_search(spec, out):
-                bar.write(f"search open, its grid cells wait: {line} (rerun to finish it)")
-        if not search_only:
-            execute([c for c in cells if c.trial is None and states[c] != "done" and not spec.waiting(c)])
+                if any(line.startswith(f"{c.dataset_id or c.dataset}/{c.variant}:") for c in stage):
+                    bar.write(f"search open, its grid cells wait: {line} (rerun to finish it)")
+            if not search_only:
+                execute([c for c in stage if c.trial is None and states[c] != "done" and not spec.waiting(c)])
     finally:
         restore()
         bar.close()
