@@ -145,3 +145,59 @@ def test_cv_spec_needs_every_variant_searched_and_sound_folds(tmp_path):
         load_spec(write_spec(tmp_path / "b.toml", CV_SPEC.replace("folds = 3", "folds = 1")))
     with pytest.raises(ConfigError, match="'protocol'"):
         load_spec(write_spec(tmp_path / "c.toml", CV_SPEC.replace('protocol = "cv"', 'protocol = "loo"')))
+
+
+def test_in_memory_fit_with_the_cv_protocol_refits_with_the_cross_validated_choice(tmp_path):
+    import imer
+
+    dataset = load_dataset("synthetic", num_groups=30, max_len=5)
+    model = imer.fit("early-fusion", dataset, 0.4, protocol="cv", folds=2, search={"lr": [1e-3, 3e-2]}, epochs=3, hidden=8,
+                     out=tmp_path / "run")
+    choice = json.loads((tmp_path / "run/cv.json").read_text())
+    assert choice["protocol"] == "cv" and len(choice["trials"]) == 2 and all(len(t["fold_scores"]) == 2 for t in choice["trials"])
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert config["train"]["lr"] == [1e-3, 3e-2][choice["winner"]] and config["train"]["epochs"] == choice["best_epoch"] + 1
+    assert config["data"]["refit"] is True and model.metrics["selection"]["protocol"] == "cv"
+    assert (model.save(tmp_path / "copy") / "cv.json").is_file()
+    with pytest.raises(IMERError, match="protocol"):
+        imer.fit("early-fusion", dataset, protocol="loo")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CV_RECORD = ROOT / "results/cv_minilm"
+
+
+def test_context_fusion_defaults_on_minilm_are_the_frozen_cv_choice_and_reproduce_the_seed_0_run(data_dir, tmp_path):
+    """Issue 24: `imer train --method context-fusion --dataset cmu-mosi-minilm --missing-rate 0.3` with defaults is the
+    cross-validated choice of experiments/cv_minilm.toml and gives its rate-0.3 seed-0 run."""
+    from imer.experiments.run import train
+
+    entry = json.loads((CV_RECORD / "search.json").read_text())["datasets"]["cmu-mosi-minilm"]["context-fusion"]
+    config = build_run_config("context-fusion", "cmu-mosi-minilm", overrides=["train.threads=1", "train.progress=false", "missing.rate=0.3"],
+                              data__data_dir=str(data_dir))
+    for item in entry["overrides"]:
+        key, value = item.split("=", 1)
+        section, _, name = key.rpartition(".")
+        actual = getattr(getattr(config, section), name) if section else config.model[name]
+        assert actual == json.loads(value), item
+    assert config.data.refit and config.train.selection == "last"
+    recorded = json.loads((CV_RECORD / "runs/cmu-mosi-minilm/context-fusion/rate=0.3/seed=0/metrics.json").read_text())
+    metrics = train(config, tmp_path / "run")
+    assert metrics["config_hash"] == recorded["config_hash"]
+    assert metrics["test"]["acc2"] == recorded["test"]["acc2"] and metrics["test"]["f1"] == recorded["test"]["f1"]
+    assert metrics["test"]["mae"] == pytest.approx(recorded["test"]["mae"], abs=1e-6)
+
+
+def test_cv_minilm_spec_compares_every_method_under_one_frozen_search():
+    from imer.experiments.sweep import SweepSpec
+    from imer.experiments.validation import validate_sweep
+    from imer.models import list_models
+
+    kwargs, meta = load_spec(ROOT / "experiments/cv_minilm.toml")
+    spec = SweepSpec(**kwargs, experiment=meta)
+    assert set(list_models()) <= {v.method for v in spec.variants}
+    assert any(v.config == "published" and v.method == "comp" for v in spec.variants)
+    assert spec.search.protocol == "cv" and spec.search.folds == 5 and set(spec.search.variants) == {v.name for v in spec.variants}
+    assert spec.seeds == [0, 1, 2, 3, 4] and spec.rates == [0.0, 0.1, 0.3, 0.5]
+    assert len({len(spec.search.trials(n)) for n in spec.search.variants}) == 1
+    validate_sweep(spec)

@@ -240,11 +240,15 @@ class SearchSpec:
 
     def trial_overrides(self) -> list[str]:
         """What a search run of this protocol adds to its trial's overrides."""
-        return [f"data.dev_folds={self.folds}", 'data.holdout="valid"'] if self.protocol == "cv" else []
+        from imer.experiments.crossval import fold_overrides
+
+        return fold_overrides(self.folds) if self.protocol == "cv" else []
 
     def grid_overrides(self) -> list[str]:
         """What a grid cell of this protocol adds before the frozen choice."""
-        return ["data.refit=true", 'train.selection="last"'] if self.protocol == "cv" else []
+        from imer.experiments.crossval import REFIT_OVERRIDES
+
+        return list(REFIT_OVERRIDES) if self.protocol == "cv" else []
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchSpec":

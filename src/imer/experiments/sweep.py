@@ -27,7 +27,6 @@ optional ``ray`` backend, as Ray tasks on a local or remote Ray cluster.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -492,61 +491,31 @@ def _stages(spec: SweepSpec, cells: list[Cell]) -> list[list[Cell]]:
 
 
 def _cv_choice(spec: SweepSpec, out: Path, name: str, cells: list[Cell]) -> dict[str, Any] | str:
-    """The frozen ``cv`` choice of one variant: fold-averaged validation curves of every trial -> best (trial, epoch).
-
-    Returns the search.json entry, or why the variant stays open.
-    """
-    from imer.experiments.validation import STAGE_FIELD
-    from imer.models import get_model_class
+    """The frozen ``cv`` choice of one variant (:mod:`imer.experiments.crossval`): its search.json entry, or why it stays open."""
+    from imer.experiments.crossval import choose, score_trial
 
     assert spec.search is not None
     by_trial: dict[int, list[Cell]] = {}
     for cell in cells:
         by_trial.setdefault(int(cell.trial or 0), []).append(cell)
     metric = spec.search.metric
-    trials, best = [], None
+    trials = []
     for k, members in sorted(by_trial.items()):
-        record: dict[str, Any] = {"trial": k, "overrides": list(spec.search.trials(name)[k]),
-                                  "paths": [c.relpath.as_posix() for c in members]}
-        curves, configs = [], []
-        for cell in members:
-            run_dir = out / cell.relpath
-            if (run_dir / "metrics.json").is_file():
-                m = read_json(run_dir / "metrics.json")
-                metric = metric or m["selection"]["metric"]
-                curves.append([h["valid"].get(metric) for h in _read_history(run_dir)])
-                configs.append(read_json(run_dir / "config.json"))
-            elif (run_dir / "error.json").is_file() and read_json(run_dir / "error.json").get("user_error"):
-                curves = []
-                record.update(status="failed", error=read_json(run_dir / "error.json").get("error"))
-                break
-            else:
-                return "trials unfinished"
-        if not curves or len({len(c) for c in curves}) != 1 or any(v is None for c in curves for v in c):
-            record.update(status=record.get("status", "failed"), score=None)
-            trials.append(record)
+        record: dict[str, Any] = {"trial": k, "overrides": list(spec.search.trials(name)[k]), "paths": [c.relpath.as_posix() for c in members]}
+        dirs = [out / c.relpath for c in members]
+        errors = [read_json(d / "error.json") for d in dirs if not (d / "metrics.json").is_file() and (d / "error.json").is_file()]
+        if any(e.get("user_error") for e in errors):
+            trials.append({**record, "status": "failed", "score": None, "error": next(e["error"] for e in errors if e.get("user_error"))})
             continue
-        mean = np.mean(np.asarray(curves, dtype=np.float64), axis=0)
-        epoch = int(np.argmin(mean) if metric in LOWER_IS_BETTER else np.argmax(mean))
-        history = _read_history(out / members[0].relpath)
-        budget = get_model_class(members[0].method).budget_overrides(epoch, history[epoch])
-        stages = [f"{key}={json.dumps(value)}" for key, value in configs[0]["model"].items()
-                  if STAGE_FIELD.match(key) and isinstance(value, int) and not isinstance(value, bool)]
-        record.update(status="ok", metric=metric, score=float(mean[epoch]), best_epoch=epoch, curve=[float(v) for v in mean],
-                      fold_scores=[float(c[epoch]) for c in curves], budget=budget + stages)
-        trials.append(record)
-        if is_better(metric, record["score"], None if best is None else best["score"]):
-            best = record
-    if best is None:
+        if not all((d / "metrics.json").is_file() for d in dirs):
+            return "trials unfinished"
+        metric = metric or read_json(dirs[0] / "metrics.json")["selection"]["metric"]
+        trials.append(score_trial(record, dirs, metric))
+    winner = choose(trials, metric or "")
+    if winner is None:
         return "every trial failed"
     return {"settings": spec.search.settings(name), "metric": metric, "direction": "min" if metric in LOWER_IS_BETTER else "max",
-            "trials": trials, "winner": best["trial"], "best_epoch": best["best_epoch"],
-            "overrides": best["overrides"] + best["budget"]}
-
-
-def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    with open(run_dir / "history.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+            "trials": trials, "winner": winner["trial"], "best_epoch": winner["best_epoch"], "overrides": winner["overrides"] + winner["budget"]}
 
 
 def run_sweep(
