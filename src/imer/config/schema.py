@@ -81,6 +81,9 @@ class DataConfig:
     split_seed: int = option(0, "seed of that carving and of development folds", range=SEED)
     dev_folds: int = option(0, "K > 0: drop the test part and deal train + valid groups into K seeded folds; fold = the held-out one",
                             range=NON_NEGATIVE)
+    holdout: str = option("test", "the part a held-out fold plays: test (validation carved from the other folds) or valid "
+                          "(a cross-validation fold of the cv protocol)", choices=("test", "valid"))
+    refit: bool = option(False, "train on train + valid (the cv protocol's refit, docs/protocol.md); needs train.selection = last")
     options: dict[str, Any] = option(factory=dict, help="the loader's own options (data.options.NAME=VALUE)")
 
 
@@ -110,8 +113,8 @@ class TrainConfig:
     grad_clip: float = option(0.0, "gradient norm clipping (0 = off)", range=NON_NEGATIVE)
     select_metric: str | None = option(None, "validation metric of model selection (default: acc for classification, acc2 for regression)",
                                        choices=tuple(name for task in TASKS for name in select_metrics(task)))
-    selection: str = option("valid", "selection rule: valid, or the published code's (optimistic) test-set selection",
-                            choices=("valid", "test-published"))
+    selection: str = option("valid", "selection rule: valid, the published code's (optimistic) test-set selection, or last "
+                            "(the final epoch: the cv protocol's refit)", choices=("valid", "test-published", "last"))
     device: str = option("cpu", "torch device", pattern=(r"^(cpu|auto|mps|cuda(:\d+)?)$", "cpu, cuda, cuda:N, mps or auto"),
                          run_local=True, resume_free=True)
     threads: int | None = option(None, "torch intra-op threads (default: the cores available)", range=AT_LEAST_1, run_local=True,

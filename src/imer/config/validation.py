@@ -254,9 +254,21 @@ def validate_run_config(config: RunConfig, check_data: bool = True) -> None:
     _check_top(config)
     for section in SECTIONS:
         _check_section(getattr(config, section), section)
+    _check_protocol(config)
     if check_data:
         check_data_options(config)
     check_model(config)
+
+
+def _check_protocol(config: RunConfig) -> None:
+    """Combinations of the ``cv`` protocol's fields (docs/protocol.md) that would select on data they should not."""
+    if config.data.refit and config.train.selection != "last":
+        raise ConfigError(f"data.refit: the refit trains on the validation part too, so it cannot select an epoch there; "
+                          f"use train.selection = \"last\" with the budget chosen by cross-validation (got '{config.train.selection}')")
+    if config.train.selection == "last" and config.train.patience:
+        raise ConfigError("train.patience: early stopping needs a selection on validation; train.selection = \"last\" keeps the final epoch")
+    if config.data.holdout == "valid" and not config.data.dev_folds:
+        raise ConfigError("data.holdout: 'valid' makes a held-out development fold the validation part; it needs data.dev_folds")
 
 
 def validate_data_config(config: RunConfig) -> None:

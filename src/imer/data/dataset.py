@@ -240,16 +240,24 @@ class MultimodalDataset:
             raise DataError(f"{where}: 'speakers' has shape {self.speakers.shape}, expected ({n},)")
 
     # ------------------------------------------------------------------ splits
-    def split_indices(self, fold: int | None = None, valid_fraction: float = 0.15, split_seed: int = 0) -> dict[str, np.ndarray]:
+    def split_indices(self, fold: int | None = None, valid_fraction: float = 0.15, split_seed: int = 0,
+                      holdout: str = "test", refit: bool = False) -> dict[str, np.ndarray]:
         """Utterance indices of train/valid/test.
 
         With a named split, a missing ``valid`` part is carved out of the
         training groups (whole groups, seeded). With folds, ``fold`` is the test
-        fold and the validation part is carved from the other folds' groups.
+        fold and the validation part is carved from the other folds' groups;
+        ``holdout="valid"`` makes the held-out fold the validation part instead
+        (a cross-validation fold: nothing carved, the fold is also the test part).
+        ``refit`` trains on train + valid (the refit of the cross-validated
+        protocol, docs/protocol.md); the validation part then lies inside the
+        training data and can select nothing.
         """
         if self.split is not None and fold is not None:
             raise DataError(f"dataset '{self.name}' has a fixed split, not folds; drop --fold")
         if self.split is not None:
+            if holdout != "test":
+                raise DataError(f"dataset '{self.name}' has a fixed split: data.holdout='valid' needs folds (data.dev_folds)")
             parts = {s: np.flatnonzero(self.split == s) for s in SPLITS}
         else:
             folds = self.folds
@@ -257,9 +265,12 @@ class MultimodalDataset:
                 raise DataError(f"dataset '{self.name}' is evaluated by folds {folds}; choose one with --fold")
             if fold not in folds:
                 raise DataError(f"dataset '{self.name}' has folds {folds}, not {fold}")
-            parts = {"train": np.flatnonzero(self.fold != fold), "valid": np.array([], dtype=np.int64), "test": np.flatnonzero(self.fold == fold)}
+            held_out = np.flatnonzero(self.fold == fold)
+            parts = {"train": np.flatnonzero(self.fold != fold), "valid": held_out if holdout == "valid" else np.array([], dtype=np.int64), "test": held_out}
         if len(parts["valid"]) == 0:
             parts["train"], parts["valid"] = self._carve_valid(parts["train"], valid_fraction, split_seed)
+        if refit:
+            parts["train"] = np.sort(np.concatenate([parts["train"], parts["valid"]]))
         for name, idx in parts.items():
             if len(idx) == 0:
                 raise DataError(f"dataset '{self.name}': the '{name}' split is empty")

@@ -29,10 +29,12 @@ import numpy as np
 from imer.config import build_run_config
 from imer.data import MultimodalDataset
 from imer.errors import IMERError
+from imer.experiments.crossval import REFIT_OVERRIDES, cross_validate
 from imer.experiments.inference import check_prediction_input, evaluate_run, predict_given
 from imer.experiments.loading import load_run
 from imer.experiments.run import train
 from imer.runfolder import RunFolder
+
 
 class Model:
     """A trained run, usable from Python: ``predict``, ``predict_proba``, ``evaluate``, ``save``."""
@@ -138,6 +140,9 @@ def fit(
     overrides: list[str] | None = None,
     out: str | Path | None = None,
     progress: bool = False,
+    protocol: str = "valid",
+    folds: int = 5,
+    search: dict[str, list[Any]] | None = None,
     **options: Any,
 ) -> Model:
     """Train ``method`` on an in-memory dataset; returns the fitted :class:`Model`.
@@ -145,13 +150,30 @@ def fit(
     ``options`` are config fields by bare name (``hidden=64``,
     ``stage_epoch=5``, ``lr=1e-4``), like ``--set``; ``overrides`` takes
     ``section.field=value`` strings. ``out`` keeps the run folder there.
+    ``protocol="cv"`` (docs/protocol.md) chooses the settings of ``search``
+    (``{"lr": [1e-4, 1e-3]}``) and the epoch budget (up to ``epochs``) by
+    ``folds``-fold cross-validation over the development groups, then refits
+    on all of them; the choice is saved as ``cv.json`` in the run folder.
     """
+    if protocol not in ("valid", "cv"):
+        raise IMERError(f"protocol: choose 'valid' (selection on the validation part) or 'cv' (cross-validation), got {protocol!r}")
     extra = [f"{k}={json.dumps(v)}" for k, v in options.items()]
-    config = build_run_config(method, dataset.name, overrides=list(overrides or []) + extra, in_memory=True,
-                              settings={"seed": seed, "missing.rate": missing_rate, "train.epochs": epochs, "train.progress": progress})
+    settings = list(overrides or []) + extra
+    choice = None
+    if protocol == "cv":
+        choice = cross_validate(method, dataset, missing_rate, folds=folds, grid=search, seed=seed, epochs=epochs, overrides=settings,
+                                progress=progress)
+        settings += [*REFIT_OVERRIDES, *choice["overrides"]]
+    elif search:
+        raise IMERError("search: a search grid is chosen by protocol='cv' (with protocol='valid' pass the settings themselves)")
+    config = build_run_config(method, dataset.name, overrides=settings, in_memory=True,
+                              settings={"seed": seed, "missing.rate": missing_rate, "train.epochs": None if choice else epochs,
+                                        "train.progress": progress})
     temporary = out is None
     run_dir = Path(tempfile.mkdtemp(prefix="imer-fit-")) if temporary else Path(out)
     train(config, run_dir, dataset=dataset)
+    if choice is not None:
+        RunFolder(run_dir).write("cv.json", choice)
     return Model(run_dir, _temporary=temporary)
 
 

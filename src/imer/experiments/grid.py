@@ -105,10 +105,10 @@ class SweepSpec:
         if self.search is None:
             return []
         labels = {d: dataset_label(d) for d in self.datasets}
-        fold = self.folds[0] if self.folds else None
+        folds = self.search.cv_folds if self.search.protocol == "cv" else [self.folds[0] if self.folds else None]
         return [Cell(d, v.name, v.method, self.search.rate, self.search.seed, fold, labels[d], trial=k)
                 for d in self.datasets for v in self.variants if v.name in self.search.variants
-                for k in range(len(self.search.trials(v.name)))]
+                for k in range(len(self.search.trials(v.name))) for fold in folds]
 
     def searched_root(self, name: str) -> str | None:
         """The variant whose search decides ``name``'s settings (itself or a base), None when it is not searched."""
@@ -130,10 +130,11 @@ class SweepSpec:
         items = overrides_for(cell.method, self.overrides) + list(variant.overrides)
         if cell.trial is not None:
             assert self.search is not None
-            return items + list(self.search.trials(cell.variant)[cell.trial])
+            return items + self.search.trial_overrides() + list(self.search.trials(cell.variant)[cell.trial])
         root = self.searched_root(cell.variant)
         if root is not None:
-            items += self.chosen[cell.dataset_id or cell.dataset][root]
+            assert self.search is not None
+            items += self.search.grid_overrides() + self.chosen[cell.dataset_id or cell.dataset][root]
         return items
 
     def settings(self) -> dict[str, Any]:

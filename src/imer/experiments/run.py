@@ -68,7 +68,7 @@ def prepare_data(config: RunConfig, dataset: MultimodalDataset | None = None, sc
     if fold is None and dataset.fold is not None:
         fold = dataset.folds[0]
         config.data.fold = fold
-    indices = dataset.split_indices(fold, config.data.valid_fraction, config.data.split_seed)
+    indices = dataset.split_indices(fold, config.data.valid_fraction, config.data.split_seed, config.data.holdout, config.data.refit)
     scaler = scaler or Standardizer.fit(dataset.features, indices["train"], dataset.available)
     scaled = scaler.transform(dataset.features, dataset.available)
     by_group = get_model_class(config.method).reads_dialogues(config.model)
@@ -221,6 +221,15 @@ def constant_baseline(data: PreparedData, metric: str) -> tuple[float, str]:
     return best
 
 
+def selection_protocol(config: RunConfig) -> str:
+    """The protocol that chose this run's settings and epoch: ``valid``, ``test-published``, ``cv`` (a refit) or ``cv-fold``."""
+    if config.data.refit:
+        return "cv"
+    if config.data.holdout == "valid":
+        return "cv-fold"
+    return config.train.selection
+
+
 def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDataset | None, overwrite: bool, caught: list,
            variant: str | None, hooks: list[Callable[[dict[str, Any]], None]] | None) -> dict[str, Any]:
     """The steps of a run: check, prepare the folder and the data, build, record the inputs, fit, evaluate, record."""
@@ -260,6 +269,7 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
         "task": data.spec.task,
         "selection": {
             "rule": config.train.selection,
+            "protocol": selection_protocol(config),
             "metric": select,
             "best_epoch": result.best_epoch,
             "epochs": config.train.epochs,

@@ -63,6 +63,7 @@ from imer.config.build import build_run_config
 from imer.config.schema import SEED, UNIT
 from imer.config.validation import check_range
 from imer.errors import ConfigError
+from imer.experiments.crossval import REFIT_OVERRIDES, fold_overrides
 from imer.models import list_models
 
 if sys.version_info >= (3, 11):
@@ -75,7 +76,8 @@ SPEC_KEYS = {"name", "description", "datasets", "missing_rates", "seeds", "folds
              "methods", "set", "variants", "report", "threads", "search"}
 VARIANT_KEYS = {"method", "base", "set", "epochs", "missing_rates", "seeds", "description", "config"}
 REPORT_KEYS = {"metrics", "title", "compare", "baseline"}
-SEARCH_KEYS = {"seed", "rate", "metric", "grid", "grids", "variants"}
+SEARCH_KEYS = {"seed", "rate", "metric", "grid", "grids", "variants", "protocol", "folds"}
+PROTOCOLS = ("valid", "cv")
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,12 @@ class SearchSpec:
     variant (same number of trials). Variants with a ``base`` inherit their
     base's winner; ``variants`` names the searched ones (default: every
     variant without a base).
+
+    ``protocol = "cv"`` (docs/protocol.md) runs every trial on each of
+    ``folds`` development folds (train + valid videos, the held-out fold as
+    validation), chooses the trial *and* the epoch budget by the fold-averaged
+    validation curve, and the grid cells refit on all development videos for
+    exactly that budget (``data.refit``, ``train.selection = "last"``).
     """
 
     rate: float
@@ -218,6 +226,8 @@ class SearchSpec:
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     grids: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = ()
     variants: tuple[str, ...] = ()
+    protocol: str = "valid"
+    folds: int = 0
 
     def grid_of(self, variant: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         return dict(self.grids).get(variant, self.grid)
@@ -230,7 +240,23 @@ class SearchSpec:
 
     def settings(self, variant: str) -> dict[str, Any]:
         """What a frozen choice depends on: a rerun with other settings is refused."""
-        return {"seed": self.seed, "rate": self.rate, "metric": self.metric, "trials": [list(t) for t in self.trials(variant)]}
+        values = {"seed": self.seed, "rate": self.rate, "metric": self.metric, "trials": [list(t) for t in self.trials(variant)]}
+        if self.protocol != "valid":
+            values.update(protocol=self.protocol, folds=self.folds)
+        return values
+
+    @property
+    def cv_folds(self) -> list[int | None]:
+        """The development folds each trial runs on (``[None]``: the dataset's own validation part)."""
+        return list(range(1, self.folds + 1)) if self.protocol == "cv" else [None]
+
+    def trial_overrides(self) -> list[str]:
+        """What a search run of this protocol adds to its trial's overrides."""
+        return fold_overrides(self.folds) if self.protocol == "cv" else []
+
+    def grid_overrides(self) -> list[str]:
+        """What a grid cell of this protocol adds before the frozen choice."""
+        return list(REFIT_OVERRIDES) if self.protocol == "cv" else []
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SearchSpec":
@@ -238,7 +264,8 @@ class SearchSpec:
             return tuple((str(k), tuple(v)) for k, v in pairs)
 
         return cls(float(values["rate"]), int(values.get("seed", 0)), values.get("metric"), grid(values.get("grid", ())),
-                   tuple((str(n), grid(g)) for n, g in values.get("grids", ())), tuple(values.get("variants", ())))
+                   tuple((str(n), grid(g)) for n, g in values.get("grids", ())), tuple(values.get("variants", ())),
+                   str(values.get("protocol", "valid")), int(values.get("folds", 0)))
 
 
 def _grid_from(value: Any, where: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
@@ -286,7 +313,15 @@ def search_from(table: Any, variants: list[Variant], overrides: list[str], where
         if name not in names:
             raise ConfigError(f"{where}: grids.{name}: '{name}' is not a searched variant")
         grids.append((name, _grid_from(grid, f"{where} grids.{name}")))
-    search = SearchSpec(float(table["rate"]), seed, metric, shared, tuple(grids), tuple(names))
+    protocol = table.get("protocol", "valid")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{where}: 'protocol' must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    folds = table.get("folds", 5 if protocol == "cv" else 0)
+    if protocol == "cv" and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 2):
+        raise ConfigError(f"{where}: 'folds' (development folds of the cv protocol) must be an integer >= 2, got {folds!r}")
+    if protocol != "cv" and "folds" in table:
+        raise ConfigError(f"{where}: 'folds' belongs to protocol = \"cv\"")
+    search = SearchSpec(float(table["rate"]), seed, metric, shared, tuple(grids), tuple(names), protocol, folds if protocol == "cv" else 0)
     counts = {name: len(search.trials(name)) for name in names}
     missing = [n for n, c in counts.items() if not search.grid_of(n)]
     if missing:
@@ -298,6 +333,9 @@ def search_from(table: Any, variants: list[Variant], overrides: list[str], where
         while root.name not in names and root.base is not None:
             root = by_name[root.base]
         if root.name not in names:
+            if protocol == "cv":
+                raise ConfigError(f"{where}: variant '{variant.name}' is not searched; under protocol = \"cv\" every variant's budget "
+                                  "comes from the cross-validation (list it in 'variants')")
             continue
         keys = {k for k, _ in search.grid_of(root.name)}
         fixed = {override_key(o) for o in overrides_for(variant.method, overrides) + list(variant.overrides)} & keys

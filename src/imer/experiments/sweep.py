@@ -99,6 +99,17 @@ def _prepare(spec: SweepSpec, out: Path) -> list[Cell]:
     return spec.search_cells()
 
 
+def _stages(spec: SweepSpec, cells: list[Cell]) -> list[list[Cell]]:
+    """With a search: one stage per searched variant in spec order (its trials, then the grid cells it decides), so
+    finished rows appear while later variants are still searched; unsearched grid cells form a last stage."""
+    if spec.search is None:
+        return []
+    stages: dict[str | None, list[Cell]] = {}
+    for cell in cells:
+        stages.setdefault(cell.variant if cell.trial is not None else spec.searched_root(cell.variant), []).append(cell)
+    return [stages[key] for key in sorted(stages, key=lambda k: k is None)]
+
+
 def run_sweep(
     spec: SweepSpec,
     out: str | Path,
@@ -163,12 +174,16 @@ def run_sweep(
             runner.close()  # on interruption: stops the workers now (see execute_local)
 
     try:
-        if spec.search is not None:
-            execute([c for c in search_cells if states[c] == "todo" or states[c] == "partial"])
+        if spec.search is None:
+            if not search_only:
+                execute([c for c in cells if states[c] != "done"])
+        for stage in _stages(spec, cells):
+            execute([c for c in stage if c.trial is not None and states[c] in ("todo", "partial")])
             for line in freeze_search(spec, out):
-                bar.write(f"search open, its grid cells wait: {line} (rerun to finish it)")
-        if not search_only:
-            execute([c for c in cells if c.trial is None and states[c] != "done" and not spec.waiting(c)])
+                if any(line.startswith(f"{c.dataset_id or c.dataset}/{c.variant}:") for c in stage):
+                    bar.write(f"search open, its grid cells wait: {line} (rerun to finish it)")
+            if not search_only:
+                execute([c for c in stage if c.trial is None and states[c] != "done" and not spec.waiting(c)])
     finally:
         restore()
         bar.close()

@@ -139,6 +139,16 @@ class IMERModel(nn.Module):
         """
         return {"task": self.task_loss(out.prediction, labels, mask)}
 
+    @classmethod
+    def budget_overrides(cls, epoch: int, record: Mapping[str, Any]) -> list[str]:
+        """``--set`` items that make a refit train exactly to ``epoch`` (its ``history.jsonl`` line is ``record``).
+
+        The ``cv`` protocol chooses a budget on the development folds and refits
+        with it (docs/protocol.md): for epoch-trained methods the epoch count;
+        convex methods override this to fix their chosen candidate.
+        """
+        return [f"train.epochs={epoch + 1}"]
+
     def on_epoch_start(self, epoch: int) -> None:
         """Hook for methods with stages (e.g. ComP's warm-up); epochs count from 0.
 

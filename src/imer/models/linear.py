@@ -21,7 +21,7 @@ acc2 and F1 are untouched and MAE can only improve.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,11 @@ class Linear(IMERModel):
         if self.spec.task == "regression":
             prediction = prediction.clamp(float(self.score_range[0]), float(self.score_range[1]))
         return ModelOutput(prediction=prediction)
+
+    @classmethod
+    def budget_overrides(cls, epoch: int, record: Mapping[str, Any]) -> list[str]:
+        """The refit of the ``cv`` protocol fits the chosen strength alone."""
+        return [f"grid=[{float(record['fit']['strength'])!r}]"]
 
     def convex_mask_draws(self) -> int:
         return self.config.mask_draws

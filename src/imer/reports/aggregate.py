@@ -126,6 +126,10 @@ def aggregate(runs: list[RunRecord], order: dict[str, int] | None = None) -> lis
             raise IMERError(f"{where}: runs disagree on the task ({sorted(tasks)})")
         task = tasks.pop()
         first = members[0]
+        protocols = sorted({r.protocol for r in members})
+        if len(protocols) > 1:
+            raise IMERError(f"{where}: refusing to average runs made by different selection protocols ({', '.join(protocols)}); "
+                            "each protocol's runs belong in their own row (another variant name or sweep folder)")
         for other in members[1:]:
             differing = [f"method ({first.method!r} vs {other.method!r})"] if other.method != first.method else settings_difference(first, other)
             if differing:

@@ -30,6 +30,7 @@ class RunRecord:
     test_missing_fraction: float
     selection: str = "valid"
     epochs: int | None = None
+    protocol: str = "valid"
     conditions: dict[str, dict[str, Any]] | None = None
     variant: str = ""
     config_hash: str | None = None
@@ -62,6 +63,7 @@ def read_run(run_dir: Path) -> RunRecord:
             test_missing_fraction=float(m.get("missing_fraction", {}).get("test", float("nan"))),
             selection=str(m.get("selection", {}).get("rule", "valid")),
             epochs=m.get("selection", {}).get("epochs"),
+            protocol=str(m.get("selection", {}).get("protocol") or m.get("selection", {}).get("rule", "valid")),
             variant=str(m.get("variant") or m["method"]),
             config_hash=m.get("config_hash"),
             metrics=m,

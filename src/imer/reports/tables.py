@@ -58,11 +58,27 @@ def table_notes(aggregates: list[Aggregate], runs: list[RunRecord]) -> list[str]
     if any(abs(v - r) > 5e-4 for r, v in realised.items()):
         notes.append("realised test missing fraction: " + ", ".join(f"{rate_text(r)} → {v:.3f}" for r, v in realised.items()))
     if runs:
-        notes.append("model selection: " + ", ".join(sorted({r.selection for r in runs})) + " (see docs/protocol.md)")
+        notes.append("model selection: " + _protocols(runs) + " (see docs/protocol.md)")
         epochs = sorted({r.epochs for r in runs if r.epochs is not None})
         if epochs:
             notes.append("epochs: " + ", ".join(map(str, epochs)))
     return notes
+
+
+PROTOCOL_NOTES = {"cv": "cv (hyper-parameters and epochs chosen by cross-validation over the development videos, one refit on all of "
+                        "them, the final epoch tested)", "cv-fold": "cv-fold (a held-out development fold as validation)"}
+
+
+def _protocols(runs: list[RunRecord]) -> str:
+    """The selection protocols of ``runs``; with several, which rows each made (a row never mixes them, see :func:`aggregate`)."""
+    by_protocol: dict[str, list[str]] = {}
+    for r in runs:
+        names = by_protocol.setdefault(r.protocol, [])
+        if r.variant not in names:
+            names.append(r.variant)
+    if len(by_protocol) == 1:
+        return PROTOCOL_NOTES.get(next(iter(by_protocol)), next(iter(by_protocol)))
+    return "; ".join(f"{PROTOCOL_NOTES.get(p, p)}: {', '.join(v)}" for p, v in sorted(by_protocol.items()))
 
 
 def _cell_text(table: PaperTable, dataset: str, method: str, rate: float, style: str) -> str:

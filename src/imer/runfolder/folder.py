@@ -39,14 +39,15 @@ FILES = {
     "checkpoint.pt": "resume state (model, optimizer, RNG)",
     "conditions.json": "test metrics under every fixed condition (`--all-conditions`, sweeps with conditions)",
     "error.json": "why a sweep cell failed",
+    "cv.json": "the cross-validated choice of imer.fit(protocol='cv'): every trial's curve, the winner, the refit's settings",
 }
-# What `--overwrite` removes (features.json is rewritten by every run that has one).
-RUN_FILES = tuple(name for name in FILES if name != "features.json")
+# What `--overwrite` removes (features.json is rewritten by every run that has one; cv.json is written by imer.fit after the run).
+RUN_FILES = tuple(name for name in FILES if name not in ("features.json", "cv.json"))
 # A finished run that can be evaluated and predicted with.
 FINISHED = ("config.json", "run_spec.json", "model.safetensors", "scaler.npz", "metrics.json")
 # What a copy of a model keeps (imer.Model.save): everything but the resume and sweep state.
 SAVED = ("config.json", "run_spec.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz", "masks.npz",
-         "environment.json", "predictions_test.csv")
+         "environment.json", "predictions_test.csv", "cv.json")
 
 
 class RunFolder:

@@ -176,7 +176,7 @@ class Trainer:
             seconds = time.perf_counter() - t0
             valid_metrics, test_metrics, score = self._evaluate_epoch(valid, test)
             diagnostics = self._diagnostics(valid, test if self.eval_test_each_epoch else None)
-            if is_better(self.select_metric, score, best["score"]):
+            if self.selection == "last" or is_better(self.select_metric, score, best["score"]):
                 best = {"epoch": epoch, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy_state(self.model)}
             record = {
                 "epoch": epoch,
@@ -236,7 +236,7 @@ class Trainer:
         for k, candidate in enumerate(self.model.convex_fits(train, masks)):
             seconds = time.perf_counter() - t0
             valid_metrics, test_metrics, score = self._evaluate_epoch(valid, test)
-            if is_better(self.select_metric, score, best["score"]):
+            if self.selection == "last" or is_better(self.select_metric, score, best["score"]):
                 best = {"epoch": k, "score": score, "valid": valid_metrics, "test": test_metrics, "state": copy_state(self.model), "fit": candidate}
             record = {"epoch": k, "stage": "convex", "seconds": seconds, "train_missing_fraction": float(np.mean([missing_fraction(m) for m in masks])), "fit": candidate, "loss": {}, "valid": valid_metrics}
             if test_metrics is not None:

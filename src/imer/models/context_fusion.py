@@ -1,0 +1,127 @@
+"""Context fusion: early fusion of an utterance's own modalities with what its neighbours in the dialogue say.
+
+imer's own method (issue 24; design and ablations in docs/methods/context-fusion.md). The evidence of record on
+leak-free CMU-MOSI shows every deep method at chance on utterances that kept only their audio, while the linear
+model, which reads the video's mean text, is well above it; and an utterance's sentiment is closer to its
+neighbours' than to its video's mean. So each utterance is predicted from:
+
+* its own observed modalities, projected and concatenated with the availability bits (early fusion, the
+  strongest simple design where text is present);
+* per modality, distance-weighted means over the *other* utterances of the dialogue of what that modality says
+  there (:func:`imer.layers.context.neighbour_means`, weights ``exp(-|i - j| / s)`` per scale of
+  ``context_scales``, ``0`` = the whole dialogue, each with its weight mass). ``context_source``: ``score`` (the
+  default) averages each modality's own prediction (a linear head on its embedding, trained by the unimodal
+  loss), ``embedding`` the embeddings, ``both`` both. An utterance without text thus reads the sentiment of the
+  text around it.
+
+An MLP maps the concatenation to the output; ``skip`` adds a linear map of the context straight to it, so the
+context does not have to pass the MLP's dropout. ``sign_weight`` (base config) adds the logistic loss of the
+score's sign, the surrogate of binary accuracy. ``members > 1`` averages independently trained copies (each
+its own loss). Nothing but observed values and availability bits ever enters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from imer.layers import MLP, ModalityEmbedding
+from imer.layers.context import neighbour_means
+from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
+from imer.models.registry import register_model
+
+
+SOURCES = ("score", "embedding", "both")
+
+
+@dataclass
+class ContextFusionConfig(ModelConfig):
+    """``context_scales``: neighbourhood widths in utterances (0 = whole dialogue, at least one scale);
+    ``context_source``: what is averaged (``score``, ``embedding``, ``both``); ``unimodal_weight``: the loss of each
+    modality's own head; ``skip``: a linear path from the context to the output; ``members``: averaged copies."""
+
+    hidden: int = 64
+    dropout: float = 0.5
+    layers: int = 2
+    context_scales: list[float] = field(default_factory=lambda: [1.0, 0.0])
+    members: int = 1
+    context_source: str = "score"
+    unimodal_weight: float = 1.0
+    skip: bool = True
+    sign_weight: float = 1.0
+
+
+class _Member(nn.Module):
+    """One embedding + context + MLP predictor."""
+
+    def __init__(self, config: ContextFusionConfig, spec: DataSpec) -> None:
+        super().__init__()
+        m = len(spec.modalities)
+        self.scales = list(config.context_scales)
+        self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout)
+        self.source = config.context_source
+        width = {"embedding": config.hidden, "score": spec.output_size, "both": config.hidden + spec.output_size}[self.source]
+        if self.source != "embedding":
+            self.unimodal = nn.ModuleList([nn.Linear(config.hidden, spec.output_size) for _ in spec.modalities])
+        fused = config.hidden * m + m + m * len(self.scales) * (width + 1)
+        self.head = MLP(fused, config.hidden, spec.output_size, layers=config.layers, dropout=config.dropout)
+        self.skip = nn.Linear(m * len(self.scales) * (width + 1), spec.output_size) if config.skip else None
+
+    def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+        valid = available & mask.unsqueeze(-1)
+        z = torch.relu(self.embed(features, valid))  # [B, L, M, H], 0 where not observed
+        parts = [z.flatten(-2), valid.to(z.dtype)]
+        uni = None
+        source = z
+        if self.source != "embedding":
+            uni = torch.stack([head(z[..., j, :]) for j, head in enumerate(self.unimodal)], dim=-2)  # [B, L, M, C]
+            source = uni if self.source == "score" else torch.cat([z, uni], dim=-1)
+        context = neighbour_means(source, valid, self.scales).flatten(-2)
+        out = self.head(torch.cat([*parts, context], dim=-1))
+        if self.skip is not None:
+            out = out + self.skip(context)
+        return out, uni
+
+
+@register_model("context-fusion")
+class ContextFusion(IMERModel):
+    config_class = ContextFusionConfig
+    uses_context = True
+
+    def __init__(self, config: ContextFusionConfig, spec: DataSpec) -> None:
+        super().__init__(config, spec)
+        if config.members < 1:
+            raise ValueError(f"context-fusion: members must be >= 1, got {config.members}")
+        if config.context_source not in SOURCES:
+            raise ValueError(f"context-fusion: context_source must be one of {SOURCES}, got {config.context_source!r}")
+        if not config.context_scales or any(s < 0 for s in config.context_scales):
+            raise ValueError(f"context-fusion: context_scales must be >= 0 (0 = whole dialogue), got {config.context_scales}")
+        self.members = nn.ModuleList([_Member(config, spec) for _ in range(config.members)])
+
+    def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor, speakers: Tensor | None = None) -> ModelOutput:
+        results = [member(features, available, mask) for member in self.members]
+        outputs = [r[0] for r in results]
+        unis = [r[1] for r in results if r[1] is not None]
+        if self.spec.task == "classification" and len(outputs) > 1:
+            prediction = torch.logsumexp(torch.stack([o.log_softmax(-1) for o in outputs]), dim=0) - torch.log(torch.tensor(float(len(outputs))))
+        else:
+            prediction = torch.stack(outputs).mean(dim=0)
+        members = [scores(o, self.spec.task) for o in outputs]
+        aux = {"members": members}
+        if unis:
+            aux["unimodal"] = unis
+        return ModelOutput(prediction=scores(prediction, self.spec.task), aux=aux)
+
+    def loss(self, out: ModelOutput, labels: Tensor, mask: Tensor, available: Tensor) -> dict[str, Tensor]:
+        """Each member learns on its own (the mean of their task losses): an ensemble, not one wide network."""
+        members = out.aux["members"]
+        terms = {"task": torch.stack([self.task_loss(p, labels, mask) for p in members]).mean()}
+        if "unimodal" in out.aux and self.config.unimodal_weight > 0:
+            uni = []
+            for u in out.aux["unimodal"]:
+                for j in range(len(self.modalities)):
+                    uni.append(self.task_loss(scores(u[..., j, :], self.spec.task), labels, mask & available[..., j]))
+            terms["unimodal"] = self.config.unimodal_weight * torch.stack(uni).mean()
+        return terms
