@@ -129,6 +129,7 @@ def _describe(ann: Any) -> str:
 
 
 def check_range(value: Any, rng: Range, where: str) -> None:
+    """A number outside ``rng`` is a :class:`ConfigError` naming ``where``; other values pass."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if not rng.admits(value):

@@ -60,6 +60,7 @@ def metric_label(name: str) -> str:
 
 
 def lower_is_better(name: str) -> bool:
+    """Whether a smaller value of ``name`` is better (unregistered names: higher is better)."""
     return name in METRICS and not METRICS[name].higher_is_better
 
 

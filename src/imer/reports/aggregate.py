@@ -12,6 +12,7 @@ training missing rate (``missing.train_rate``).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std())
 
 
-def per_seed(runs: list[RunRecord], value) -> tuple[list[int], list[float]]:
+def per_seed(runs: list[RunRecord], value: Callable[[RunRecord], float | None]) -> tuple[list[int], list[float]]:
     """Values of ``value(run)`` averaged over folds within each seed (runs without a value are left out)."""
     by_seed: dict[int, list[float]] = defaultdict(list)
     for r in runs:
@@ -173,7 +174,8 @@ def _cost(members: list[RunRecord]) -> dict[str, float]:
     return cost
 
 
-def seed_values(runs: list[RunRecord], value) -> dict[int, float]:
+def seed_values(runs: list[RunRecord], value: Callable[[RunRecord], float | None]) -> dict[int, float]:
+    """Seed -> ``value(run)`` averaged over folds (runs without a value left out)."""
     seeds, values = per_seed(runs, value)
     return dict(zip(seeds, values))
 

@@ -63,14 +63,17 @@ class RunFolder:
         return self.path / name
 
     def has(self, name: str) -> bool:
+        """Whether run file ``name`` exists."""
         return self.file(name).is_file()
 
     @property
     def finished(self) -> bool:
+        """A finished run: ``metrics.json`` exists."""
         return self.has("metrics.json")
 
     @property
     def interrupted(self) -> bool:
+        """An interrupted (or resumable) run: ``checkpoint.pt`` exists."""
         return self.has("checkpoint.pt")
 
     def state(self, conditions: bool = False) -> str:
@@ -94,17 +97,21 @@ class RunFolder:
         return read_json(self.file(name), what or "JSON file")
 
     def remove(self, name: str) -> None:
+        """Delete run file ``name`` if it exists."""
         self.file(name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ history
     def append_history(self, record: dict[str, Any]) -> None:
+        """Append one epoch's record to ``history.jsonl``."""
         append_jsonl(self.file("history.jsonl"), record)
 
     def write_history(self, records: list[dict[str, Any]]) -> None:
+        """Replace ``history.jsonl`` by ``records`` (atomically; a resumed run's history up to its checkpoint)."""
         with atomic_write(self.file("history.jsonl")) as fh:
             fh.write("".join(dumps(r) + "\n" for r in records))
 
     def clear_history(self) -> None:
+        """Start ``history.jsonl`` afresh."""
         self.remove("history.jsonl")
 
     def history(self) -> list[dict[str, Any]]:
@@ -115,21 +122,27 @@ class RunFolder:
 
     # ------------------------------------------------------------------ tensors and arrays
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write the resume state ``checkpoint.pt``."""
         save_checkpoint(self.file("checkpoint.pt"), state)
 
     def load_checkpoint(self) -> dict[str, Any]:
+        """The resume state, read safely (``weights_only``)."""
         return load_checkpoint(self.file("checkpoint.pt"))
 
     def save_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Write the selected epoch's weights ``model.safetensors``."""
         save_weights(self.file("model.safetensors"), state_dict)
 
     def load_weights(self) -> dict[str, torch.Tensor]:
+        """The tensors of ``model.safetensors``, checked (:class:`DataError` when damaged)."""
         return load_weights(self.file("model.safetensors"))
 
     def save_scaler(self, scaler: Standardizer) -> None:
+        """Write the training-set standardisation ``scaler.npz``."""
         scaler.save(self.file("scaler.npz"))
 
     def load_scaler(self, spec: DataSpec) -> Standardizer:
+        """The standardisation, checked against the run's modalities and widths."""
         return Standardizer.load(self.file("scaler.npz"), list(spec.modalities), spec.dim_of)
 
     def save_masks(self, masks: dict[str, np.ndarray], indices: dict[str, np.ndarray]) -> None:
@@ -138,6 +151,7 @@ class RunFolder:
             np.savez(fh, **{f"{s}_available": m for s, m in masks.items()}, **{f"{s}_index": indices[s] for s in masks})
 
     def save_predictions(self, rows: list[dict[str, Any]]) -> None:
+        """Write ``predictions_test.csv``."""
         write_predictions(self.file("predictions_test.csv"), rows)
 
     def copy_model(self, target: str | Path) -> None:
@@ -157,6 +171,7 @@ class RunFolder:
                 raise DataError(f"{self.path}: not a finished run directory ({name} missing); train it to the end or --resume it")
 
     def read_config(self) -> dict[str, Any]:
+        """``config.json`` as a mapping (:class:`DataError` unless it is a JSON object)."""
         raw = self.read("config.json", "run config")
         if not isinstance(raw, dict):
             raise DataError(f"{self.file('config.json')}: not a run config (expected a JSON object)")
@@ -178,6 +193,7 @@ class RunFolder:
         return DataSpec(tuple(modalities), tuple(dims), task, num_classes), class_names
 
     def best_epoch(self) -> int:
+        """The selected epoch recorded in ``metrics.json``."""
         try:
             return int(self.read("metrics.json", "run metrics")["selection"]["best_epoch"])
         except (KeyError, TypeError, ValueError):

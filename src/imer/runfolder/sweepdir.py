@@ -14,6 +14,7 @@ FAILURES = "failures.jsonl"
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Write ``sweep.json`` (atomically)."""
     write_json(out / MANIFEST, manifest)
 
 
@@ -29,10 +30,12 @@ def failed_cells(out: Path) -> list[str]:
 
 
 def append_failure(out: Path, record: dict[str, Any]) -> None:
+    """Append a failed attempt to ``failures.jsonl``."""
     append_jsonl(out / FAILURES, record)
 
 
 def has_search(out: Path) -> bool:
+    """Whether ``out`` holds frozen search choices."""
     return (out / SEARCH).is_file()
 
 
@@ -42,4 +45,5 @@ def read_search(out: Path) -> dict[str, Any]:
 
 
 def write_search(out: Path, choices: dict[str, Any]) -> None:
+    """Write ``search.json`` (atomically)."""
     write_json(out / SEARCH, choices)
