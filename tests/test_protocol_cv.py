@@ -32,6 +32,9 @@ folds = 3
 seed = 0
 rate = 0.4
 grid = { "train.lr" = [1e-3, 3e-2] }
+[report]
+compare = ["ef"]
+baseline = "both"
 """
 
 
@@ -120,7 +123,11 @@ def test_cv_sweep_chooses_trial_and_budget_by_fold_averaged_curves_refits_and_re
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if lost not in p.parents)
     # The report says which protocol made the rows ...
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
-    assert "model selection: cv (" in (tmp_path / "report/report.md").read_text()
+    page = (tmp_path / "report/report.md").read_text()
+    assert "model selection: cv (" in page
+    # ... and compares with the best other method chosen on test and, separately, on validation (here: its cv score)
+    assert "| synthetic | ef | 0.4 | lin (on test) |" in page and "| synthetic | ef | 0.4 | lin (on validation) |" in page
+    assert "fold-averaged cross-validation score" in page
 
 
 def test_report_refuses_to_mix_protocols_in_one_row(tmp_path):

@@ -102,12 +102,14 @@ def best_baseline(scores: dict[str, float], metric: str, order: list[str]) -> st
 
 
 def compare_runs(per_seed: dict[tuple[str, str, float], dict[int, float]], compare: list[str], baselines: list[str],
-                 metric: str, named_baseline: str | None = None) -> list[Comparison]:
+                 metric: str, named_baseline: str | None = None,
+                 chosen: dict[tuple[str, float], str] | None = None) -> list[Comparison]:
     """Paired comparisons from seed values ``per_seed[(dataset, variant, rate)] = {seed: value}``.
 
     For each compared variant and dataset: one row per rate (its seeds) and a
     pooled row over every (rate, seed) pair. ``baselines`` (in spec order) are
-    the candidates for the best baseline; ``named_baseline`` fixes it instead.
+    the candidates for the best baseline (best mean test value); ``named_baseline``
+    fixes it instead, ``chosen[(dataset, rate)]`` gives it per rate (e.g. chosen on validation).
     """
     out = []
     datasets = list(dict.fromkeys(d for d, _, _ in per_seed))
@@ -119,7 +121,10 @@ def compare_runs(per_seed: dict[tuple[str, str, float], dict[int, float]], compa
                 mine = per_seed.get((dataset, variant, rate))
                 if not mine:
                     continue
-                if named_baseline is not None:
+                if chosen is not None:
+                    base = chosen.get((dataset, rate))
+                    base = base if base is not None and per_seed.get((dataset, base, rate)) else None
+                elif named_baseline is not None:
                     base = named_baseline if per_seed.get((dataset, named_baseline, rate)) else None
                 else:
                     means = {b: float(np.mean(list(per_seed[(dataset, b, rate)].values()))) for b in baselines if per_seed.get((dataset, b, rate))}

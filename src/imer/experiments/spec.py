@@ -405,8 +405,9 @@ def _check_report(report: dict[str, Any], variants: list[Variant], where: str) -
     if not isinstance(compare, list) or not all(isinstance(c, str) and c in names for c in compare):
         raise ConfigError(f"{where}: [report] compare must be a list of variant names of this spec, got {compare!r}")
     baseline = report.get("baseline", "best")
-    if not isinstance(baseline, str) or (baseline != "best" and baseline not in names):
-        raise ConfigError(f"{where}: [report] baseline must be \"best\" or a variant name of this spec, got {baseline!r}")
+    if not isinstance(baseline, str) or (baseline not in ("best", "both") and baseline not in names):
+        raise ConfigError(f"{where}: [report] baseline must be \"best\" (chosen on test), \"both\" (on test and on validation) "
+                          f"or a variant name of this spec, got {baseline!r}")
 
 
 def filter_names(names: list[str], pattern: str | None) -> list[str]:

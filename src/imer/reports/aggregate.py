@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from imer.config import RUN_LOCAL, RunConfig
 from imer.errors import IMERError
-from imer.evaluation.metrics import headline_metrics
+from imer.evaluation.metrics import headline_metrics, is_better
 from imer.evaluation.significance import Comparison, compare_runs
 from imer.io import flatten
 from imer.models.registry import build_config
@@ -196,9 +196,43 @@ def comparisons(aggregates: list[Aggregate], runs: list[RunRecord], info: "Sweep
     for dataset in dict.fromkeys(a.dataset for a in aggregates):
         metric = next(a for a in aggregates if a.dataset == dataset).headline[0]
         per_seed = {key: seed_values(members, lambda r: r.test.get(metric)) for key, members in by_cell.items() if key[0] == dataset}
-        named = None if info.baseline == "best" else info.baseline
-        out += compare_runs(per_seed, [c for c in info.compare if c in methods], baselines, metric, named)
+        named = None if info.baseline in ("best", "both") else info.baseline
+        compared = [c for c in info.compare if c in methods]
+        if info.baseline != "both":
+            out += compare_runs(per_seed, compared, baselines, metric, named)
+            continue
+        on_test = compare_runs(per_seed, compared, baselines, metric)
+        on_valid = compare_runs(per_seed, compared, baselines, metric, chosen=_chosen_on_validation(dataset, baselines, by_cell, info, metric))
+        out += [replace(c, baseline=f"{c.baseline} (on test)") for c in on_test]
+        out += [replace(c, baseline=f"{c.baseline} (on validation)") for c in on_valid]
     return out
+
+
+def _chosen_on_validation(dataset: str, baselines: list[str], by_cell: dict[tuple[str, str, float], list[RunRecord]],
+                          info: "SweepInfo", metric: str) -> dict[tuple[str, float], str]:
+    """Per rate, the baseline with the best validation score: under the ``cv`` protocol the fold-averaged score of its
+    frozen cross-validation choice (search.json; the same at every rate), else the seed mean of the runs' validation metric."""
+    frozen = info.search.get("datasets", {}).get(dataset, {})
+    chosen = {}
+    for rate in sorted({r for d, _, r in by_cell if d == dataset}):
+        scores = {}
+        for b in baselines:
+            members = by_cell.get((dataset, b, rate), [])
+            if not members:
+                continue
+            if all(r.protocol == "cv" for r in members) and b in frozen:
+                scores[b] = float(frozen[b]["trials"][frozen[b]["winner"]]["score"])
+            else:
+                values = [r.metrics["valid"][metric] for r in members if r.metrics and metric in r.metrics.get("valid", {})]
+                if values:
+                    scores[b] = float(np.mean(values))
+        best = None
+        for b in baselines:
+            if b in scores and (best is None or is_better(metric, scores[b], scores[best])):
+                best = b
+        if best is not None:
+            chosen[(dataset, rate)] = best
+    return chosen
 
 
 @dataclass

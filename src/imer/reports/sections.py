@@ -263,6 +263,10 @@ def significance_table(rows: list[Comparison]) -> str:
             "test score (chosen on test, which favours the baseline), unless the spec names one; \"all\" pools every rate's "
             "(rate, seed) pairs. Sign test: exact, two-sided, ties dropped; with n pairs it cannot go below 2 / 2^n (0.25 for "
             "3 seeds at one rate). Paired t-test: two-sided (– when undefined). See docs/protocol.md.")
+    if any(c.baseline.endswith("(on validation)") for c in rows):
+        note += (" Rows whose baseline is marked (on validation) take instead, per rate, the baseline with the best validation "
+                 "score, which does not look at the test split: under the cv protocol the fold-averaged cross-validation score "
+                 "of its frozen choice (search.json), otherwise the seed mean of its runs' validation metric.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
