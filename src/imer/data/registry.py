@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from imer.data.custom import load_custom
 from imer.data.dataset import MultimodalDataset
 from imer.errors import ConfigError, DataError
 
@@ -99,8 +100,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
     """Load a dataset by registered name, or a ``custom`` file by path."""
     if name not in _LOADERS:
         if is_custom_path(name):
-            from imer.data.custom import load_custom
-
             return load_custom(Path(name).expanduser())
         raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(_LOADERS)} (or a path to a .npz custom dataset)")
     loader, needs_dir, _ = _LOADERS[name]

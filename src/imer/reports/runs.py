@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from imer.errors import IMERError
+from imer.evaluation.metrics import is_better
 from imer.runfolder import RunFolder, finished_runs
 
 @dataclass
@@ -114,8 +115,6 @@ def best_per_stage(run: RunRecord) -> list[dict[str, Any]]:
     unless the run logged the test split every epoch). Empty without history
     or selection metric.
     """
-    from imer.evaluation.metrics import is_better
-
     metric = (run.metrics or {}).get("selection", {}).get("metric")
     stages: list[dict[str, Any]] = []
     for record in RunFolder(run.path).history() if metric else []:
@@ -141,8 +140,6 @@ def selected_by_rule(run: RunRecord, rule: str) -> dict[str, Any] | None:
     the same weights and fixed masks as the final evaluation. A run stopped
     early by validation patience offers only the epochs it ran.
     """
-    from imer.evaluation.metrics import is_better
-
     if rule == run.selection:
         return {"epoch": (run.metrics or {}).get("selection", {}).get("best_epoch"), "test": run.test}
     metric = (run.metrics or {}).get("selection", {}).get("metric")
