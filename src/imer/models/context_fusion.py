@@ -17,7 +17,9 @@ neighbours' than to its video's mean. So each utterance is predicted from:
 An MLP maps the concatenation to the output; ``skip`` adds a linear map of the context straight to it, so the
 context does not have to pass the MLP's dropout. ``sign_weight`` (base config) adds the logistic loss of the
 score's sign, the surrogate of binary accuracy. ``members > 1`` averages independently trained copies (each
-its own loss). Nothing but observed values and availability bits ever enters.
+its own loss). ``drop_prob`` removes each observed modality of an utterance
+with that chance in training (at least one stays), as modality dropout does,
+so the context path is trained on more single-modality utterances. Nothing but observed values and availability bits ever enters.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 
 from imer.layers import MLP, ModalityEmbedding
 from imer.layers.context import neighbour_means
+from imer.layers.modality_masking import drop_modalities
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
 
@@ -47,6 +50,7 @@ class ContextFusionConfig(ModelConfig):
     layers: int = 2
     context_scales: list[float] = field(default_factory=lambda: [1.0, 0.0])
     members: int = 1
+    drop_prob: float = 0.0
     context_source: str = "score"
     unimodal_weight: float = 1.0
     skip: bool = True
@@ -101,6 +105,8 @@ class ContextFusion(IMERModel):
         self.members = nn.ModuleList([_Member(config, spec) for _ in range(config.members)])
 
     def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor, speakers: Tensor | None = None) -> ModelOutput:
+        if self.training and self.config.drop_prob > 0:
+            available = drop_modalities(available, self.config.drop_prob)
         results = [member(features, available, mask) for member in self.members]
         outputs = [r[0] for r in results]
         unis = [r[1] for r in results if r[1] is not None]
@@ -109,7 +115,7 @@ class ContextFusion(IMERModel):
         else:
             prediction = torch.stack(outputs).mean(dim=0)
         members = [scores(o, self.spec.task) for o in outputs]
-        aux = {"members": members}
+        aux: dict = {"members": members, "available": available}
         if unis:
             aux["unimodal"] = unis
         return ModelOutput(prediction=scores(prediction, self.spec.task), aux=aux)
@@ -122,6 +128,6 @@ class ContextFusion(IMERModel):
             uni = []
             for u in out.aux["unimodal"]:
                 for j in range(len(self.modalities)):
-                    uni.append(self.task_loss(scores(u[..., j, :], self.spec.task), labels, mask & available[..., j]))
+                    uni.append(self.task_loss(scores(u[..., j, :], self.spec.task), labels, mask & out.aux["available"][..., j]))
             terms["unimodal"] = self.config.unimodal_weight * torch.stack(uni).mean()
         return terms
