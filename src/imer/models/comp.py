@@ -28,7 +28,10 @@ computes from the unimodal errors before the trainer calls ``backward``.
 
 Every place where this implementation differs from the published code is a
 switch in :class:`CompConfig` (imer's value is the default; the published one
-is in ``configs/comp/published.toml``).
+is in ``configs/comp/published.toml``). The published code's defects are
+switches too (``EXACT_CHOICES``, computed in :mod:`imer.models._comp_published`),
+selected only by ``configs/comp/published-exact.toml``, the reproduction preset
+that ``tests/test_comp_transplant.py`` proves equal to the published code.
 """
 
 from __future__ import annotations
