@@ -8,8 +8,11 @@ the optimizer only records the gradients) and writes what ``tests/test_comp_tran
 published code drew, and the outputs, loss terms and gradients of both stages, computed in float64 (the
 reference) and float32.
 
-    git --git-dir=<mirror of WenjueHE/2026-AAAI-ComP> archive 28192d3 | tar -x -C /tmp/comp-published
+    git --git-dir=<mirror of WenjueHE/2026-AAAI-ComP> worktree add /tmp/comp-published 28192d3
     python benchmarks/comp_transplant.py --published /tmp/comp-published --out tests/fixtures/comp_transplant.npz
+
+(A checkout that is not a git work tree works too; the fixture then records the commit as unknown.) The output is
+the same on every run: the same arrays and metadata (the zip members' timestamps aside).
 
 Nothing here runs in the test suite; the test reads only the committed ``.npz``. Gradients are stored as four
 signed random projections per tensor plus its norm (the full gradients would be ~300 KB); the projection
