@@ -268,10 +268,11 @@ def test_committed_results_render_byte_for_byte(sweep_dir, tmp_path):
             assert (tmp_path / name).read_bytes() == (page.parent / name).read_bytes(), name
 
 
-def test_results_page_quotes_rendered_tables_verbatim():
-    """Tables in docs/results.md are copies of `imer report` output (checked above against the committed runs)."""
-    page = (ROOT / "docs" / "results.md").read_text()
+@pytest.mark.parametrize("doc", ["docs/results.md", "docs/methods/context-fusion.md"])
+def test_results_page_quotes_rendered_tables_verbatim(doc):
+    """Tables in the results pages are copies of `imer report` output (checked above against the committed runs)."""
+    page = (ROOT / doc).read_text()
     quoted = re.findall(r"<!-- table from (\S+) -->\n(.*?)<!-- end of table -->", page, flags=re.S)
-    assert quoted, "docs/results.md quotes no rendered table"
+    assert quoted, f"{doc} quotes no rendered table"
     for source, block in quoted:
-        assert (ROOT / source).read_text() == block, f"docs/results.md differs from {source}; re-render and copy it"
+        assert (ROOT / source).read_text() == block, f"{doc} differs from {source}; re-render and copy it"

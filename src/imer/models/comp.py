@@ -28,7 +28,10 @@ computes from the unimodal errors before the trainer calls ``backward``.
 
 Every place where this implementation differs from the published code is a
 switch in :class:`CompConfig` (imer's value is the default; the published one
-is in ``configs/comp/published.toml``).
+is in ``configs/comp/published.toml``). The published code's defects are
+switches too (``EXACT_CHOICES``, computed in :mod:`imer.models._comp_published`),
+selected only by ``configs/comp/published-exact.toml``, the reproduction preset
+that ``tests/test_comp_transplant.py`` proves equal to the published code.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from imer.layers.dropout import use_fast_dropout
 from imer.layers.packing import ModalityPacking, Packing, on_valid
 from imer.layers.plain_transformer import PlainTransformer
 from imer.models._comp_modulator import GradScale, modulator_weights
+from imer.models._comp_published import PublishedMLP, batch_prototypes, draw_availability, every_position, published_js
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
 
@@ -66,6 +70,23 @@ CHOICES: dict[str, tuple[str, str]] = {
     "warmup": ("full", "encoders"),
     "modulator_direction": ("weaker", "published"),
     "modulator_scope": ("upstream", "generator"),
+}
+
+# Reproduction switches: field -> (imer default, the published code's value). Only the ``published-exact`` preset
+# selects them (never ``published``): each reproduces a defect of the published code, for the transplant test and
+# the side-by-side run (docs/methods/comp.md, "published-exact"). All need ``packed=false``.
+EXACT_CHOICES: dict[str, tuple[str, str]] = {
+    "mlp_style": ("imer", "published"),
+    "prototypes": ("global", "batch"),
+    "prompt_mask": ("zero", "none"),
+    "coordinator_mask": ("available", "none"),
+    "warmup_prediction": ("heads", "fusion"),
+    "absent_positions": ("zero", "computed"),
+    "mask_draw": ("given", "published"),
+    "unimodal_loss": ("present", "published"),
+    "recon_loss": ("observed", "published"),
+    "disentangle_loss": ("observed", "published"),
+    "reverse_loss": ("imer", "published"),
 }
 
 
@@ -120,6 +141,11 @@ class CompConfig(ModelConfig):
         modulator_scope: ``upstream`` (the weight scales everything behind the
             prompt: generator, shared encoder, embedding, block 1) or
             ``generator`` (only the prompt generator's parameters).
+        mlp_style / prototypes / sequence_length / prompt_mask / coordinator_mask /
+            warmup_prediction / absent_positions / mask_draw / mask_rate / unimodal_loss /
+            recon_loss / disentangle_loss / reverse_loss: reproduction switches
+            (``EXACT_CHOICES``; the ``published-exact`` preset), each the published code's
+            behaviour, defects included; documented one by one in ``docs/methods/comp.md``.
         context_mean: opt-in video-level input, an imer extension that is not
             in the paper: the final layer also reads, per modality, the mean of
             the stream outputs of that modality's observed utterances in the
@@ -165,11 +191,33 @@ class CompConfig(ModelConfig):
     modulator_direction: str = "weaker"
     modulator_scope: str = "upstream"
     context_mean: bool = False
+    mlp_style: str = "imer"
+    prototypes: str = "global"
+    sequence_length: int = 0
+    prompt_mask: str = "zero"
+    coordinator_mask: str = "available"
+    warmup_prediction: str = "heads"
+    absent_positions: str = "zero"
+    mask_draw: str = "given"
+    mask_rate: float = 0.0
+    unimodal_loss: str = "present"
+    recon_loss: str = "observed"
+    disentangle_loss: str = "observed"
+    reverse_loss: str = "imer"
 
     def __post_init__(self) -> None:
-        for name, allowed in CHOICES.items():
+        for name, allowed in {**CHOICES, **EXACT_CHOICES}.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"comp: {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        exact = [name for name, (default, _) in EXACT_CHOICES.items() if getattr(self, name) != default]
+        if (exact or self.sequence_length) and self.packed:
+            raise ConfigError(f"comp: {(exact or ['sequence_length'])[0]} reproduces the published computation on padded batches; set packed=false")
+        if self.sequence_length < 0:
+            raise ConfigError(f"comp: sequence_length must be >= 0 (0 = the batch's longest dialogue), got {self.sequence_length}")
+        if self.prototypes == "batch" and not self.sequence_length:
+            raise ConfigError("comp: prototypes=batch needs sequence_length (the published fixed padded length, 65 for CMU-MOSI)")
+        if self.absent_positions == "computed" and self.block_style != "plain":
+            raise ConfigError("comp: absent_positions=computed needs block_style=plain (the published blocks)")
         if not 0.0 <= self.momentum <= 1.0 or not 0.0 <= self.modulator_strength < 1.0:
             raise ConfigError("comp: momentum must lie in [0, 1] and modulator_strength in [0, 1)")
         if self.depth < 2:
@@ -187,15 +235,18 @@ class PromptGenerator(nn.Module):
     the rest of the batch. Positions where ``valid`` is False get an all-zero prompt.
     """
 
-    def __init__(self, hidden: int, prompt_size: int, temperature: float, dropout: float, style: str) -> None:
+    def __init__(self, hidden: int, prompt_size: int, temperature: float, dropout: float, style: str, mlp_style: str = "imer") -> None:
         super().__init__()
         self.query = nn.Linear(hidden, hidden) if style == "query" else nn.Identity()
-        self.ffn = MLP(hidden, hidden if style == "query" else prompt_size, prompt_size, layers=2, dropout=dropout)
+        self.ffn = _two_layer(mlp_style, hidden, hidden if style == "query" else prompt_size, prompt_size, dropout)
         self.skip = nn.Linear(hidden, prompt_size)
         self.temperature = temperature
 
     def forward(self, code: Tensor, prototypes: Tensor) -> tuple[Tensor, Tensor]:
-        """``code`` ``[..., H]``, prototypes ``[K, H]`` -> prompt ``[..., p]`` and attention ``[..., K]``."""
+        """``code`` ``[..., H]``, prototypes ``[K, H]`` -> prompt ``[..., p]`` and attention ``[..., K]``.
+
+        With ``prototypes="batch"`` the rows are the whole batch's ``B * K`` prototypes.
+        """
         sim = F.normalize(self.query(code), dim=-1) @ F.normalize(prototypes, dim=-1).T
         attention = torch.softmax(sim / self.temperature, dim=-1)
         return self.ffn(attention @ prototypes) + self.skip(code), attention
@@ -222,11 +273,18 @@ def _masked_average(values: Tensor, weight: Tensor) -> Tensor:
     return (torch.where(weight, values, torch.zeros((), dtype=values.dtype)) * w).sum() / w.sum().clamp(min=1.0)
 
 
+def _two_layer(style: str, in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Module:
+    """A two-layer MLP: imer's (ReLU, dropout between the layers) or the published one (``mlp_style``)."""
+    if style == "published":
+        return PublishedMLP(in_dim, hidden, out_dim, dropout)
+    return MLP(in_dim, hidden, out_dim, layers=2, dropout=dropout)
+
+
 def _residual_head(config: CompConfig, width: int) -> nn.Module:
     """The residual block of the fusion head (its output is added to its input)."""
     if config.fusion_head == "linear":
         return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(config.dropout))
-    return MLP(width, config.hidden, width, layers=2, dropout=config.dropout)
+    return _two_layer(config.mlp_style, width, config.hidden, width, config.dropout)
 
 
 class ModalityStream(nn.Module):
@@ -236,24 +294,29 @@ class ModalityStream(nn.Module):
         super().__init__()
         h, extra = config.hidden, (num_modalities - 1) * config.prompt_size if config.prompts else 0
         self.extra = extra
+        self.everywhere = config.absent_positions == "computed"
+        style, drop = config.mlp_style, config.dropout
         if config.disentangle:
-            self.shared = MLP(h, h, h, layers=2, dropout=config.dropout)
-            self.private = MLP(h, h, h, layers=2, dropout=config.dropout)
-            self.decoder = MLP(2 * h, h, h, layers=2, dropout=config.dropout)
+            self.shared = _two_layer(style, h, h, h, drop)
+            self.private = _two_layer(style, h, h, h, drop)
+            self.decoder = _two_layer(style, 2 * h, h, h, drop)
             if config.reverse_target == "normal":
                 self.private_head = nn.Linear(h, output_size)
         first = config.depth // 2
         self.in1 = nn.Linear(h + extra, h)
         self.block1 = self._blocks(config, first)
-        self.out1 = nn.Linear(h, h + extra) if config.carry_projection == "linear" else MLP(h, h, h + extra, layers=2, dropout=config.dropout)
+        self.out1 = nn.Linear(h, h + extra) if config.carry_projection == "linear" else _two_layer(style, h, h, h + extra, drop)
         self.in2 = nn.Linear(h + extra, h)
         self.block2 = self._blocks(config, config.depth - first)
-        self.head = MLP(h, h, output_size, layers=2, dropout=config.dropout) if config.unimodal_head == "mlp" else nn.Linear(h, output_size)
+        self.head = _two_layer(style, h, h, output_size, drop) if config.unimodal_head == "mlp" else nn.Linear(h, output_size)
         if config.prompts:
-            self.prototypes = nn.Parameter(torch.randn(config.num_prototypes, h) / math.sqrt(h))
-            self.generator = PromptGenerator(h, config.prompt_size, config.temperature, config.dropout, config.prompt_generator)
+            if config.prototypes == "batch":  # the published sequence-axis MLP: K prototypes per dialogue of the batch
+                self.prototype_mlp = _two_layer(style, config.sequence_length, config.num_prototypes, config.num_prototypes, drop)
+            else:
+                self.prototypes = nn.Parameter(torch.randn(config.num_prototypes, h) / math.sqrt(h))
+            self.generator = PromptGenerator(h, config.prompt_size, config.temperature, drop, config.prompt_generator, style)
             if config.level2_generator == "separate":
-                self.generator2 = PromptGenerator(h, config.prompt_size, config.temperature, config.dropout, config.prompt_generator)
+                self.generator2 = PromptGenerator(h, config.prompt_size, config.temperature, drop, config.prompt_generator, style)
 
     @staticmethod
     def _blocks(config: CompConfig, depth: int) -> nn.Module:
@@ -261,14 +324,18 @@ class ModalityStream(nn.Module):
             return PlainTransformer(config.hidden, depth, config.heads, config.dropout, ff_mult=1)
         return MaskedTransformer(config.hidden, depth, config.heads, config.dropout, packed=config.packed)
 
-    def generate(self, code: Tensor, level: str) -> tuple[Tensor, Tensor]:
-        """Prompt and prototype attention at ``level`` ("1" or "2"), unmasked."""
+    def generate(self, code: Tensor, level: str, prototypes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Prompt and prototype attention at ``level`` ("1" or "2"), unmasked (``prototypes``: the batch's, if given)."""
         generator = self.generator2 if level == "2" and hasattr(self, "generator2") else self.generator
-        return generator(code, self.prototypes)
+        return generator(code, self.prototypes if prototypes is None else prototypes)
+
+    def run(self, blocks: nn.Module, x: Tensor, valid: Tensor) -> Tensor:
+        """``blocks`` (block 1 or 2) on ``x`` ``[B, L, H]``: at the valid positions, or everywhere (``absent_positions``)."""
+        return every_position(blocks, x, valid) if self.everywhere else blocks(x, valid)
 
     def unimodal(self, code: Tensor, valid: Tensor) -> Tensor:
         """Warm-up path without projections (``warmup="encoders"``): block 1 -> block 2 -> representation."""
-        return self.block2(self.block1(code, valid), valid)
+        return self.run(self.block2, self.run(self.block1, code, valid), valid)
 
 
 @register_model("comp")
@@ -286,7 +353,7 @@ class Comp(IMERModel):
         self.embed = ModalityEmbedding(spec.dim_of, h, config.dropout, packed=config.packed)
         self.streams = nn.ModuleDict({name: ModalityStream(config, m, spec.output_size) for name in spec.modalities})
         if config.coordinator:
-            self.coordinator = MLP(m * h, h, m, layers=2, dropout=config.dropout)
+            self.coordinator = _two_layer(config.mlp_style, m * h, h, m, config.dropout)
         self.fusion = _residual_head(config, m * h)
         self.final = nn.Linear(m * h + (m * (h + 1) if config.context_mean else 0), spec.output_size)
         # True from stage 2 on; a buffer so the stage travels with saved weights and checkpoints.
@@ -322,21 +389,35 @@ class Comp(IMERModel):
         return self._forward_padded(features, available, mask)
 
     def _forward_padded(self, features: dict[str, Tensor], available: Tensor, mask: Tensor) -> ModelOutput:
-        """The reference computation on padded ``[B, L]`` tensors (``packed=false``)."""
+        """The reference computation on padded ``[B, L]`` tensors (``packed=false``).
+
+        The reproduction switches act here only. With ``sequence_length`` the batch is first padded to that
+        length and with ``mask_draw="published"`` a fresh availability is drawn (:meth:`_grid`); ``aux`` then
+        holds ``[B, sequence_length]`` tensors, ``aux["grid_mask"]`` the padded utterance mask and
+        ``aux["valid"]`` the availability used; predictions keep the batch's ``[B, L]``.
+        """
         cfg, names = self.config, self.modalities
+        length = mask.shape[1]
+        features, available, mask, gridded = self._grid(features, available, mask)
         valid = available & mask.unsqueeze(-1)  # [B, L, M]
-        z = self.embed(features, available)  # [B, L, M, H]
-        zero = torch.zeros((), dtype=z.dtype)
+        if cfg.absent_positions == "computed":  # the published embedding: an absent entry is the projection of 0 (its bias)
+            zero_in = {m: torch.where(valid[..., j : j + 1], features[m], torch.zeros((), dtype=features[m].dtype)) for j, m in enumerate(names)}
+            z = torch.stack([self.embed.dropout(self.embed.proj[m](zero_in[m])) for m in names], dim=-2)
+        else:
+            z = self.embed(features, available)  # [B, L, M, H]
         aux: dict[str, Tensor] = {"valid": valid}
+        if gridded:
+            aux["grid_mask"] = mask
         codes, private = {}, {}
         for j, m in enumerate(names):
             stream, v = self.streams[m], valid[..., j : j + 1]
             if cfg.disentangle:
-                codes[m] = on_valid(stream.shared, z[..., j, :], v, cfg.packed)
-                private[m] = on_valid(stream.private, z[..., j, :], v, cfg.packed)
-                aux[f"recon_{m}"] = on_valid(stream.decoder, torch.cat([codes[m], private[m]], dim=-1), v, cfg.packed)
+                codes[m] = self._on_positions(stream.shared, z[..., j, :], v)
+                private[m] = self._on_positions(stream.private, z[..., j, :], v)
+                aux[f"recon_{m}"] = self._on_positions(stream.decoder, torch.cat([codes[m], private[m]], dim=-1), v)
                 if not bool(self.stage2):  # the reverse loss exists only in the warm-up
-                    aux[f"private_pred_{m}"] = scores(self._private_prediction(stream, private[m], valid[..., j]), self.spec.task)
+                    source = private[names[0]] if cfg.reverse_loss == "published" else private[m]  # published: the first modality's
+                    aux[f"private_pred_{m}"] = scores(self._private_prediction(stream, source, valid[..., j]), self.spec.task)
             else:
                 codes[m] = z[..., j, :]
         if cfg.disentangle:
@@ -348,24 +429,53 @@ class Comp(IMERModel):
             outputs = {m: self.streams[m].unimodal(codes[m], valid[..., j]) for j, m in enumerate(names)}
         else:
             outputs = self._prompted(codes, valid, weights, aux)
-        heads = {m: on_valid(self.streams[m].head, outputs[m], valid[..., j], cfg.packed) for j, m in enumerate(names)}
-        per_modality = {m: scores(heads[m], self.spec.task) for m in names}
+        heads = {m: self._on_positions(self.streams[m].head, outputs[m], valid[..., j]) for j, m in enumerate(names)}
+        per_modality = {m: scores(heads[m][:, :length], self.spec.task) for m in names}
 
         stacked = torch.stack([outputs[m] for m in names], dim=2)  # [B, L, M, H]
-        if self.direct_warmup:  # no trained fusion yet: the mean of the available modalities' own predictions
+        if self.direct_warmup and cfg.warmup_prediction == "heads":  # no trained fusion yet: the mean of the available modalities' own predictions
             coord = self._uniform(valid, z.dtype)
             prediction = torch.stack([heads[m] for m in names], dim=2).mul(coord.unsqueeze(-1)).sum(2)
         else:
-            if not bool(self.stage2):
-                stacked = stacked.detach()  # warm-up: the fusion head learns without training the encoders
-            coord = self._coordinate(stacked, valid)
+            if self.direct_warmup:  # published warm-up: the (untrained) fusion head on the present modalities' outputs
+                coord = valid.to(z.dtype)
+            else:
+                if not bool(self.stage2):
+                    stacked = stacked.detach()  # warm-up: the fusion head learns without training the encoders
+                coord = self._coordinate(stacked, valid)
             fused = (coord.unsqueeze(-1) * stacked).flatten(-2)
             head_input = fused + self.fusion(fused)
             if cfg.context_mean:
                 head_input = torch.cat([head_input, dialogue_mean(stacked, valid).flatten(-2)], dim=-1)
             prediction = self.final(head_input)
         aux["coordinator"], aux["modulator_weights"] = coord, weights
-        return ModelOutput(prediction=scores(prediction, self.spec.task), modality_predictions=per_modality, aux=aux)
+        return ModelOutput(prediction=scores(prediction[:, :length], self.spec.task), modality_predictions=per_modality, aux=aux)
+
+    def _grid(self, features: dict[str, Tensor], available: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor, bool]:
+        """The batch as the published code sees it: padded to ``sequence_length`` and with its own mask draw.
+
+        Unchanged (and ``False``) unless ``sequence_length`` or ``mask_draw="published"`` asks for it.
+        """
+        cfg = self.config
+        if not cfg.sequence_length and cfg.mask_draw == "given":
+            return features, available, mask, False
+        batch, length = mask.shape
+        if cfg.sequence_length:
+            if length > cfg.sequence_length:
+                raise ValueError(f"comp: a dialogue of {length} utterances is longer than sequence_length={cfg.sequence_length}")
+            pad = cfg.sequence_length - length
+            features = {m: torch.cat([x, x.new_zeros(batch, pad, x.shape[-1])], dim=1) for m, x in features.items()}
+            available = torch.cat([available, available.new_zeros(batch, pad, available.shape[-1])], dim=1)
+            mask = torch.cat([mask, mask.new_zeros(batch, pad)], dim=1)
+        if cfg.mask_draw == "published":
+            available = available & draw_availability(batch, mask.shape[1], len(self.modalities), cfg.mask_rate, mask.device)
+        return features, available, mask, True
+
+    def _on_positions(self, fn: nn.Module, x: Tensor, valid: Tensor) -> Tensor:
+        """An utterance-wise ``fn``: zero at invalid positions, or everywhere as computed (``absent_positions``)."""
+        if self.config.absent_positions == "computed":
+            return fn(x)
+        return on_valid(fn, x, valid, self.config.packed)
 
     def _forward_packed(self, features: dict[str, Tensor], available: Tensor, mask: Tensor) -> ModelOutput:
         """The same function on packed rows: each modality's stream on its present entries only
@@ -494,9 +604,9 @@ class Comp(IMERModel):
         new_prompts = self._prompts(codes, valid, weights, aux, "1") if prompting else None
         hidden, carried = {}, {}
         for j, m in enumerate(names):
-            stream = self.streams[m]
+            stream, v = self.streams[m], valid[..., j]
             x = self._with_prompts(codes[m], new_prompts, j)
-            out = on_valid(stream.out1, stream.block1(on_valid(stream.in1, x, valid[..., j], cfg.packed), valid[..., j]), valid[..., j], cfg.packed)
+            out = self._on_positions(stream.out1, stream.run(stream.block1, self._on_positions(stream.in1, x, v), v), v)
             hidden[m], carried[m] = out[..., : cfg.hidden], out[..., cfg.hidden :]
         if prompting:
             regenerated = self._prompts(hidden, valid, weights, aux, "2")
@@ -507,11 +617,12 @@ class Comp(IMERModel):
                 others = torch.stack([regenerated[k] for i, k in enumerate(names) if i != j], dim=2)  # [B, L, M-1, p]
                 mixed = cfg.momentum * carried[m].unflatten(-1, (len(names) - 1, cfg.prompt_size)) + (1 - cfg.momentum) * others
                 other_valid = torch.cat([valid[..., :j], valid[..., j + 1 :]], dim=-1).unsqueeze(-1)
-                aux[f"received_{m}"] = torch.where(other_valid, mixed, zero)  # [B, L, M-1, p], others in order
+                # [B, L, M-1, p], others in order; published (prompt_mask="none"): absent modalities' prompts too
+                aux[f"received_{m}"] = mixed if cfg.prompt_mask == "none" else torch.where(other_valid, mixed, zero)
                 x = torch.cat([hidden[m], aux[f"received_{m}"].flatten(-2)], dim=-1)
             else:
                 x = self._with_prompts(hidden[m], None, j)
-            outputs[m] = stream.block2(on_valid(stream.in2, x, valid[..., j], cfg.packed), valid[..., j])
+            outputs[m] = stream.run(stream.block2, self._on_positions(stream.in2, x, valid[..., j]), valid[..., j])
         return outputs
 
     def _private_prediction(self, stream: ModalityStream, private: Tensor, valid: Tensor) -> Tensor:
@@ -521,18 +632,29 @@ class Comp(IMERModel):
         if self.config.warmup == "encoders":
             return stream.head(stream.unimodal(private, valid))
         x = self._with_prompts(private, None, 0)
-        out = stream.out1(stream.block1(stream.in1(x), valid))[..., : self.config.hidden]
-        return stream.head(stream.block2(stream.in2(self._with_prompts(out, None, 0)), valid))
+        out = stream.out1(stream.run(stream.block1, stream.in1(x), valid))[..., : self.config.hidden]
+        return stream.head(stream.run(stream.block2, stream.in2(self._with_prompts(out, None, 0)), valid))
 
     def _prompts(self, codes: dict[str, Tensor], valid: Tensor, weights: Tensor, aux: dict[str, Tensor], level: str) -> dict[str, Tensor]:
-        """Every modality's prompt at one level; absent -> 0; the modulator scales their gradients."""
-        modulate, scoped = self.config.modulator, self.config.modulator_scope == "generator"
+        """Every modality's prompt at one level; absent -> 0 (unless ``prompt_mask="none"``); the modulator scales their gradients.
+
+        With ``prototypes="batch"`` the level-1 codes make the batch's prototypes (``aux["prototypes_<m>"]``),
+        which level 2 reuses.
+        """
+        cfg = self.config
+        modulate, scoped = cfg.modulator, cfg.modulator_scope == "generator"
         out = {}
         for j, m in enumerate(self.modalities):
             code = GradScale.apply(codes[m], weights[..., j], True) if modulate and scoped else codes[m]
-            prompt, attention = self.streams[m].generate(code, level)
-            keep, zero = valid[..., j : j + 1], torch.zeros((), dtype=prompt.dtype)
-            prompt, attention = torch.where(keep, prompt, zero), torch.where(keep, attention, zero)
+            prototypes = None
+            if cfg.prompts and cfg.prototypes == "batch":
+                if level == "1":
+                    aux[f"prototypes_{m}"] = batch_prototypes(self.streams[m].prototype_mlp, code)
+                prototypes = aux[f"prototypes_{m}"]
+            prompt, attention = self.streams[m].generate(code, level, prototypes)
+            if cfg.prompt_mask == "zero":
+                keep, zero = valid[..., j : j + 1], torch.zeros((), dtype=prompt.dtype)
+                prompt, attention = torch.where(keep, prompt, zero), torch.where(keep, attention, zero)
             aux[f"prompt{level}_{m}"], aux[f"prototype_attention{level}_{m}"] = prompt, attention
             out[m] = GradScale.apply(prompt, weights[..., j]) if modulate else prompt
         return out
@@ -558,6 +680,8 @@ class Comp(IMERModel):
         if not self.config.coordinator:
             return self._uniform(valid, stacked.dtype)
         logits = self.coordinator(stacked.flatten(-2))
+        if self.config.coordinator_mask == "none":  # published: every modality weighed, absent ones too
+            return torch.softmax(logits, dim=-1)
         logits = torch.where(valid, logits, torch.full((), -1e9, dtype=logits.dtype))
         weights = torch.softmax(logits, dim=-1)
         return torch.where(valid, weights, torch.zeros((), dtype=weights.dtype))
@@ -583,32 +707,59 @@ class Comp(IMERModel):
     def loss(self, out: ModelOutput, labels: Tensor, mask: Tensor, available: Tensor) -> dict[str, Tensor]:
         """Stage-dependent loss terms; also fills the modulator weights used by the coming backward.
 
-        A packed forward's output (``rows_*`` in ``aux``) gives the same terms from its packed rows.
+        A packed forward's output (``rows_*`` in ``aux``) gives the same terms from its packed rows. After a
+        forward that padded the batch or drew its own masks (``aux["grid_mask"]``) the terms use that grid
+        and that availability.
         """
         cfg, names = self.config, self.modalities
         assert out.modality_predictions is not None
         valid = available & mask.unsqueeze(-1)
+        grid_mask, grid_valid, grid_labels = mask, valid, labels
+        if "grid_mask" in out.aux:
+            grid_mask, grid_valid = out.aux["grid_mask"], out.aux["valid"]
+            valid = grid_valid[:, : mask.shape[1]]
+            grid_labels = torch.cat([labels, labels.new_zeros(labels.shape[0], grid_mask.shape[1] - labels.shape[1])], dim=1)
         stage2 = bool(self.stage2)
         if cfg.modulator and self.prompting:
             errors = self.modality_errors(out, labels)
-            out.aux["modulator_weights"].copy_(modulator_weights(errors, valid, cfg.modulator_strength, cfg.modulator_direction))
+            out.aux["modulator_weights"][:, : errors.shape[1]].copy_(modulator_weights(errors, valid, cfg.modulator_strength, cfg.modulator_direction))
         if "rows_valid" in out.aux:
             return self._packed_loss(out.aux, labels, mask)
         terms = {} if self.direct_warmup else {"task": self.task_loss(out.prediction, labels, mask)}
-        unimodal = sum(self.task_loss(out.modality_predictions[m], labels, valid[..., j]) for j, m in enumerate(names))
-        terms["unimodal"] = cfg.unimodal_weight * unimodal
+        if cfg.unimodal_loss == "published":  # every real utterance, absent modalities too; twice in the joint stage
+            unimodal = sum(self.task_loss(out.modality_predictions[m], labels, mask) for m in names)
+            terms["unimodal"] = cfg.unimodal_weight * (2.0 if stage2 else 1.0) * unimodal
+        else:
+            unimodal = sum(self.task_loss(out.modality_predictions[m], labels, valid[..., j]) for j, m in enumerate(names))
+            terms["unimodal"] = cfg.unimodal_weight * unimodal
         if cfg.disentangle:
             if stage2 or cfg.recon_stages == "both":
-                terms["recon"] = cfg.recon_weight * sum(
-                    _masked_average((out.aux[f"recon_{m}"] - out.aux["z"][..., j, :].detach()).pow(2).mean(-1), valid[..., j])
-                    for j, m in enumerate(names)
-                )
-            terms["disentangle"] = cfg.disentangle_weight * self._disentangle_loss(out.aux["shared"], out.aux["private"], valid)
+                if cfg.recon_loss == "published":  # every position and modality of the padded batch, target not detached
+                    recon = torch.stack([out.aux[f"recon_{m}"] for m in names], dim=-2)
+                    terms["recon"] = cfg.recon_weight * (recon - out.aux["z"]).pow(2).mean()
+                else:
+                    terms["recon"] = cfg.recon_weight * sum(
+                        _masked_average((out.aux[f"recon_{m}"] - out.aux["z"][..., j, :].detach()).pow(2).mean(-1), grid_valid[..., j])
+                        for j, m in enumerate(names)
+                    )
+            terms["disentangle"] = cfg.disentangle_weight * self._disentangle_loss(out.aux["shared"], out.aux["private"], grid_valid, grid_mask)
             if not stage2:
-                terms["reverse"] = cfg.reverse_weight * sum(
-                    self._reverse_loss(out.aux[f"private_pred_{m}"], labels, valid[..., j]) for j, m in enumerate(names)
-                )
+                terms["reverse"] = cfg.reverse_weight * self._reverse_terms(out.aux, grid_labels, grid_valid, grid_mask)
         return terms
+
+    def _reverse_terms(self, aux: dict[str, Tensor], labels: Tensor, valid: Tensor, mask: Tensor) -> Tensor:
+        """The warm-up's reverse loss summed over modalities (padded computation).
+
+        ``reverse_loss="published"``: every real utterance counts (absent modalities too) and one noise draw
+        over the padded batch serves every modality (regression).
+        """
+        names = self.modalities
+        if self.config.reverse_loss != "published":
+            return sum(self._reverse_loss(aux[f"private_pred_{m}"], labels, valid[..., j]) for j, m in enumerate(names))
+        noise = None
+        if self.spec.task == "regression":  # drawn (and scaled, in _reverse_loss) in the labels' dtype, as published
+            noise = torch.randn(mask.shape, dtype=labels.dtype, device=labels.device)
+        return sum(self._reverse_loss(aux[f"private_pred_{m}"], labels, mask, noise) for m in names)
 
     def _packed_loss(self, aux: dict[str, Tensor], labels: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The terms of :meth:`loss` from a packed forward's rows (every row is a present entry)."""
@@ -644,22 +795,28 @@ class Comp(IMERModel):
                 terms["reverse"] = cfg.reverse_weight * sum(reverse)
         return terms
 
-    def _disentangle_loss(self, shared: Tensor, private: Tensor, valid: Tensor) -> Tensor:
-        """|cos(private_i, private_j)| + |cos(private_m, shared_m)| + JS(sigmoid(shared_i), sigmoid(shared_j)), observed positions only."""
+    def _disentangle_loss(self, shared: Tensor, private: Tensor, valid: Tensor, mask: Tensor | None = None) -> Tensor:
+        """|cos(private_i, private_j)| + |cos(private_m, shared_m)| + JS(sigmoid(shared_i), sigmoid(shared_j)), observed positions only.
+
+        ``disentangle_loss="published"``: the cosine terms over every real utterance (``mask``), the JS term
+        with the "1" outcome only (:func:`published_js`) and over every position of the padded batch.
+        """
         cfg, m = self.config, len(self.modalities)
+        published = cfg.disentangle_loss == "published"
+        everywhere = torch.ones_like(valid[..., 0]) if published else None
 
         def private_shared(j: int, where: Tensor) -> Tensor:
             return _masked_average(F.cosine_similarity(private[..., j, :], shared[..., j, :], dim=-1).abs(), where)
 
         per_pair = cfg.private_shared_terms == "per_pair"
-        loss = shared.new_zeros(()) if per_pair else sum(private_shared(j, valid[..., j]) for j in range(m))
+        loss = shared.new_zeros(()) if per_pair else sum(private_shared(j, mask if published else valid[..., j]) for j in range(m))
         for i in range(m):
             for j in range(i + 1, m):
-                both = valid[..., i] & valid[..., j]
-                js = bernoulli_js(shared[..., i, :], shared[..., j, :])
+                both = mask if published else valid[..., i] & valid[..., j]
+                js = (published_js if published else bernoulli_js)(shared[..., i, :], shared[..., j, :])
                 js = js.sum(-1) if cfg.js_reduction == "sum" else js.mean(-1)
                 loss = loss + _masked_average(F.cosine_similarity(private[..., i, :], private[..., j, :], dim=-1).abs(), both)
-                loss = loss + _masked_average(js, both)
+                loss = loss + _masked_average(js, everywhere if published else both)
                 if per_pair:
                     loss = loss + private_shared(i, both) + private_shared(j, both)
         return loss
@@ -668,12 +825,16 @@ class Comp(IMERModel):
         """Keep the private path from carrying the label.
 
         Classification: cross-entropy towards the complement of the true class,
-        ``-log(1 - p(true))`` (computed in log space). Regression: regress to
+        ``-log(1 - p(true))`` (computed in log space); ``reverse_loss="published"``: the cross-entropy of
+        the true class under the logits ``1 - z``, as published. Regression: regress to
         noise, N(0, 1) (``reverse_target="normal"``) or 1.5 N(0, 1) clamped to
         [-3, 3] (``"published"``, the label range of CMU-MOSI); ``noise``: the
         N(0, 1) draw to use instead of a fresh one.
         """
-        if self.spec.task == "classification":
+        if self.spec.task == "classification" and self.config.reverse_loss == "published":
+            # the published complement: cross-entropy of the label under the logits 1 - z
+            per = F.cross_entropy((1.0 - prediction).reshape(-1, prediction.shape[-1]), labels.reshape(-1).long(), reduction="none").reshape(labels.shape)
+        elif self.spec.task == "classification":
             true = F.one_hot(labels.long(), prediction.shape[-1]).bool()
             log_rest = torch.logsumexp(prediction.masked_fill(true, float("-inf")), dim=-1) - torch.logsumexp(prediction, dim=-1)
             per = -log_rest
