@@ -25,7 +25,28 @@ from typing import IO, Any
 
 import numpy as np
 
-from imer.errors import DataError
+from imer.errors import ConfigError, DataError
+
+# Tables and lists nested deeper than this in a config, spec or JSON file are refused (imer's own need at most 4).
+MAX_NESTING = 16
+
+
+def check_nesting(value: Any, where: str) -> Any:
+    """``value`` unchanged; :class:`ConfigError` when its lists and tables nest deeper than :data:`MAX_NESTING`."""
+    level = [value]
+    for depth in range(MAX_NESTING + 1):
+        level = [v for item in level for v in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())]
+        if not level:
+            return value
+    raise ConfigError(f"{where}: lists or tables nested more than {MAX_NESTING} levels deep; imer's settings need at most 4")
+
+
+def resolved(path: str | Path) -> Path:
+    """``path`` made absolute with links followed; :class:`DataError` for a link loop."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:
+        raise DataError(f"{path}: cannot resolve the path ({exc}); a symbolic link points to itself or in a loop") from None
 
 
 @contextmanager
@@ -119,7 +140,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 def append_jsonl(path: str | Path, record: Any) -> None:
     """Append one strict-JSON line to ``path`` (a log: each line is complete or absent)."""
     line = dumps(record) + "\n"
-    with Path(path).open("a") as fh:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)  # never through a link
+    with os.fdopen(fd, "a") as fh:
         fh.write(line)
 
 
@@ -143,6 +165,8 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise DataError(f"{path}: cannot read {what} ({exc})") from None
     try:
         return loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: {what} nests lists or objects too deeply to be one imer wrote") from None
     except ValueError as exc:
         raise DataError(f"{path}: {what} is not valid JSON ({exc}); the file is truncated or was edited by hand") from None
 

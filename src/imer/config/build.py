@@ -22,6 +22,7 @@ from imer.config.schema import SECTIONS, RunConfig
 from imer.config.validation import validate_data_config, validate_run_config
 from imer.data.registry import is_custom_path, needs_data_dir
 from imer.errors import ConfigError
+from imer.io import MAX_NESTING, check_nesting, resolved
 from imer.models.registry import get_model_class
 
 if sys.version_info >= (3, 11):
@@ -79,6 +80,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         kind = "JSON" if path.suffix == ".json" else "TOML"
         raise ConfigError(f"{path}: not valid {kind} ({exc}); a config has sections like [train] with lines like lr = 1e-4") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: lists or tables nested more than {MAX_NESTING} levels deep; imer's settings need at most 4") from None
+    check_nesting(values, str(path))
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a config must be a table of sections (data, missing, train, model), not {type(values).__name__}")
     return values
@@ -108,11 +112,15 @@ def parse_value(text: str) -> Any:
     try:
         value = tomllib.loads(f"value = {text}")["value"]
         if isinstance(value, (bool, int, float, str, list, dict)):
-            return value
+            return check_nesting(value, f"--set value {text[:40]!r}")
     except tomllib.TOMLDecodeError:
         pass
+    except RecursionError:
+        raise ConfigError(f"--set value {text[:40]!r}...: nested more than {MAX_NESTING} levels deep") from None
     try:
-        return json.loads(text)
+        return check_nesting(json.loads(text), f"--set value {text[:40]!r}")
+    except RecursionError:
+        raise ConfigError(f"--set value {text[:40]!r}...: nested more than {MAX_NESTING} levels deep") from None
     except ValueError:
         return text
 
@@ -207,7 +215,7 @@ def resolve_paths(config: RunConfig) -> None:
     data options whose name ends in ``_file``, ``_dir`` or ``_path``.
     """
     def absolute(value: str) -> str:
-        return str(Path(value).expanduser().resolve())
+        return str(resolved(value))
 
     if isinstance(config.data.data_dir, str) and config.data.data_dir:
         config.data.data_dir = absolute(config.data.data_dir)

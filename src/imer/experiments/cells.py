@@ -62,8 +62,10 @@ def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
             record["status"] = "ok"
         except Exception as exc:  # a failing cell is data for the report, not a reason to stop
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", user_error=isinstance(exc, IMERError), traceback=traceback.format_exc())
-            run_dir.mkdir(parents=True, exist_ok=True)
-            folder.write("error.json", record)
+            if not run_dir.exists() or folder.is_imer() or not any(run_dir.iterdir()):  # never into a folder that is not imer's
+                run_dir.mkdir(parents=True, exist_ok=True)
+                folder.mark()
+                folder.write("error.json", record)
     record["seconds"] = time.perf_counter() - t0
     record["warnings"] = sorted({str(w.message) for w in caught})
     return record

@@ -13,6 +13,13 @@ from imer.errors import ConfigError
 from imer.experiments.spec import ExperimentFile, SearchSpec, Variant, overrides_for, variants_table
 
 
+def exact(value: float) -> str:
+    """``value`` as short as ``:g`` prints it when that reads back as the same number, else every digit it needs
+    (0.1 -> ``0.1``, 1.0 -> ``1``, 0.1000001 -> ``0.1000001``): two cells never share a folder or a label."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
 @dataclass(frozen=True)
 class Cell:
     """One run of the grid."""
@@ -32,7 +39,7 @@ class Cell:
         base = Path("runs") / (self.dataset_id or self.dataset) / self.variant
         if self.trial is not None:
             base = Path("search") / base / f"trial={self.trial}"
-        base = base / f"rate={self.rate:g}"
+        base = base / f"rate={exact(self.rate)}"
         if self.fold is not None:
             base = base / f"fold={self.fold}"
         return base / f"seed={self.seed}"
@@ -41,7 +48,7 @@ class Cell:
     def label(self) -> str:
         fold = f" fold={self.fold}" if self.fold is not None else ""
         trial = f" search trial {self.trial}" if self.trial is not None else ""
-        return f"{self.dataset_id or self.dataset}/{self.variant}{trial} rate={self.rate:g}{fold} seed={self.seed}"
+        return f"{self.dataset_id or self.dataset}/{self.variant}{trial} rate={exact(self.rate)}{fold} seed={self.seed}"
 
 
 @dataclass
@@ -90,7 +97,7 @@ class SweepSpec:
         folds: list[int | None] = list(self.folds) if self.folds else [None]
         labels = {d: dataset_label(d) for d in self.datasets}
         return [
-            Cell(d, v.name, v.method, float(r), int(s), f, labels[d])
+            Cell(d, v.name, v.method, float(r) + 0.0, int(s), f, labels[d])
             for d in self.datasets
             for v in self.variants
             for r in self.rates

@@ -38,6 +38,7 @@ from imer.experiments.environment import environment_info, feature_manifest, pea
 from imer.experiments.loading import dataset_fingerprint
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
 from imer.runfolder import RunFolder
+from imer.runfolder.folder import locked
 from imer.runfolder.predictions import prediction_rows
 from imer.training.threads import configure_threads
 from imer.training.tracking import tracking_hooks
@@ -236,8 +237,16 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
     started = time.perf_counter()
     validate_run_config(config, check_data=dataset is None)
     device = _device(config.train.device)  # before anything is written
-    out.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(out)
+    folder.claim()
+    with locked(out):
+        return _train_steps(config, folder, device, started, resume, dataset, overwrite, caught, variant, hooks)
+
+
+def _train_steps(config: RunConfig, folder: RunFolder, device: torch.device, started: float, resume: bool,
+                 dataset: MultimodalDataset | None, overwrite: bool, caught: list, variant: str | None,
+                 hooks: list[Callable[[dict[str, Any]], None]] | None) -> dict[str, Any]:
+    out = folder.path
     prepare_out(folder, config, resume, overwrite)
     configure_threads(config.train.threads)
     torch.manual_seed(config.seed)
@@ -297,7 +306,8 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
 
 
 def _record_inputs(folder: RunFolder, config: RunConfig, data: PreparedData, model: IMERModel, sets: dict[str, EvalSet], in_memory: bool) -> None:
-    """Everything a run folder holds before training: config, data spec, environment, feature origin, scaler, fixed masks."""
+    """Everything a run folder holds before training: the marker, config, data spec, environment, feature origin, scaler, fixed masks."""
+    folder.mark()
     folder.write("config.json", config.to_dict())
     run_spec = {
         "modalities": data.dataset.modalities,

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import json
 import re
 import sys
@@ -108,6 +109,38 @@ class Variant:
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+# A search grid's trials and a sweep's cells are counted before any is built; more are refused.
+MAX_TRIALS = 1000
+MAX_CELLS = 100_000
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def typed(value: Any, kind: type, where: str, low: int | None = None) -> Any:
+    """``value`` when it is of ``kind`` (None passes; ints count as numbers, bools as nothing else), else :class:`ConfigError`.
+
+    Never converts: ``seeds = [1.7]`` is an error, not seed 1.
+    """
+    if value is None:
+        return None
+    ok = isinstance(value, bool) if kind is bool else (
+        not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind))
+    if not ok:
+        raise ConfigError(f"{where}: must be {_KINDS[kind]}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be finite, got {value!r}")
+    if low is not None and value < low:
+        raise ConfigError(f"{where}: must be >= {low}, got {value!r}")
+    return value
+
+
+def typed_list(values: Any, kind: type, where: str) -> list[Any]:
+    """A non-empty list whose items are all of ``kind`` (see :func:`typed`)."""
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}: must be a non-empty list, got {values!r}")
+    return [typed(v, kind, where) for v in values]
 
 
 def check_variant_name(name: str, where: str) -> None:
@@ -173,9 +206,9 @@ def resolve_variants(plain: list[str], tables: dict[str, dict[str, Any]], where:
         rates = table.get("missing_rates")
         seeds = table.get("seeds")
         variant = Variant(name, method, tuple(overrides), epochs, base_name,
-                          tuple(float(r) for r in rates) if rates is not None else None,
-                          tuple(int(s) for s in seeds) if seeds is not None else None,
-                          str(table.get("description", "")), config)
+                          tuple(float(r) for r in typed_list(rates, float, f"{where}: [variants.{name}] missing_rates")) if rates is not None else None,
+                          tuple(typed_list(seeds, int, f"{where}: [variants.{name}] seeds")) if seeds is not None else None,
+                          typed(table.get("description", ""), str, f"{where}: [variants.{name}] description"), config)
         resolved[name] = variant
         return variant
 
@@ -276,6 +309,10 @@ def _grid_from(value: Any, where: str) -> tuple[tuple[str, tuple[Any, ...]], ...
             raise ConfigError(f"{where}: grid key '{key}' needs a non-empty list of values")
         if len({json.dumps(v) for v in values}) != len(values):
             raise ConfigError(f"{where}: grid key '{key}' lists a value twice")
+    trials = math.prod(len(v) for v in value.values())
+    if trials > MAX_TRIALS:
+        sizes = " x ".join(str(len(v)) for v in value.values())
+        raise ConfigError(f"{where}: {sizes} = {trials} trials, more than the {MAX_TRIALS} a search may run; search fewer keys or values")
     return tuple((str(k), tuple(v)) for k, v in value.items())
 
 
@@ -364,7 +401,10 @@ def load_spec(path: str | Path) -> tuple[dict[str, Any], ExperimentFile]:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a valid TOML spec ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: lists or tables nested more than {MAX_NESTING} levels deep; a spec needs at most 4") from None
     where = str(path)
+    check_nesting(data, where)
     unknown = sorted(set(data) - SPEC_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(SPEC_KEYS)}")
@@ -381,20 +421,21 @@ def load_spec(path: str | Path) -> tuple[dict[str, Any], ExperimentFile]:
     overrides = list(overrides_from(data.get("set"), where))
     kwargs = {
         "variants": variants,
-        "datasets": [str(d) for d in data["datasets"]],
-        "rates": [float(r) for r in data["missing_rates"]],
-        "seeds": [int(s) for s in data["seeds"]],
-        "folds": [int(f) for f in data["folds"]] if data.get("folds") else None,
-        "epochs": data.get("epochs"),
-        "data_dir": data.get("data_dir"),
+        "datasets": typed_list(data["datasets"], str, f"{where}: datasets"),
+        "rates": [float(r) for r in typed_list(data["missing_rates"], float, f"{where}: missing_rates")],
+        "seeds": typed_list(data["seeds"], int, f"{where}: seeds"),
+        "folds": typed_list(data["folds"], int, f"{where}: folds") if data.get("folds") else None,
+        "epochs": typed(data.get("epochs"), int, f"{where}: epochs", low=1),
+        "data_dir": typed(data.get("data_dir"), str, f"{where}: data_dir"),
         "overrides": overrides,
-        "conditions": bool(data.get("conditions", False)),
+        "conditions": typed(data.get("conditions", False), bool, f"{where}: conditions"),
     }
     if "search" in data:
         kwargs["search"] = search_from(data["search"], variants, overrides, where)
     if "threads" in data:
-        kwargs["threads"] = int(data["threads"])
-    meta = ExperimentFile(path=path.as_posix(), name=str(data.get("name", path.stem)), description=str(data.get("description", "")), report=report)
+        kwargs["threads"] = typed(data["threads"], int, f"{where}: threads", low=1)
+    meta = ExperimentFile(path=path.as_posix(), name=typed(data.get("name", path.stem), str, f"{where}: name"),
+                          description=typed(data.get("description", ""), str, f"{where}: description"), report=report)
     return kwargs, meta
 
 
@@ -421,7 +462,15 @@ def variants_table(variants: list[Variant]) -> list[dict[str, Any]]:
 
 
 def validate_sweep(spec: Any) -> None:
-    """Build (and so check) the config of every method × dataset of a sweep, and of every search trial, before any cell runs."""
+    """Build (and so check) the config of every method × dataset of a sweep, and of every search trial, before any cell runs.
+
+    The grid is counted first: more than :data:`MAX_CELLS` cells are refused before any is built.
+    """
+    cells = len(spec.datasets) * len(spec.variants) * len(spec.rates) * len(spec.seeds) * len(spec.folds or [None])
+    if cells > MAX_CELLS:
+        raise ConfigError(f"sweep: {len(spec.datasets)} datasets x {len(spec.variants)} variants x {len(spec.rates)} rates x "
+                          f"{len(spec.seeds)} seeds x {len(spec.folds or [None])} folds = {cells} cells, more than {MAX_CELLS}; "
+                          "split the grid over several sweeps")
     for rate in spec.rates + ([spec.search.rate] if spec.search is not None else []):
         check_range(rate, UNIT, "--missing-rates")
     for seed in spec.seeds:

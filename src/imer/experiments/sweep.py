@@ -43,6 +43,7 @@ from imer.experiments.grid import Cell, SweepSpec
 from imer.experiments.search import freeze_search, read_search
 from imer.models import list_models
 from imer.runfolder import RunFolder, sweepdir
+from imer.runfolder.folder import LOCK, locked
 from imer.version import __version__
 
 
@@ -84,10 +85,25 @@ def _check_settings(spec: SweepSpec, out: Path) -> None:
                               "give the changed variant a new name or use another --out")
 
 
+def check_sweep_dir(out: Path) -> None:
+    """Refuse an ``--out`` that is neither absent, empty nor a sweep directory (``sweep.json``), or that is a link."""
+    if out.is_symlink():
+        raise ConfigError(f"{out}: is a symbolic link; give the real folder as --out (imer does not follow links when writing)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+    if out.is_dir() and not (out / sweepdir.MANIFEST).is_file():
+        names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise ConfigError(f"{out}: is not empty and holds no sweep (no sweep.json; it holds {shown}); a sweep writes only into an "
+                              "empty or absent folder or a sweep directory of its own, choose another --out")
+
+
 def _prepare(spec: SweepSpec, out: Path) -> list[Cell]:
     """Check the grid and that ``out`` holds no sweep with other settings, load frozen search choices; the search cells."""
     if not spec.variants or not spec.datasets or not spec.rates or not spec.seeds:
         raise ConfigError("a sweep needs at least one method, dataset, missing rate and seed")
+    check_sweep_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(spec, out)
     unknown = sorted({v.method for v in spec.variants} - set(list_models()))
@@ -134,6 +150,16 @@ def run_sweep(
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
     out = Path(out)
+    check_sweep_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out, "sweep"):
+        return _run_sweep(spec, out, workers, backend, address, progress, on_result, search_only)
+
+
+def _run_sweep(spec: SweepSpec, out: Path, workers: int, backend: str, address: str | None, progress: bool,
+               on_result: Callable[[dict[str, Any]], None] | None, search_only: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     search_cells = _prepare(spec, out)
     cells = search_cells + spec.cells()
     states = {c: cell_status(spec, out, c) for c in cells}

@@ -10,7 +10,11 @@ killed mid-write leaves the previous version of a file or none.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 
 from imer.data.scaling import Standardizer
-from imer.errors import DataError
+from imer.errors import DataError, IMERError
 from imer.io import append_jsonl, atomic_write, dumps, read_json, write_json
 from imer.models.base import DataSpec
 from imer.runfolder.predictions import write_predictions
@@ -49,6 +53,81 @@ FINISHED = ("config.json", "run_spec.json", "model.safetensors", "scaler.npz", "
 SAVED = ("config.json", "run_spec.json", "metrics.json", "history.jsonl", "model.safetensors", "scaler.npz", "masks.npz",
          "environment.json", "predictions_test.csv", "cv.json")
 
+# Written first into every folder imer makes a run in: a folder without it (and without the files of an older
+# imer run) that holds anything is the user's, and imer refuses to write into it.
+MARKER = ".imer-run"
+# Held while a process writes a run folder or a sweep directory: a second writer fails at once.
+LOCK = ".imer.lock"
+# Names imer itself keeps in a run folder besides FILES (TensorBoard's event files go to tensorboard/).
+OWN = (MARKER, LOCK, "tensorboard")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def locked(folder: str | Path, what: str = "run") -> Iterator[None]:
+    """Hold ``folder/.imer.lock`` for the block; :class:`IMERError` when a live process holds it already.
+
+    The lock records the holder's host and pid; a lock left by a process that no longer runs on this host
+    (killed with SIGKILL, a crash) is stale and taken over.
+    """
+    path = Path(folder) / LOCK
+    if path.is_symlink():
+        raise IMERError(f"{path}: is a symbolic link; imer does not follow links when writing, remove it")
+    mine = f"{socket.gethostname()} {os.getpid()}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except FileExistsError:
+            try:
+                host, pid_text = path.read_text().split()
+                pid = int(pid_text)
+            except (OSError, ValueError):
+                host, pid = "", -1
+            if host == socket.gethostname() and pid > 0 and _pid_alive(pid):
+                raise IMERError(f"{folder}: another imer process (pid {pid}) is writing this {what} now; wait for it to end or "
+                                f"choose another --out") from None
+            if host and host != socket.gethostname():
+                raise IMERError(f"{folder}: locked by an imer process on host {host} (pid {pid}); if it no longer runs, "
+                                f"delete {path}") from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(mine)
+        break
+    else:
+        raise IMERError(f"{folder}: cannot take the lock {path}; another process keeps taking it")
+    try:
+        yield
+    finally:
+        try:
+            if path.read_text() == mine:
+                path.unlink()
+        except OSError:
+            pass
+
+
+def own_output(path: str | Path) -> str | None:
+    """Why writing a user's output to ``path`` would replace a file of an imer run or sweep (None when it would not)."""
+    from imer.runfolder.sweepdir import OWN_FILES
+
+    path = Path(path)
+    parent = path.parent.resolve()
+    if path.name in FILES or path.name in OWN:
+        if RunFolder(parent).is_imer():
+            return f"{path}: is a file of the imer run in {path.parent}; write to a path outside the run folder"
+    if path.name in OWN_FILES and (parent / "sweep.json").is_file():
+        return f"{path}: is a file of the sweep in {path.parent}; write to a path outside the sweep directory"
+    return None
+
 
 class RunFolder:
     """One run directory."""
@@ -75,6 +154,42 @@ class RunFolder:
     def interrupted(self) -> bool:
         """An interrupted (or resumable) run: ``checkpoint.pt`` exists."""
         return self.has("checkpoint.pt")
+
+    def is_imer(self) -> bool:
+        """Whether the folder is an imer run: it has the marker, or (older runs) only run files with a config and run spec."""
+        if (self.path / MARKER).is_file():
+            return True
+        try:
+            names = {p.name for p in self.path.iterdir()}
+        except OSError:
+            return False
+        return {"config.json", "run_spec.json"} <= names and names <= set(FILES) | set(OWN)
+
+    def claim(self) -> None:
+        """Check ``path`` may hold an imer run (created when absent): refused when it holds anything but an imer run.
+
+        Symbolic links are refused, not followed: neither the folder nor a run file may be one.
+        """
+        if self.path.is_symlink():
+            raise IMERError(f"{self.path}: is a symbolic link; give the real folder as --out (imer does not follow links when writing)")
+        if self.path.exists() and not self.path.is_dir():
+            raise IMERError(f"{self.path}: exists and is not a folder; choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        entries = [p for p in self.path.iterdir() if p.name != LOCK]
+        links = sorted(p.name for p in entries if p.is_symlink())
+        if links:
+            raise IMERError(f"{self.path}: holds symbolic link(s) {links}; imer does not write through links, remove them or choose another --out")
+        if entries and not self.is_imer():
+            names = sorted(p.name for p in entries)
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise IMERError(f"{self.path}: is not empty and not an imer run folder (it holds {shown}); imer writes only into an "
+                            "empty or absent folder or one of its own runs, choose another --out")
+
+    def mark(self) -> None:
+        """Write the marker that makes the folder an imer run (before any run file)."""
+        if not (self.path / MARKER).is_file():
+            with atomic_write(self.path / MARKER) as fh:
+                fh.write("imer run folder\n")
 
     def state(self, conditions: bool = False) -> str:
         """``done`` (finished, with ``conditions.json`` when asked for), ``partial`` (a checkpoint or a model) or ``todo``."""
@@ -156,7 +271,9 @@ class RunFolder:
 
     def copy_model(self, target: str | Path) -> None:
         """Copy the files of :data:`SAVED` that exist into ``target`` (created)."""
-        Path(target).mkdir(parents=True, exist_ok=True)
+        copy = RunFolder(target)
+        copy.claim()
+        copy.mark()
         for name in SAVED:
             if self.has(name):
                 shutil.copy2(self.file(name), Path(target) / name)

@@ -11,6 +11,8 @@ from imer.io import append_jsonl, read_json, write_json
 MANIFEST = "sweep.json"
 SEARCH = "search.json"
 FAILURES = "failures.jsonl"
+# The sweep directory's own files (its cells are run folders under runs/ and search/).
+OWN_FILES = (MANIFEST, SEARCH, FAILURES, ".imer.lock", "runs", "search", "report")
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
