@@ -58,6 +58,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     is built on it. On failure the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise DataError(f"{path}: is a folder; give the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))

@@ -9,10 +9,12 @@ from imer.cli.common import THREADS_HELP, metric_rows, table
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from imer.experiments.inference import evaluate_conditions, evaluate_run
+    from imer.runfolder.folder import check_output
     from imer.training.threads import configure_threads
 
     configure_threads(args.threads)
-
+    if args.json:
+        check_output(args.json)  # before the work: never a run's own file
     if args.all_conditions:
         result = evaluate_conditions(args.model, data_dir=args.data_dir, dataset=args.dataset)
         rows = [[name, *[float(m[k]) for k in result["average"]]] for name, m in result["conditions"].items()]

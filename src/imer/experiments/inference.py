@@ -16,6 +16,7 @@ from imer.experiments.loading import LoadedRun, dataset_fingerprint, load_run
 from imer.experiments.run import evaluation_protocol, prepare_data, split_mask
 from imer.io import read_npz
 from imer.runfolder import RunFolder
+from imer.runfolder.folder import check_output
 from imer.runfolder.predictions import prediction_rows, write_predictions
 from imer.training.trainer import EvalSet, predict_split
 
@@ -255,6 +256,8 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
     utterance with the predicted class and class probabilities, or the score,
     then ``has_<modality>`` (1 where that modality was used for the row).
     """
+    if out_path is not None:
+        check_output(out_path)
     loaded = load_run(run_dir)
     rows = predict_given(loaded, read_prediction_input(input_path, list(loaded.spec.modalities), loaded.spec.dim_of))
     if out_path is not None:

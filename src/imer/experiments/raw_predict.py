@@ -19,6 +19,7 @@ from imer.experiments.inference import predict_given
 from imer.experiments.loading import load_run
 from imer.features import extract_one, read_manifest, why_not_reproducible
 from imer.runfolder import RunFolder
+from imer.runfolder.folder import check_output
 from imer.runfolder.predictions import write_predictions
 
 FLAGS = {"text": "--text", "audio": "--audio", "video": "--openface"}
@@ -39,6 +40,8 @@ def predict_raw(run_dir: str | Path, raw: dict[str, str | None], out_path: str |
     ``missing`` (modality -> why it is missing).
     """
     run_dir = Path(run_dir)
+    if out_path is not None:
+        check_output(out_path)
     loaded = load_run(run_dir)
     manifest = _manifest(run_dir)
     modalities = list(loaded.spec.modalities)

@@ -65,6 +65,7 @@ from imer.config.schema import SEED, UNIT
 from imer.config.validation import check_range
 from imer.errors import ConfigError
 from imer.experiments.crossval import REFIT_OVERRIDES, fold_overrides
+from imer.io import MAX_NESTING, check_nesting
 from imer.models import list_models
 
 if sys.version_info >= (3, 11):

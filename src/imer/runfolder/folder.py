@@ -23,7 +23,7 @@ import torch
 
 from imer.data.scaling import Standardizer
 from imer.errors import DataError, IMERError
-from imer.io import append_jsonl, atomic_write, dumps, read_json, write_json
+from imer.io import append_jsonl, atomic_write, dumps, read_json, resolved, write_json
 from imer.models.base import DataSpec
 from imer.runfolder.predictions import write_predictions
 from imer.runfolder.tensors import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -115,18 +115,19 @@ def locked(folder: str | Path, what: str = "run") -> Iterator[None]:
             pass
 
 
-def own_output(path: str | Path) -> str | None:
-    """Why writing a user's output to ``path`` would replace a file of an imer run or sweep (None when it would not)."""
+def check_output(path: str | Path) -> None:
+    """:class:`DataError` when writing a user's output (``--json``, ``--out``) to ``path`` would replace a file of an
+    imer run or sweep, or when ``path`` is a folder."""
     from imer.runfolder.sweepdir import OWN_FILES
 
     path = Path(path)
-    parent = path.parent.resolve()
-    if path.name in FILES or path.name in OWN:
-        if RunFolder(parent).is_imer():
-            return f"{path}: is a file of the imer run in {path.parent}; write to a path outside the run folder"
+    if path.is_dir() and not path.is_symlink():
+        raise DataError(f"{path}: is a folder; give the path of a file to write")
+    parent = resolved(path.parent)
+    if (path.name in FILES or path.name in OWN) and RunFolder(parent).is_imer():
+        raise DataError(f"{path}: is a file of the imer run in {path.parent}; write to a path outside the run folder")
     if path.name in OWN_FILES and (parent / "sweep.json").is_file():
-        return f"{path}: is a file of the sweep in {path.parent}; write to a path outside the sweep directory"
-    return None
+        raise DataError(f"{path}: is a file of the sweep in {path.parent}; write to a path outside the sweep directory")
 
 
 class RunFolder:

@@ -1,0 +1,206 @@
+"""Hostile inputs, second round (issue 22): run folders that are not imer's, bad spec and config values, damaged
+artefacts, predictions outside the task's range, paths out of their folder. Each asserts status 2 and one line
+naming the input (``fails``), and that nothing of the user's or of a run was changed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imer.cli import main
+from test_bad_inputs import fails
+
+
+def _train(out: Path, *extra: str) -> list[str]:
+    return ["train", "--method", "late-fusion", "--dataset", "synthetic", "--epochs", "2", "--set", "hidden=8", "--no-progress",
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    assert main(_train(out)) == 0
+    return out
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- item 1: a run folder is imer's or refused
+@pytest.mark.parametrize("name", ["metrics.json", "config.json", "predictions_test.csv", "history.jsonl", ".imer-run"])
+def test_evaluate_json_never_replaces_a_run_file(capsys, run, name):
+    before = _snapshot(run)
+    fails(capsys, ["evaluate", "--model", run, "--json", run / name], f"{name}: is a file of the imer run")
+    assert _snapshot(run) == before
+
+
+def test_predict_out_never_replaces_a_run_file_even_through_a_linked_folder(capsys, run, tmp_path):
+    np.savez(tmp_path / "in.npz", x_text=np.zeros((2, 32)))
+    (tmp_path / "alias").symlink_to(run)
+    before = _snapshot(run)
+    for target in (run / "predictions_test.csv", tmp_path / "alias" / "metrics.json"):
+        fails(capsys, ["predict", "--model", run, "--input", tmp_path / "in.npz", "--out", target], "is a file of the imer run")
+    assert _snapshot(run) == before
+
+
+def test_outputs_into_a_sweep_directory_never_replace_its_files(capsys, run, tmp_path):
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    (sweep / "sweep.json").write_text("{}")
+    fails(capsys, ["evaluate", "--model", run, "--json", sweep / "sweep.json"], "is a file of the sweep")
+    assert (sweep / "sweep.json").read_text() == "{}"
+
+
+def test_output_that_is_a_folder_is_named(capsys, run, tmp_path):
+    fails(capsys, ["evaluate", "--model", run, "--json", tmp_path], f"{tmp_path}: is a folder")
+    fails(capsys, ["data", "convert", "--dataset", "synthetic", "--out", tmp_path], f"{tmp_path}: is a folder")
+
+
+@pytest.mark.parametrize("flag", [[], ["--overwrite"], ["--resume"]])
+def test_train_refuses_a_folder_of_the_users_own_files(capsys, tmp_path, flag):
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name, text in (("config.json", '{"mine": 1}'), ("history.jsonl", "my notes\n"), ("predictions_test.csv", "a,b\n")):
+        (out / name).write_text(text)
+    before = _snapshot(out)
+    fails(capsys, _train(out, *flag), "is not empty and not an imer run folder (it holds config.json, history.jsonl, predictions_test.csv)")
+    assert _snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_train_refuses_links(capsys, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    fails(capsys, _train(tmp_path / "link"), "is a symbolic link")
+    out = tmp_path / "withlink"
+    out.mkdir()
+    (out / "history.jsonl").symlink_to(tmp_path / "outside.txt")
+    fails(capsys, _train(out), "holds symbolic link(s) ['history.jsonl']")
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_a_new_run_is_marked_and_an_older_run_without_marker_still_counts(capsys, run, tmp_path):
+    assert (run / ".imer-run").is_file() and not (run / ".imer.lock").exists()
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in run.iterdir():
+        if f.name != ".imer-run":
+            (old / f.name).write_bytes(f.read_bytes())
+    fails(capsys, _train(old), "already holds a finished run")  # recognised as a run, not as foreign
+    assert main(_train(old, "--overwrite")) == 0
+
+
+def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(capsys, tmp_path):
+    import socket
+
+    out = tmp_path / "r"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".imer.lock").write_text(f"{socket.gethostname()} {sleeper.pid}\n")
+        fails(capsys, _train(out), f"another imer process (pid {sleeper.pid}) is writing this run now")
+        sweep = tmp_path / "s"
+        sweep.mkdir()
+        (sweep / ".imer.lock").write_text(f"{socket.gethostname()} {sleeper.pid}\n")
+        fails(capsys, ["sweep", "--methods", "late-fusion", "--datasets", "synthetic", "--missing-rates", "0", "--seeds", "0",
+                       "--epochs", "1", "--no-progress", "--out", sweep], "is writing this sweep now")
+        assert not (sweep / "sweep.json").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert main(_train(out)) == 0  # the holder is gone: the lock is stale and taken over
+    assert not (out / ".imer.lock").exists() and (out / "metrics.json").is_file()
+
+
+def test_a_sweep_folder_without_sweep_json_is_foreign(capsys, tmp_path):
+    out = tmp_path / "s"
+    (out / "runs").mkdir(parents=True)
+    fails(capsys, ["sweep", "--methods", "late-fusion", "--datasets", "synthetic", "--missing-rates", "0", "--seeds", "0", "--epochs", "1",
+                   "--no-progress", "--out", out], "holds no sweep (no sweep.json")
+
+
+def test_cells_are_keyed_by_exact_values():
+    from imer.experiments.grid import SweepSpec, parse_list
+
+    spec = SweepSpec(["late-fusion"], ["synthetic"], parse_list("0.1,0.1000001,-0.0,1", float), [0])
+    paths = [str(c.relpath) for c in spec.cells()]
+    assert len(set(paths)) == 4, paths
+    assert [p.split("/")[3] for p in paths] == ["rate=0.1", "rate=0.1000001", "rate=0", "rate=1"]  # short where exact (old folders kept)
+
+
+# ----------------------------------------------------------------------------- item 2: bad values are one line, status 2
+SPEC = """datasets = ["synthetic"]
+missing_rates = [0.2]
+seeds = [0]
+methods = ["late-fusion"]
+epochs = 1
+"""
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (("seeds = [0]", "seeds = [1.7]"), "seeds: must be an integer, got 1.7"),
+        (("seeds = [0]", "seeds = [true]"), "seeds: must be an integer, got True"),
+        (("missing_rates = [0.2]", 'missing_rates = ["0.2"]'), "missing_rates: must be a number, got '0.2'"),
+        (("missing_rates = [0.2]", "missing_rates = [nan]"), "missing_rates: must be finite, got nan"),
+        (("missing_rates = [0.2]", "missing_rates = 0.2"), "'missing_rates' must be a non-empty list"),
+        (("epochs = 1", "epochs = 2.5"), "epochs: must be an integer, got 2.5"),
+        (("epochs = 1", "epochs = 0"), "epochs: must be >= 1, got 0"),
+        (("epochs = 1", 'epochs = 1\nthreads = "four"'), "threads: must be an integer, got 'four'"),
+        (("epochs = 1", "epochs = 1\nconditions = 1"), "conditions: must be true or false, got 1"),
+        (("epochs = 1", 'epochs = 1\ndatasets = ["synthetic"]'), "not a valid TOML spec"),
+        (("epochs = 1", "epochs = 1\ndata_dir = 3"), "data_dir: must be a string, got 3"),
+        (("epochs = 1", "epochs = 1\n[variants.x]\nmethod = \"late-fusion\"\nseeds = [0.5]"), "[variants.x] seeds: must be an integer, got 0.5"),
+        (("epochs = 1", "epochs = 1\nname = " + "[" * 40 + "]" * 40), "nested more than 16 levels deep"),
+        (("epochs = 1", "epochs = 1\nname = " + "[" * 3000 + "]" * 3000), "nested more than 16 levels deep"),
+        (("epochs = 1", "epochs = 1\n[search]\nrate = 0.2\n[search.grid]\n" + "\n".join(f"k{i} = [{', '.join(str(j) for j in range(10))}]" for i in range(8))),
+         "10 x 10 x 10 x 10 x 10 x 10 x 10 x 10 = 100000000 trials, more than the 1000"),
+    ],
+)
+def test_spec_values_are_type_checked(capsys, tmp_path, change, expected):
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC.replace(*change))
+    fails(capsys, ["sweep", path, "--out", tmp_path / "s"], expected)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_huge_command_line_grid_is_counted_before_anything_is_built(capsys, tmp_path):
+    seeds = ",".join(str(i) for i in range(400))
+    rates = ",".join(f"0.{i:03d}" for i in range(300))
+    fails(capsys, ["sweep", "--methods", "late-fusion", "--datasets", "synthetic", "--missing-rates", rates, "--seeds", seeds, "--out", tmp_path / "s"],
+          "= 120000 cells, more than 100000")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[train]\nlr = " + "[" * 50 + "]" * 50, "nested more than 16 levels deep"),
+        ("[train]\nlr = " + "[" * 5000 + "]" * 5000, "nested more than 16 levels deep"),
+    ],
+)
+def test_deeply_nested_config_files(capsys, tmp_path, text, expected):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    fails(capsys, ["train", "--method", "late-fusion", "--dataset", "synthetic", "--config", path, "--out", tmp_path / "r"], expected)
+    deep = tmp_path / "c.json"
+    deep.write_text('{"train": {"lr": ' + "[" * 5000 + "]" * 5000 + "}}")
+    fails(capsys, ["train", "--method", "late-fusion", "--dataset", "synthetic", "--config", deep, "--out", tmp_path / "r"], "nested more than 16 levels deep")
+
+
+@pytest.mark.parametrize("value", ["[" * 40 + "]" * 40, "[" * 5000 + "]" * 5000])
+def test_deeply_nested_set_values(capsys, tmp_path, value):
+    fails(capsys, ["train", "--method", "late-fusion", "--dataset", "synthetic", "--set", f"train.lr={value}", "--out", tmp_path / "r"], "nested more than 16 levels deep")
+
+
+def test_symlink_loops_are_named(capsys, tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(tmp_path / "loop")
+    fails(capsys, ["train", "--method", "late-fusion", "--dataset", "cmu-mosi", "--data-dir", loop, "--out", tmp_path / "r"], "loop")
+    fails(capsys, ["train", "--method", "late-fusion", "--dataset", loop / "d.npz", "--out", tmp_path / "r"], "loop")
