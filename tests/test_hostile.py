@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from imer.cli import main
@@ -204,3 +205,135 @@ def test_symlink_loops_are_named(capsys, tmp_path):
     loop.symlink_to(tmp_path / "loop")
     fails(capsys, ["train", "--method", "late-fusion", "--dataset", "cmu-mosi", "--data-dir", loop, "--out", tmp_path / "r"], "loop")
     fails(capsys, ["train", "--method", "late-fusion", "--dataset", loop / "d.npz", "--out", tmp_path / "r"], "loop")
+
+
+# ----------------------------------------------------------------------------- item 3: loaded artefacts are checked like inputs
+@pytest.fixture
+def broken(run, tmp_path):
+    def copy() -> Path:
+        target = tmp_path / "copy"
+        target.mkdir()
+        for f in run.iterdir():
+            (target / f.name).write_bytes(f.read_bytes())
+        return target
+
+    return copy
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (lambda w, n: w.__setitem__(n, torch.full_like(w[n], float("nan"))), "holds NaN or infinite values"),
+        (lambda w, n: w.__setitem__(n, torch.full_like(w[n], float("inf"))), "holds NaN or infinite values"),
+        (lambda w, n: w.__setitem__(n, w[n].to(torch.int64)), "is int64, the model's is float32"),
+        (lambda w, n: w.__setitem__(n, w[n].to(torch.float64)), "is float64, the model's is float32"),
+    ],
+)
+def test_damaged_weights_say_which_tensor(capsys, broken, damage, expected):
+    from safetensors.torch import load_file, save_file
+
+    run = broken()
+    weights = load_file(str(run / "model.safetensors"))
+    name = sorted(weights)[0]
+    damage(weights, name)
+    save_file(weights, str(run / "model.safetensors"))
+    line = fails(capsys, ["evaluate", "--model", run], expected)
+    assert "model.safetensors" in line and name in line
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"class_names": ["a", "b"]}, "2 class_names (2 distinct) for 4 classes"),
+        ({"class_names": ["a", "a", "b", "c"]}, "4 class_names (3 distinct) for 4 classes"),
+        ({"num_classes": 4.0}, "lacks modalities (names), dims (whole numbers)"),
+        ({"dims": [24.7, 32, 28]}, "lacks modalities (names), dims (whole numbers)"),
+        ({"modalities": "atv"}, "lacks modalities (names)"),
+        ({"modalities": ["audio", "audio", "video"]}, "inconsistent modalities"),
+        ({"num_classes": True}, "lacks modalities"),
+    ],
+)
+def test_damaged_run_spec(capsys, broken, spec, expected):
+    import json
+
+    run = broken()
+    values = json.loads((run / "run_spec.json").read_text())
+    values.update(spec)
+    (run / "run_spec.json").write_text(json.dumps(values))
+    line = fails(capsys, ["evaluate", "--model", run], expected)
+    assert "run_spec.json" in line
+
+
+def test_scaler_std_below_the_floor(capsys, broken):
+    run = broken()
+    with np.load(run / "scaler.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["std_text"] = np.full_like(arrays["std_text"], 1e-30)
+    np.savez(run / "scaler.npz", **arrays)
+    fails(capsys, ["evaluate", "--model", run], "scaler.npz: a standard deviation is below 1e-08")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"epoch": -5}, "epoch is -5, not a whole number >= 0"),
+        ({"epoch": 1.5}, "epoch is 1.5"),
+        ({"best_epoch": 7}, "best_epoch is 7, not a whole number in [-1, 1]"),
+        ({"model": [1, 2]}, "model or best_state is not a table of tensors"),
+        ({"history": "[]"}, "history does not hold epochs 0..1 in order"),
+        ({"history": 3}, "history is not JSON text"),
+        ({"torch_rng": torch.zeros(3)}, "torch_rng is not a byte tensor"),
+        ({"best_score": "high"}, "best_score is str"),
+    ],
+)
+def test_damaged_checkpoint_fields(capsys, broken, change, expected):
+    run = broken()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state.update(change)
+    torch.save(state, run / "checkpoint.pt")
+    (run / "metrics.json").unlink()
+    line = fails(capsys, _train(run, "--resume"), expected)
+    assert "checkpoint.pt: damaged or not an imer checkpoint" in line
+
+
+def test_a_checkpoint_that_is_not_a_table(capsys, broken):
+    run = broken()
+    torch.save([1, 2, 3], run / "checkpoint.pt")
+    (run / "metrics.json").unlink()
+    fails(capsys, _train(run, "--resume"), "a list, not a table of fields")
+
+
+# ----------------------------------------------------------------------------- item 4: predictions stay in range, far inputs are named
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reg") / "run"
+    assert main(["train", "--method", "early-fusion", "--dataset", "synthetic-reg", "--epochs", "2",
+                 "--set", "hidden=8", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+def test_regression_scores_are_clipped_to_the_training_range_and_say_so(capsys, regression_run, tmp_path):
+    import csv
+    import json
+
+    low, high = json.loads((regression_run / "run_spec.json").read_text())["label_range"]
+    x = np.random.default_rng(0).normal(size=(6, 32)) * np.array([[0], [0], [0], [50], [-50], [0]])
+    np.savez(tmp_path / "in.npz", x_text=x)
+    assert main(["predict", "--model", str(regression_run), "--input", str(tmp_path / "in.npz"), "--out", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    scores = [float(r["score"]) for r in rows]
+    assert all(low <= s <= high for s in scores), (scores, low, high)
+    assert "2 row(s) have features more than 10 training standard deviations from the training mean: '3', '4'" in err, err
+    clipped = [float(r["score"]) for r in rows if r["clipped"] == "1"]
+    assert clipped and all(s in (low, high) for s in clipped) and "were clipped to it (column 'clipped')" in err
+
+
+@pytest.mark.parametrize("value", [3e38, -3e38, 2e37])
+def test_inputs_too_far_out_to_compute_are_refused_by_row(capsys, run, tmp_path, value):
+    x = np.zeros((3, 32))
+    x[1, 5] = value
+    np.savez(tmp_path / "in.npz", x_text=x)
+    fails(capsys, ["predict", "--model", run, "--input", tmp_path / "in.npz", "--out", tmp_path / "p.csv"],
+          "1 row(s) have features more than 1e+06 training standard deviations from the training mean: '1'")
+    assert not (tmp_path / "p.csv").exists()

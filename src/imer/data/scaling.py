@@ -15,6 +15,9 @@ import numpy as np
 from imer.errors import DataError
 from imer.io import atomic_write, read_npz
 
+# Feature columns whose training spread is at most this are left unscaled (std 1); a stored std this small is damage.
+STD_FLOOR = 1e-8
+
 
 @dataclass
 class Standardizer:
@@ -34,7 +37,7 @@ class Standardizer:
             mu = observed.mean(axis=0, dtype=np.float64)
             sd = observed.std(axis=0, dtype=np.float64)
             mean[m] = mu.astype(np.float32)
-            std[m] = np.where(sd > 1e-8, sd, 1.0).astype(np.float32)
+            std[m] = np.where(sd > STD_FLOOR, sd, 1.0).astype(np.float32)
         return cls(mean, std)
 
     @classmethod
@@ -49,8 +52,9 @@ class Standardizer:
                 raise DataError(f"modality '{m}' was not seen in training (known: {list(self.mean)})")
             if x.shape[1] != self.mean[m].shape[0]:
                 raise DataError(f"modality '{m}' has dim {x.shape[1]}, the model was trained with {self.mean[m].shape[0]}")
-            z = (x - self.mean[m]) / self.std[m]
-            out[m] = np.where(available[:, j : j + 1], z, 0.0).astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # far-out inputs become inf here; predict refuses them by name
+                z = (x - self.mean[m]) / self.std[m]
+                out[m] = np.where(available[:, j : j + 1], z, 0.0).astype(np.float32)
         return out
 
     def save(self, path: str | Path) -> None:
@@ -70,6 +74,6 @@ class Standardizer:
                 if x is None or x.shape != (width,) or not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
                     raise DataError(f"{path}: '{kind}_{m}' is missing or not a finite float vector of width {width}; the run folder is damaged, train again")
                 stats[kind][m] = x.astype(np.float32)
-        if (np.concatenate(list(stats["std"].values())) <= 0).any():
-            raise DataError(f"{path}: a standard deviation is <= 0; the run folder is damaged, train again")
+        if (np.concatenate(list(stats["std"].values())) < np.float32(STD_FLOOR)).any():  # fitting stores float32(sd > floor)
+            raise DataError(f"{path}: a standard deviation is below {STD_FLOOR:g} (fitting never stores one); the run folder is damaged, train again")
         return cls(stats["mean"], stats["std"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ from imer.experiments.run import evaluation_protocol, prepare_data, split_mask
 from imer.io import read_npz
 from imer.runfolder import RunFolder
 from imer.runfolder.folder import check_output
+
+# Inputs are compared with the training data feature by feature (z = (x - mean) / std of the training split):
+# rows with some |z| above Z_WARN get one warning naming them; above Z_REFUSE they are refused (float32 overflows soon after).
+Z_WARN = 10.0
+Z_REFUSE = 1e6
 from imer.runfolder.predictions import prediction_rows, write_predictions
 from imer.training.trainer import EvalSet, predict_split
 
@@ -269,6 +275,7 @@ def predict_given(loaded: LoadedRun, given: dict[str, Any]) -> list[dict[str, An
     """Prediction rows of a loaded run for input already checked (the dict :func:`check_prediction_input` returns)."""
     spec = loaded.spec
     scaled = loaded.scaler.transform(given["features"], given["available"])
+    _check_distribution(scaled, given["utterance_ids"])
     n = len(given["utterance_ids"])
     context = loaded.model.uses_context and given["group_ids"] is not None
     batcher = SplitBatcher(
@@ -280,4 +287,37 @@ def predict_given(loaded: LoadedRun, given: dict[str, Any]) -> list[dict[str, An
     )
     acc = predict_split(loaded.model, EvalSet(batcher, given["available"]), loaded.config.train.batch_size, torch.device("cpu"))
     index, _, preds, available = acc.ordered()
-    return prediction_rows(spec.task, preds, given["utterance_ids"][index], list(spec.modalities), available, loaded.class_names)
+    rows = prediction_rows(spec.task, preds, given["utterance_ids"][index], list(spec.modalities), available, loaded.class_names)
+    if loaded.label_range is not None:
+        _clip_scores(rows, loaded.label_range)
+    return rows
+
+
+def _clip_scores(rows: list[dict[str, Any]], label_range: tuple[float, float]) -> None:
+    """Keep regression scores inside the training labels' range (each row says whether it was clipped); warn once."""
+    low, high = label_range
+    clipped = []
+    for row in rows:
+        score = row["score"]
+        row["score"] = min(max(score, low), high)
+        row["clipped"] = int(row["score"] != score)
+        if row["clipped"]:
+            clipped.append(row["utterance_id"])
+    if clipped:
+        shown = ", ".join(repr(u) for u in clipped[:5]) + (", ..." if len(clipped) > 5 else "")
+        warnings.warn(f"{len(clipped)} score(s) outside the training labels' range [{low:g}, {high:g}] were clipped to it "
+                      f"(column 'clipped'): {shown}", stacklevel=3)
+
+
+def _check_distribution(scaled: dict[str, np.ndarray], ids: np.ndarray) -> None:
+    """Refuse rows too far from the training data to compute with; warn about rows far outside it (see docs/errors.md)."""
+    z = np.concatenate([np.abs(x) for x in scaled.values()], axis=1) if scaled else np.zeros((len(ids), 0))
+    worst = z.max(axis=1, initial=0.0)
+    for rows, bound, refuse in ((np.flatnonzero(worst > Z_REFUSE), Z_REFUSE, True), (np.flatnonzero(worst > Z_WARN), Z_WARN, False)):
+        if len(rows):
+            shown = ", ".join(repr(str(ids[i])) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            text = (f"{len(rows)} row(s) have features more than {bound:g} training standard deviations from the training mean: {shown}")
+            if refuse:
+                raise DataError(f"predict input: {text}; they cannot be computed with (check their units and scale)")
+            warnings.warn(f"{text}; their predictions are extrapolations (check the features' units and scale)", stacklevel=3)
+            return

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from imer.config import RunConfig, config_from_dict, validate_run_config
 from imer.data import MultimodalDataset, Standardizer
@@ -38,6 +39,7 @@ class LoadedRun:
     scaler: Standardizer
     spec: DataSpec
     class_names: list[str] | None
+    label_range: tuple[float, float] | None = None  # regression: the training labels' [min, max], predictions are clipped to it
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -61,7 +63,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     _load_matching_weights(model, folder)
     model.on_epoch_start(folder.best_epoch())
     model.eval()
-    return LoadedRun(config, model, folder.load_scaler(spec), spec, class_names)
+    return LoadedRun(config, model, folder.load_scaler(spec), spec, class_names, folder.label_range() if spec.task == "regression" else None)
 
 
 def _load_matching_weights(model: IMERModel, folder: RunFolder) -> None:
@@ -79,4 +81,9 @@ def _load_matching_weights(model: IMERModel, folder: RunFolder) -> None:
         if tuple(weights[name].shape) != tuple(tensor.shape):
             raise DataError(f"{path}: weights do not fit the run's config (tensor '{name}' has shape {tuple(weights[name].shape)}, "
                             f"the model expects {tuple(tensor.shape)}); config.json and model.safetensors come from different runs")
+        if weights[name].dtype != tensor.dtype:
+            raise DataError(f"{path}: tensor '{name}' is {str(weights[name].dtype).replace('torch.', '')}, the model's is "
+                            f"{str(tensor.dtype).replace('torch.', '')}; the run folder is damaged, train again")
+        if tensor.is_floating_point() and bool(torch.isfinite(tensor).all()) and not bool(torch.isfinite(weights[name]).all()):
+            raise DataError(f"{path}: tensor '{name}' holds NaN or infinite values; the run folder is damaged (or the run diverged), train again")
     model.load_state_dict(weights)

@@ -317,6 +317,9 @@ def _record_inputs(folder: RunFolder, config: RunConfig, data: PreparedData, mod
         "class_names": data.dataset.class_names,
         "uses_context": model.uses_context,
     }
+    if data.spec.task == "regression":  # `imer predict` keeps new scores inside it
+        train_labels = data.dataset.labels[data.indices["train"]]
+        run_spec["label_range"] = [float(train_labels.min()), float(train_labels.max())]
     if in_memory:
         run_spec["in_memory_data"] = {"name": data.dataset.name, "utterances": len(data.dataset), "fingerprint": dataset_fingerprint(data.dataset)}
     folder.write("run_spec.json", run_spec)

@@ -299,16 +299,37 @@ class RunFolder:
         """The run's data spec and class names from ``run_spec.json``, checked."""
         path = self.file("run_spec.json")
         info = self.read("run_spec.json", "run spec")
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
         try:
-            modalities = [str(m) for m in info["modalities"]]
-            dims = [int(d) for d in info["dims"]]
-            task, num_classes = str(info["task"]), int(info["num_classes"])
-            class_names = None if info.get("class_names") is None else [str(c) for c in info["class_names"]]
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: lacks modalities, dims, task or num_classes; the run folder is damaged, train again") from None
-        if len(dims) != len(modalities) or min(dims, default=0) < 1 or task not in ("classification", "regression") or num_classes < 1:
+            modalities, dims, task, num_classes = info["modalities"], info["dims"], info["task"], info["num_classes"]
+            class_names = info.get("class_names")
+            typed = (isinstance(modalities, list) and all(isinstance(m, str) and m for m in modalities) and isinstance(dims, list)
+                     and all(whole(d) for d in dims) and isinstance(task, str) and whole(num_classes)
+                     and (class_names is None or isinstance(class_names, list) and all(isinstance(c, str) for c in class_names)))
+        except (KeyError, TypeError):
+            typed = False
+        if not typed:
+            raise DataError(f"{path}: lacks modalities (names), dims (whole numbers), task or num_classes (a whole number); "
+                            "the run folder is damaged, train again")
+        if (len(dims) != len(modalities) or len(set(modalities)) != len(modalities) or min(dims, default=0) < 1
+                or task not in ("classification", "regression") or num_classes < 1):
             raise DataError(f"{path}: inconsistent modalities/dims/task/num_classes; the run folder is damaged, train again")
+        if class_names is not None and task == "classification" and (len(class_names) != num_classes or len(set(class_names)) != num_classes):
+            raise DataError(f"{path}: {len(class_names)} class_names ({len(set(class_names))} distinct) for {num_classes} classes; "
+                            "the run folder is damaged, train again")
         return DataSpec(tuple(modalities), tuple(dims), task, num_classes), class_names
+
+    def label_range(self) -> tuple[float, float] | None:
+        """The training labels' [min, max] of a regression run (``run_spec.json``); None for runs that did not record it."""
+        value = self.read("run_spec.json", "run spec").get("label_range")
+        if value is None:
+            return None
+        if (not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+                or not all(np.isfinite(value)) or value[0] > value[1]):
+            raise DataError(f"{self.file('run_spec.json')}: label_range is {value!r}, not [low, high]; the run folder is damaged, train again")
+        return float(value[0]), float(value[1])
 
     def best_epoch(self) -> int:
         """The selected epoch recorded in ``metrics.json``."""
