@@ -337,3 +337,73 @@ def test_inputs_too_far_out_to_compute_are_refused_by_row(capsys, run, tmp_path,
     fails(capsys, ["predict", "--model", run, "--input", tmp_path / "in.npz", "--out", tmp_path / "p.csv"],
           "1 row(s) have features more than 1e+06 training standard deviations from the training mean: '1'")
     assert not (tmp_path / "p.csv").exists()
+
+
+# ----------------------------------------------------------------------------- item 6 and label pickles: ids stay in their folder, inner types checked
+def _gcnet(tmp_path: Path, edit=None, raw: bytes | None = None) -> list[str]:
+    """A small GCNet-layout data folder (label pickle + features), its pickle edited by ``edit(meta)`` or replaced by ``raw``."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    dialogues = {f"Ses0{s}_d{k}": [f"Ses0{s}_d{k}_u{j}" for j in range(3)] for s in range(1, 6) for k in range(2)}
+    meta = [dialogues, {d: [j % 4 for j in range(3)] for d in dialogues}, {d: ["F", "M", "F"] for d in dialogues},
+            {d: ["", "", ""] for d in dialogues}, [d for d in dialogues if not d.startswith("Ses05")], [d for d in dialogues if d.startswith("Ses05")]]
+    for folder, width in (("fa", 3), ("ft", 5)):
+        (tmp_path / "data" / "features" / folder).mkdir(parents=True, exist_ok=True)
+        for utts in dialogues.values():
+            for u in utts:
+                np.save(tmp_path / "data" / "features" / folder / f"{u}.npy", rng.normal(size=width).astype(np.float32))
+    if edit is not None:
+        edit(meta)
+    (tmp_path / "data" / "labels.pkl").write_bytes(raw if raw is not None else pickle.dumps(meta))
+    return ["data", "info", "--dataset", "iemocap4", "--data-dir", str(tmp_path / "data"), "--set", f"data.options.label_file={tmp_path / 'data' / 'labels.pkl'}",
+            "--set", 'data.options.features={audio="fa",text="ft"}']
+
+
+def _set_label(value):
+    def edit(meta):
+        meta[1]["Ses01_d0"][1] = value
+    return edit
+
+
+def _set_utterance(value):
+    def edit(meta):
+        meta[0]["Ses01_d0"][1] = value
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (_set_utterance("../../outside/secret"), "utterance id '../../outside/secret' is not a plain file name"),
+        (_set_utterance("/etc/passwd"), "utterance id '/etc/passwd' is not a plain file name"),
+        (_set_utterance(".."), "utterance id '..' is not a plain file name"),
+        (_set_utterance("a\\..\\b"), "is not a plain file name"),
+        (_set_utterance(3.5), "utterance id 3.5 is a float, expected a string"),
+        (_set_label(1e20), "unknown label 1e+20 for utterance 'Ses01_d0_u1'"),
+        (_set_label(-3), "unknown label -3 for utterance"),
+        (_set_label("NA"), "label 'NA' of utterance 'Ses01_d0_u1' is not a class index"),
+        (_set_label(float("nan")), "label nan of utterance 'Ses01_d0_u1' is not a class index"),
+        (_set_label(None), "label None of utterance"),
+        (_set_label(1.5), "classification labels must be integers, got 1.5"),
+        (_set_label(np.float64(2e19)), "unknown label 2e+19"),
+        (lambda meta: meta.__setitem__(1, [1, 2]), "videoLabels (item 2) is a list"),
+        (lambda meta: meta[0].__setitem__("Ses01_d0", 7), "video 'Ses01_d0' needs a list of utterance ids and a list of labels, got int"),
+        (lambda meta: meta[1].__setitem__("Ses01_d0", "abc"), "got list and str"),
+        (lambda meta: meta[1].pop("Ses01_d0"), "got list and NoneType"),
+    ],
+)
+def test_label_pickle_contents(capsys, tmp_path, edit, expected):
+    (tmp_path / "outside").mkdir()
+    np.save(tmp_path / "outside" / "secret.npy", np.zeros(3, np.float32))
+    line = fails(capsys, _gcnet(tmp_path, edit), expected)
+    assert "labels.pkl" in line
+
+
+def test_a_pickle_declaring_a_huge_string_is_refused_before_allocating(capsys, tmp_path):
+    import pickle
+    import struct
+
+    raw = b"\x80\x04" + pickle.BINBYTES8 + struct.pack("<Q", 10**12) + b"abc" + pickle.STOP
+    line = fails(capsys, _gcnet(tmp_path, raw=raw), "labels.pkl: not a readable pickle")
+    assert "batch_size" not in line and "memory" not in line

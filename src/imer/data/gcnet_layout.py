@@ -71,6 +71,39 @@ def _read_modality(folder: Path, ids: list[str]) -> np.ndarray:
     return np.stack(rows)
 
 
+def _shown(value: object) -> str:
+    """A value as the file holds it (``1e+20``, ``'NA'``), not as a conversion made it."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _utterance_id(value: object, label_file: Path) -> str:
+    """An utterance id from a label file: a plain file name, so its features are read from inside the feature folder."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{label_file}: utterance id {_shown(value)} is a {type(value).__name__}, expected a string")
+    uid = str(value)
+    if uid in ("", ".", "..") or any(c in uid for c in "/\\\0") or uid.startswith("~"):
+        raise DataError(f"{label_file}: utterance id {uid!r} is not a plain file name; ids name files inside the feature folder "
+                        "and may not hold path separators or '..'")
+    return uid
+
+
+def _label(value: object, utt: str, task: str, class_names: list[str] | None, label_file: Path) -> int | float:
+    """One label checked as the file holds it: a class index ``0..C-1`` or a finite number."""
+    number = value.item() if isinstance(value, np.generic) else value
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not np.isfinite(number):
+        kind = "a class index" if task == "classification" else "a finite number"
+        raise DataError(f"{label_file}: label {_shown(value)} of utterance '{utt}' is not {kind}")
+    if task != "classification":
+        return float(number)
+    if not float(number).is_integer():
+        raise DataError(f"{label_file}: classification labels must be integers, got {_shown(value)} for utterance '{utt}'")
+    if not 0 <= number < len(class_names or []):
+        raise DataError(f"{label_file}: unknown label {_shown(value)} for utterance '{utt}' (expected 0..{len(class_names or []) - 1})")
+    return int(number)
+
+
 def _check_layout(meta: object, path: Path, expected: int) -> list:
     if not isinstance(meta, (list, tuple)) or len(meta) < expected or not isinstance(meta[0], Mapping):
         raise DataError(f"{path}: not the GCNet label layout (expected a list of {expected}: videoIDs, videoLabels, videoSpeakers, videoSentences, splits)")
@@ -89,33 +122,32 @@ def load_gcnet(
     meta = safe_load_pickle(label_file)
     meta = _check_layout(meta, label_file, 6)
     video_ids, video_labels, video_speakers = meta[0], meta[1], meta[2]
+    if not isinstance(video_labels, Mapping):
+        raise DataError(f"{label_file}: videoLabels (item 2) is a {type(video_labels).__name__}, expected a table video -> labels")
     has_valid_split = len(meta) >= 7
     if has_valid_split:
-        split_of = {str(v): s for s, vids in zip(("train", "valid", "test"), meta[4:7]) for v in vids}
+        split_of = {}
+        for s, vids in zip(("train", "valid", "test"), meta[4:7]):
+            if not isinstance(vids, (list, tuple, set, frozenset, np.ndarray)):
+                raise DataError(f"{label_file}: the {s} split (item {('train', 'valid', 'test').index(s) + 5}) is a {type(vids).__name__}, expected a list of video ids")
+            split_of.update({str(v): s for v in vids})
     ids, groups, order, labels, speakers = [], [], [], [], []
     for vid in sorted(video_ids, key=str):
-        utts = list(video_ids[vid])
-        labs = list(video_labels[vid])
+        utts, labs = video_ids[vid], video_labels.get(vid)
+        if not isinstance(utts, (list, tuple, np.ndarray)) or not isinstance(labs, (list, tuple, np.ndarray)):
+            raise DataError(f"{label_file}: video {_shown(vid)} needs a list of utterance ids and a list of labels, "
+                            f"got {type(utts).__name__} and {type(labs).__name__}")
+        utts, labs = [_utterance_id(u, label_file) for u in utts], list(labs)
         spk = list(video_speakers.get(vid, [""] * len(utts))) if isinstance(video_speakers, Mapping) else [""] * len(utts)
         if len(labs) != len(utts):
             raise DataError(f"{label_file}: video '{vid}' has {len(utts)} utterances but {len(labs)} labels")
         for pos, (utt, lab) in enumerate(zip(utts, labs)):
-            ids.append(str(utt))
+            ids.append(utt)
             groups.append(str(vid))
             order.append(pos)
-            labels.append(lab)
+            labels.append(_label(lab, utt, task, class_names, label_file))
             speakers.append(str(spk[pos]) if pos < len(spk) else "")
-    if task == "classification":
-        label_array = np.asarray(labels)
-        if not np.all(np.mod(label_array, 1) == 0):
-            raise DataError(f"{label_file}: classification labels must be integers")
-        label_array = label_array.astype(np.int64)
-        bad = (label_array < 0) | (label_array >= len(class_names or []))
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{label_file}: unknown label {label_array[k]} for utterance '{ids[k]}' (expected 0..{len(class_names) - 1})")
-    else:
-        label_array = np.asarray(labels, dtype=np.float32)
+    label_array = np.asarray(labels, dtype=np.int64 if task == "classification" else np.float32)
 
     split = fold = None
     if has_valid_split:

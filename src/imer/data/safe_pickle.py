@@ -7,7 +7,9 @@ rebuilt; any other global (a function, a class with side effects, ``os.system``
 
 from __future__ import annotations
 
+import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,10 @@ _ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 )
 
 
+# Label pickles are a few MB; the largest imer reads (CMU-MOSEI with features) is under 1 GB.
+MAX_PICKLE_BYTES = 4 * 1024**3
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
@@ -56,9 +62,19 @@ def safe_load_pickle(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise DataError(f"{path}: {size} bytes, more than the {MAX_PICKLE_BYTES} a label pickle may have; is it the right file?")
+    data = path.read_bytes()
     try:
-        with path.open("rb") as fh:
-            return _RestrictedUnpickler(fh, encoding="latin1").load()
+        # Every length the pickle declares is checked against the bytes it holds before anything is allocated:
+        # a crafted "1 TB string" is refused here instead of being allocated by the unpickler.
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+    except (ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable pickle ({exc})") from None
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as exc:
         raise DataError(f"{path}: refused to unpickle: {exc} (only containers, str, numbers and numpy arrays are allowed)") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
