@@ -81,7 +81,15 @@ def load_custom(path: str | Path) -> MultimodalDataset:
         raise DataError(f"{path}: missing key(s) {missing}; see `imer data convert --help` for the format")
     if str(data["format"]) != FORMAT:
         raise DataError(f"{path}: format {str(data['format'])!r} is not {FORMAT!r}")
+    for key in ("modalities", "class_names"):
+        if key in data and (data[key].ndim != 1 or data[key].dtype.kind not in "US"):
+            raise DataError(f"{path}: '{key}' has shape {data[key].shape} and dtype {data[key].dtype}, expected a 1-D array of names")
+    for key in ("format", "name", "task"):
+        if data[key].ndim != 0 or data[key].dtype.kind not in "US":
+            raise DataError(f"{path}: '{key}' has shape {data[key].shape} and dtype {data[key].dtype}, expected one string")
     modalities = [str(m) for m in data["modalities"]]
+    if len(set(modalities)) != len(modalities) or not all(modalities):
+        raise DataError(f"{path}: 'modalities' {modalities} must be distinct, non-empty names")
     absent = [f"x_{m}" for m in modalities if f"x_{m}" not in data]
     if absent:
         raise DataError(f"{path}: feature array(s) {absent} missing for the listed modalities")

@@ -10,6 +10,7 @@ training) reads only this type.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -19,6 +20,9 @@ from imer.errors import DataError
 
 Task = Literal["classification", "regression"]
 SPLITS = ("train", "valid", "test")
+
+# String labels that mean "no label": refused as class names unless class_names lists them.
+MISSING_MARKS = frozenset({"", "NA", "N/A", "na", "n/a", "nan", "NaN", "None", "none", "null", "NULL", "-", "?"})
 
 
 @dataclass
@@ -84,6 +88,11 @@ class MultimodalDataset:
         if self.task == "classification":
             if labels.dtype.kind == "f" and not (np.isfinite(labels) & (np.mod(labels, 1) == 0)).all():
                 raise DataError(f"{where}: classification labels must be whole class indices 0..C-1, got fractional or NaN values")
+            huge = np.abs(labels.astype(np.float64)) >= 2**31  # would wrap when made integers: shown as written
+            if huge.any():
+                k = int(np.flatnonzero(huge)[0])
+                raise DataError(f"{where}: unknown label {labels[k].item()!r} at utterance '{np.asarray(self.utterance_ids)[k]}' "
+                                "(labels are class indices 0..C-1)")
             self.labels = labels.astype(np.int64)
         else:
             self.labels = labels.astype(np.float32)
@@ -134,13 +143,26 @@ class MultimodalDataset:
         Without ``split`` or ``fold``, a seeded ``test_fraction`` of the groups
         becomes the test split (validation is carved from the rest in training).
         """
+        if not isinstance(features, Mapping):
+            raise DataError(f"features: must be a dict modality -> array [N, d], got {type(features).__name__}")
         labels = np.asarray(labels)
-        n = len(labels)
+        n = len(labels) if labels.ndim else 0
         if labels.ndim != 1:
             raise DataError(f"labels must be 1-D [N], got shape {labels.shape}")
-        features = {m: np.asarray(x, dtype=np.float32) for m, x in features.items()}
+        arrays = {m: np.asarray(x) for m, x in features.items()}
+        for m, x in arrays.items():
+            if x.dtype.kind not in "fiub":
+                raise DataError(f"features['{m}']: holds {x.dtype} values, expected numbers")
+            if x.ndim != 2 or x.shape[0] != n:
+                raise DataError(f"features['{m}']: has shape {x.shape}, expected ({n}, d): one row per label")
+        features = {m: x.astype(np.float32) for m, x in arrays.items()}
         if task is None:
             task = "regression" if labels.dtype.kind == "f" and class_names is None else "classification"
+        if task == "classification" and labels.dtype.kind not in "iu" and class_names is None:
+            blank = sorted({str(v) for v in labels.tolist()} & MISSING_MARKS)
+            if blank:
+                raise DataError(f"labels hold {blank}, which reads as a missing label, not a class; drop those rows, "
+                                "or list it in class_names if it really is a class")
         if task == "classification" and labels.dtype.kind not in "iu":
             class_names = class_names or sorted({str(v) for v in labels.tolist()})
             index = {c: i for i, c in enumerate(class_names)}
@@ -222,6 +244,10 @@ class MultimodalDataset:
         if self.task == "classification":
             if not self.class_names or len(self.class_names) < 2:
                 raise DataError(f"{where}: classification data needs class_names of at least 2 classes, got {self.class_names}")
+            twice = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+            if twice:
+                raise DataError(f"{where}: class_names {twice} appear more than once; each class needs its own name "
+                                "(predictions have one probability column per name)")
             bad = (self.labels < 0) | (self.labels >= len(self.class_names))
             if bad.any():
                 raise DataError(

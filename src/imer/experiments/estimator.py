@@ -21,6 +21,7 @@ import json
 import shutil
 import tempfile
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 
 from imer.config import build_run_config
 from imer.data import MultimodalDataset
-from imer.errors import IMERError
+from imer.errors import DataError, IMERError
 from imer.experiments.crossval import REFIT_OVERRIDES, cross_validate
 from imer.experiments.inference import check_prediction_input, evaluate_run, predict_given
 from imer.experiments.loading import load_run
@@ -70,6 +71,9 @@ class Model:
             if ds.speakers is not None:
                 arrays["speakers"] = ds.speakers
         else:
+            if not isinstance(features, Mapping):
+                raise DataError(f"predict: features must be a dict modality -> array [N, d] (modalities {list(self._loaded.spec.modalities)}) "
+                                f"or a MultimodalDataset, got {type(features).__name__}")
             arrays = {f"x_{m}": np.asarray(x) for m, x in features.items()}
             if available is not None:
                 arrays["available"] = np.asarray(available, dtype=bool)
@@ -155,6 +159,9 @@ def fit(
     ``folds``-fold cross-validation over the development groups, then refits
     on all of them; the choice is saved as ``cv.json`` in the run folder.
     """
+    if not isinstance(dataset, MultimodalDataset):
+        raise DataError(f"dataset: imer.fit takes a MultimodalDataset, got {type(dataset).__name__}; load a file with "
+                        "imer.data.load_dataset(path) or build one with MultimodalDataset.from_arrays(features, labels)")
     if protocol not in ("valid", "cv"):
         raise IMERError(f"protocol: choose 'valid' (selection on the validation part) or 'cv' (cross-validation), got {protocol!r}")
     extra = [f"{k}={json.dumps(v)}" for k, v in options.items()]

@@ -132,8 +132,17 @@ def read_prediction_table(path: Path, modalities: list[str]) -> dict[str, np.nda
             unknown.append(name)
     if unknown:
         raise DataError(f"{path}: unknown column(s) {unknown[:5]}; use <modality>_<j> for {modalities} and {sorted(_TABLE_KEYS)}")
+    seen = [name.strip() for name in header]
+    twice = sorted({name for name in seen if seen.count(name) > 1})
+    if twice:
+        raise DataError(f"{path}: column(s) {twice} appear more than once; each column may be given once")
     data: dict[str, np.ndarray] = {}
     for m, cols in columns.items():
+        indices = sorted(j for j, _ in cols)
+        if indices != list(range(len(indices))):
+            gap = next(j for j, i in enumerate(indices + [None]) if i != j)
+            raise DataError(f"{path}: the '{m}' columns must be {m}_0 .. {m}_{len(indices) - 1} without gaps, "
+                            f"but {m}_{gap} is missing (features would shift)")
         order = [k for _, k in sorted(cols)]
         try:
             data[f"x_{m}"] = np.array([[float(r[k]) if r[k].strip() else np.nan for k in order] for r in rows], dtype=np.float64).reshape(len(rows), len(order))

@@ -41,14 +41,20 @@ def default_model_dir() -> Path:
         return Path(all_minilm_l6_v2.get_model_path())
 
 
+def _library() -> Any:
+    """The sentence-transformers module; :class:`DataError` with the install hint when it is not installed."""
+    try:
+        import sentence_transformers
+    except ImportError:
+        raise DataError(f"text features need sentence-transformers: {INSTALL_HINT}") from None
+    return sentence_transformers
+
+
 @lru_cache(maxsize=2)
 def _load_model(folder: str) -> Any:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise DataError(f"text features need sentence-transformers: {INSTALL_HINT}") from None
+    SentenceTransformer = _library().SentenceTransformer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
@@ -97,12 +103,11 @@ class TextExtractor:
 
     def entry(self) -> dict[str, Any]:
         """Manifest entry: extractor, library version, model name and weights digest, settings, dim."""
-        import sentence_transformers
-
+        version_ = _library().__version__
         folder = self.folder
         entry = {
             "extractor": EXTRACTOR,
-            "version": sentence_transformers.__version__,
+            "version": version_,
             "model": folder.name,
             "weights_sha256": weights_digest(folder),
             "settings": self.settings(),
