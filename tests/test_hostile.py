@@ -407,3 +407,82 @@ def test_a_pickle_declaring_a_huge_string_is_refused_before_allocating(capsys, t
     raw = b"\x80\x04" + pickle.BINBYTES8 + struct.pack("<Q", 10**12) + b"abc" + pickle.STOP
     line = fails(capsys, _gcnet(tmp_path, raw=raw), "labels.pkl: not a readable pickle")
     assert "batch_size" not in line and "memory" not in line
+
+
+# ----------------------------------------------------------------------------- inputs of predict, data and the Python API
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("text_0,text_1,text_1\n1,2,3\n", "column(s) ['text_1'] appear more than once"),
+        ("text_0,text_2\n1,2\n", "the 'text' columns must be text_0 .. text_1 without gaps, but text_1 is missing"),
+        ("text_1,text_2\n1,2\n", "but text_0 is missing"),
+        ("text_0,utterance_id,utterance_id\n1,a,b\n", "column(s) ['utterance_id'] appear more than once"),
+    ],
+)
+def test_predict_csv_columns_never_shift(capsys, run, tmp_path, text, expected):
+    (tmp_path / "in.csv").write_text(text)
+    fails(capsys, ["predict", "--model", run, "--input", tmp_path / "in.csv", "--out", tmp_path / "p.csv"], expected)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def _custom(tmp_path: Path, **changes) -> Path:
+    from imer.data import make_synthetic, save_custom
+
+    path = tmp_path / "base.npz"
+    save_custom(make_synthetic(num_groups=12, min_len=2, max_len=4, dims={"audio": 3, "text": 4, "video": 2}, seed=3), path)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    for key, value in changes.items():
+        arrays[key] = value(arrays) if callable(value) else value
+    np.savez(tmp_path / "d.npz", **arrays)
+    return tmp_path / "d.npz"
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"modalities": np.array("audio")}, "'modalities' has shape () and dtype <U5, expected a 1-D array of names"),
+        ({"modalities": np.array([1, 2, 3])}, "'modalities' has shape (3,) and dtype int64"),
+        ({"modalities": np.array(["audio", "audio", "text"])}, "must be distinct, non-empty names"),
+        ({"class_names": np.array("abcd")}, "'class_names' has shape ()"),
+        ({"class_names": np.array(["a", "a", "b", "c"])}, "class_names ['a'] appear more than once"),
+        ({"task": np.array(["classification"])}, "'task' has shape (1,)"),
+        ({"labels": lambda a: np.where(np.arange(len(a["labels"])) == 4, 1e20, a["labels"])}, "unknown label 1e+20 at utterance"),
+        ({"labels": lambda a: np.where(np.arange(len(a["labels"])) == 4, -1e12, a["labels"])}, "unknown label -1000000000000.0 at utterance"),
+    ],
+)
+def test_custom_dataset_arrays(capsys, tmp_path, changes, expected):
+    fails(capsys, ["train", "--method", "early-fusion", "--dataset", _custom(tmp_path, **changes), "--epochs", "1", "--out", tmp_path / "r"], expected)
+
+
+def test_python_api_raises_imers_own_errors(tmp_path, run):
+    import imer
+    from imer.data import MultimodalDataset
+    from imer.errors import DataError
+
+    x = np.zeros((6, 3))
+    with pytest.raises(DataError, match=r"features\['a'\]: has shape \(6, 3\), expected \(5, d\)"):
+        MultimodalDataset.from_arrays({"a": x, "t": x}, np.arange(5) % 2)
+    with pytest.raises(DataError, match=r"features\['a'\]: holds <U1 values, expected numbers"):
+        MultimodalDataset.from_arrays({"a": np.full((6, 3), "x"), "t": x}, np.arange(6) % 2)
+    with pytest.raises(DataError, match="features: must be a dict"):
+        MultimodalDataset.from_arrays(x, np.arange(6) % 2)
+    with pytest.raises(DataError, match=r"labels hold \['NA'\], which reads as a missing label"):
+        MultimodalDataset.from_arrays({"a": x, "t": x}, np.array(["pos", "neg", "NA", "pos", "neg", "pos"]))
+    with pytest.raises(DataError, match="dataset: imer.fit takes a MultimodalDataset, got str"):
+        imer.fit("early-fusion", "data.npz")
+    model = imer.load(run)
+    with pytest.raises(DataError, match="predict: features must be a dict modality -> array"):
+        model.predict(np.zeros((2, 32)))
+    with pytest.raises(DataError, match="is a file of the imer run"):
+        imer.experiments.inference.predict(run, tmp_path / "x.npz", run / "metrics.json")
+
+
+def test_text_features_without_sentence_transformers_give_the_install_hint(capsys, tmp_path, monkeypatch):
+    (tmp_path / "t.csv").write_text("utterance_id,text\nu1,hello\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "modules.json").write_text("[]")
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    fails(capsys, ["features", "text", tmp_path / "t.csv", "--out", tmp_path / "t.npz", "--model-dir", model, "--no-progress"],
+          "text features need sentence-transformers: pip install 'imer[text]'")
