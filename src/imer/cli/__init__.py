@@ -7,12 +7,13 @@ parser (``add_parser``); this module assembles them and turns errors into one li
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 
 from imer.cli import data, evaluate, features, listing, predict, report, sweep, train
 from imer.cli.common import Parser
-from imer.errors import IMERError
+from imer.errors import IMERError, stop_on_sigterm
 from imer.version import __version__
 
 COMMANDS = (train, evaluate, predict, features, data, sweep, report, listing)  # in the order `imer --help` lists them
@@ -91,15 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     with warnings.catch_warnings():  # restores the warning filters and printer afterwards
         warnings.simplefilter("default")
         warnings.showwarning = _warning_printer()
+        restore = stop_on_sigterm()
         try:
             args = build_parser().parse_args(argv)
             return int(args.func(args) or 0)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             print("imer: interrupted (a training run continues with --resume)", file=sys.stderr)
-            return 130
+            return 128 + getattr(exc, "signum", signal.SIGINT)
         except Exception as exc:
             if debug:
                 raise
             status, text = describe_error(exc)
             print(f"imer: error: {text}", file=sys.stderr)
             return status
+        finally:
+            restore()
+

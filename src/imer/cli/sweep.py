@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise ConfigError("sweep: --search-only needs a spec with a [search] table")
         manifest = run_sweep(spec, args.out, workers=args.workers, backend=args.backend, address=args.address, progress=not args.no_progress,
                              search_only=args.search_only)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"imer: sweep interrupted; rerun the same command to resume (finished cells are kept, see {Path(args.out) / 'sweep.json'})", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     counts = manifest["counts"]
     print(f"sweep {args.out}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + f" of {len(manifest['cells'])} cells")
     if counts.get("failed"):

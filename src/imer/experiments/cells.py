@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
+import signal
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Iterable, Iterator
+from multiprocessing import connection
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from imer.config import build_run_config
-from imer.errors import ConfigError, IMERError
+from imer.errors import ConfigError, IMERError, Interrupted
 from imer.experiments.grid import Cell, SweepSpec
 from imer.experiments.inference import evaluate_conditions
 from imer.experiments.run import train
@@ -80,33 +80,73 @@ def _init_worker(threads: int) -> None:
 
 
 def execute_local(spec: SweepSpec, cells: list[Cell], out: Path, workers: int) -> Iterator[dict[str, Any]]:
-    """Run ``cells`` in ``workers`` spawned processes (in this process when ``workers`` <= 1)."""
+    """Run ``cells`` in ``workers`` spawned processes, one fresh process per cell (in this process when ``workers`` <= 1).
+
+    The processes are plain ``multiprocessing`` processes, each sending its record through its own pipe: no executor
+    threads that could wait forever at interpreter exit for workers that died. On interruption (Ctrl-C, SIGTERM, the
+    consumer closing this generator) every running worker is terminated and joined before the exception goes on; their
+    cells resume from their checkpoints next time. A worker ended by SIGTERM or SIGINT stops the sweep the same way.
+    """
     if workers <= 1:
         for cell in cells:
             yield run_cell(spec, cell, out)
         return
     context = multiprocessing.get_context("spawn")
-    # One fresh process per cell (Python >= 3.11), so each run's peak RSS in metrics.json is its own.
-    fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(spec.threads,), **fresh)
+    queue = list(cells)
+    running: dict[Any, tuple[Any, Any, Cell]] = {}  # receiving end of the pipe -> (process, pipe, cell)
     try:
-        pending: dict[Future, Cell] = {pool.submit(run_cell, spec, cell, out): cell for cell in cells}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                cell = pending.pop(future)
-                try:
-                    yield future.result()
-                except Exception as exc:  # the worker process itself died (killed, out of memory)
-                    yield _crashed(cell, f"worker process failed: {type(exc).__name__}: {exc}")
-    except BaseException:
-        # Interrupted (Ctrl-C, SIGTERM, consumer gone): drop queued cells and stop the running ones now;
-        # they resume from their checkpoints next time. The executor has no public terminate, hence _processes.
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
+        while queue or running:
+            while queue and len(running) < workers:
+                cell = queue.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_worker, args=(spec, cell, str(out), spec.threads, send), name=f"imer-cell-{cell.label}")
+                process.start()
+                send.close()
+                running[receive] = (process, receive, cell)
+            ready = connection.wait(list(running) + [p.sentinel for p, _, _ in running.values()])
+            for key in [k for k, (p, _, _) in running.items() if k in ready or p.sentinel in ready]:
+                process, receive, cell = running[key]
+                record = None
+                if receive.poll():
+                    try:
+                        record = receive.recv()
+                    except (EOFError, OSError):
+                        record = None
+                elif process.is_alive():
+                    continue
+                del running[key]
+                receive.close()
+                process.join(timeout=60)
+                if record is None:
+                    if process.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+                        raise Interrupted(-process.exitcode)  # the worker was stopped like the sweep: stop the sweep
+                    record = _crashed(cell, f"worker process failed (exit code {process.exitcode})")
+                yield record
+    finally:
+        _stop(process for process, _, _ in running.values())
+
+
+def _stop(processes: Iterable[Any]) -> None:
+    """Terminate worker processes, then kill those still running after a few seconds; none is left behind."""
+    processes = list(processes)
+    for process in processes:
+        if process.is_alive():
             process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    deadline = time.monotonic() + 5
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def _worker(spec: SweepSpec, cell: Cell, out: str, threads: int, send: Any) -> None:
+    """A worker process: one cell, its record sent to the parent. SIGINT is the parent's to handle (it stops the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(threads)
+    record = run_cell(spec, cell, out)
+    send.send(record)
+    send.close()
 
 
 def _crashed(cell: Cell, message: str) -> dict[str, Any]:

@@ -27,9 +27,7 @@ optional ``ray`` backend, as Ray tasks on a local or remote Ray cluster.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -37,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from imer.errors import ConfigError
+from imer.errors import ConfigError, stop_on_sigterm
 from imer.experiments.cells import execute_local, execute_ray
 from imer.experiments.grid import Cell, SweepSpec
 from imer.experiments.search import freeze_search, read_search
@@ -168,7 +166,7 @@ def _run_sweep(spec: SweepSpec, out: Path, workers: int, backend: str, address: 
     plain = progress and not sys.stderr.isatty()  # logs and pipes get one line per finished cell, no carriage returns
     done = sum(s == "done" for s in states.values())
     bar = tqdm(total=len(cells), initial=done, desc="sweep", unit="run", disable=not progress or plain, dynamic_ncols=True)
-    restore = _interrupt_on_sigterm()
+    restore = stop_on_sigterm()
     seen_warnings: set[str] = set()
     counter = {"finished": done, "failed": 0}
 
@@ -227,14 +225,3 @@ def cell_status(spec: SweepSpec, out: Path, cell: Cell) -> str:
         return "waiting"
     return state
 
-
-def _interrupt_on_sigterm() -> Callable[[], None]:
-    """Make SIGTERM behave like Ctrl-C (clean stop, manifest updated); returns the undo function."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)

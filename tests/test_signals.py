@@ -1,0 +1,110 @@
+"""SIGTERM / SIGINT to a sweep, sent to the parent alone or to its whole process group, with 1 or 2 workers:
+the sweep ends within seconds with status 143 / 130, finished cells are kept, no process of it is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SPEC = """datasets = ["synthetic"]
+missing_rates = [0.0]
+seeds = [0]
+set = {hidden = 8}
+
+[variants.fast]
+method = "late-fusion"
+epochs = 1
+
+[variants.slow]
+method = "late-fusion"
+epochs = 100000
+"""
+
+
+def _session(sid: int) -> list[int]:
+    """Processes of session ``sid`` still alive (zombies aside)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(entry.name))
+    return pids
+
+
+def _wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("target", ["parent", "group"])
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_a_sweep_cleanly(tmp_path, workers, target, signum, status):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "s"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "imer.cli", "sweep", str(spec), "--workers", str(workers), "--no-progress", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        fast = out / "runs" / "synthetic" / "fast" / "rate=0" / "seed=0" / "metrics.json"
+        slow = out / "runs" / "synthetic" / "slow" / "rate=0" / "seed=0" / "history.jsonl"
+        _wait_for(lambda: fast.is_file() and slow.is_file() or process.poll() is not None, 240, "a finished cell and a cell in training")
+        assert process.poll() is None, process.communicate()
+        (os.killpg if target == "group" else os.kill)(process.pid, signum)
+        started = time.monotonic()
+        _, err = process.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == status, err
+    assert took < 20, f"took {took:.1f}s to stop"
+    assert "Traceback" not in err and "sweep interrupted" in err, err
+    assert fast.is_file()
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert {c["variant"]: c["status"] for c in manifest["cells"]} == {"fast": "done", "slow": "partial"}
+    assert not (out / ".imer.lock").exists()
+    _wait_for(lambda: not _session(process.pid), 10, f"the sweep's processes {_session(process.pid)} to end")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("target", ["parent", "group"])
+@pytest.mark.parametrize("delay", [0.0, 1.5])
+def test_a_signal_while_workers_start_never_hangs(tmp_path, target, delay):
+    """The race of issue 22: workers that die during start-up or hand-off left the parent joining an executor thread forever."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC.replace("epochs = 1\n", "epochs = 100000\n"))
+    out = tmp_path / "s"
+    process = subprocess.Popen([sys.executable, "-m", "imer.cli", "sweep", str(spec), "--workers", "2", "--no-progress", "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               start_new_session=True)
+    try:
+        _wait_for(lambda: (out / "sweep.json").is_file() or process.poll() is not None, 120, "the sweep to start")
+        time.sleep(delay)
+        (os.killpg if target == "group" else os.kill)(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 143, err
+    assert "Traceback" not in err, err
+    _wait_for(lambda: not _session(process.pid), 10, "the sweep's processes to end")
