@@ -486,3 +486,18 @@ def test_text_features_without_sentence_transformers_give_the_install_hint(capsy
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     fails(capsys, ["features", "text", tmp_path / "t.csv", "--out", tmp_path / "t.npz", "--model-dir", model, "--no-progress"],
           "text features need sentence-transformers: pip install 'imer[text]'")
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("data.options.num_groups=1e20", "data.options.num_groups: must be <= 1000000"),
+        ("data.options.seed=-1", "data.options.seed: must be >= 0"),
+        ("data.options.seed=1.5", "data.options.seed: must be an integer, got 1.5"),
+        ("data.options.dims={audio=100000000}", "data.options.dims.audio: must be <= 100000"),
+        ("data.options.max_len=1e9", "data.options.max_len: must be <= 10000"),
+    ],
+)
+def test_synthetic_sizes_are_bounded_before_anything_is_allocated(capsys, setting, expected):
+    line = fails(capsys, ["data", "info", "--dataset", "synthetic", "--set", setting], expected)
+    assert "memory" not in line.split(":", 3)[-1] or "would not fit in memory" in line

@@ -37,10 +37,14 @@ def make_synthetic(
     seed: int = 0,
 ) -> MultimodalDataset:
     """Generate a synthetic dataset; the same arguments always give the same data."""
-    sizes = {"num_groups": (num_groups, 3), "min_len": (min_len, 1), "max_len": (max_len, min_len), "num_classes": (num_classes, 2), "latent_dim": (latent_dim, 1)}
-    for name, (value, low) in sizes.items():
+    sizes = {"num_groups": (num_groups, 3, 10**6), "min_len": (min_len, 1, 10**4), "max_len": (max_len, min_len, 10**4),
+             "num_classes": (num_classes, 2, 1000), "latent_dim": (latent_dim, 1, 4096), "seed": (seed, 0, 2**32 - 1)}
+    sizes.update({f"dims.{m}": (d, 0, 10**5) for m, d in (dims or {}).items()})  # a width of 0 is named by the dataset check
+    for name, (value, low, high) in sizes.items():
         if value < low:
             raise ConfigError(f"data.options.{name}: must be >= {low} for the synthetic data, got {value}")
+        if value > high:
+            raise ConfigError(f"data.options.{name}: must be <= {high} for the synthetic data (a larger one would not fit in memory), got {value}")
     if len(split_fractions) != 3 or min(split_fractions) < 0 or sum(split_fractions) > 1 + 1e-9:
         raise ConfigError(f"data.options.split_fractions: must be 3 non-negative fractions (train, valid, test) summing to <= 1, got {list(split_fractions)}")
     dims = dict(dims or DEFAULT_DIMS)
