@@ -501,3 +501,46 @@ def test_text_features_without_sentence_transformers_give_the_install_hint(capsy
 def test_synthetic_sizes_are_bounded_before_anything_is_allocated(capsys, setting, expected):
     line = fails(capsys, ["data", "info", "--dataset", "synthetic", "--set", setting], expected)
     assert "memory" not in line.split(":", 3)[-1] or "would not fit in memory" in line
+
+
+def _edit_json(path: Path, change) -> None:
+    import json
+
+    values = json.loads(path.read_text())
+    change(values)
+    path.write_text(json.dumps(values))
+
+
+@pytest.mark.parametrize(
+    "file, change, command, expected",
+    [
+        ("metrics.json", lambda m: m["selection"].__setitem__("best_epoch", -5), "evaluate", "selection.best_epoch is -5, not an epoch the run trained (0..1)"),
+        ("metrics.json", lambda m: m["selection"].__setitem__("best_epoch", 1e30), "evaluate", "selection.best_epoch is 1e+30"),
+        ("metrics.json", lambda m: m["selection"].__setitem__("best_epoch", True), "evaluate", "selection.best_epoch is True"),
+        ("metrics.json", lambda m: m["selection"].__setitem__("best_epoch", 2), "evaluate", "selection.best_epoch is 2"),
+        ("metrics.json", lambda m: m.__setitem__("seed", 1.5), "report", "seed is 1.5, not a whole number"),
+        ("metrics.json", lambda m: m.__setitem__("test", 5), "report", "'test' is not a table of metrics"),
+        ("metrics.json", lambda m: m.clear(), "report", "not a metrics file written by imer"),
+    ],
+)
+def test_damaged_run_files_are_named(capsys, broken, file, change, command, expected):
+    run = broken()
+    _edit_json(run / file, change)
+    line = fails(capsys, ["evaluate", "--model", run] if command == "evaluate" else ["report", run, "--no-plots"], expected)
+    assert file in line
+
+
+@pytest.mark.parametrize(
+    "file, text, expected",
+    [
+        ("history.jsonl", "garbage\n", "history.jsonl: line 1 is not a JSON object of one epoch"),
+        ("history.jsonl", '{"epoch": 0}\n[1, 2]\n', "history.jsonl: line 2 is not a JSON object"),
+        ("metrics.json", "[]", "metrics.json: not a metrics file written by imer"),
+        ("conditions.json", "[]", "conditions.json: not a conditions file written by imer"),
+        ("config.json", '{"a": ' + "[" * 5000 + "]" * 5000 + "}", "config.json: run config nests lists or objects too deeply"),
+    ],
+)
+def test_damaged_run_files_in_reports_and_evaluation(capsys, broken, file, text, expected):
+    run = broken()
+    (run / file).write_text(text)
+    fails(capsys, ["evaluate", "--model", run] if file == "config.json" else ["report", run, "--no-plots"], expected)

@@ -69,10 +69,17 @@ def read_run(run_dir: Path) -> RunRecord:
             config_hash=m.get("config_hash"),
             metrics=m,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise IMERError(f"{path}: not a metrics file written by imer ({type(exc).__name__}: {exc})") from None
+    if not isinstance(m.get("seed"), int) or isinstance(m.get("seed"), bool):
+        raise IMERError(f"{path}: not a metrics file written by imer (seed is {m.get('seed')!r}, not a whole number)")
+    if not isinstance(record.test, dict):
+        raise IMERError(f"{path}: not a metrics file written by imer ('test' is not a table of metrics)")
     if folder.has("conditions.json"):
-        record.conditions = folder.read("conditions.json")["conditions"]
+        conditions = folder.read("conditions.json")
+        if not isinstance(conditions, dict) or not isinstance(conditions.get("conditions"), dict):
+            raise IMERError(f"{folder.file('conditions.json')}: not a conditions file written by imer (no 'conditions' table)")
+        record.conditions = conditions["conditions"]
     return record
 
 

@@ -9,7 +9,6 @@ killed mid-write leaves the previous version of a file or none.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -23,7 +22,7 @@ import torch
 
 from imer.data.scaling import Standardizer
 from imer.errors import DataError, IMERError
-from imer.io import append_jsonl, atomic_write, dumps, read_json, resolved, write_json
+from imer.io import append_jsonl, atomic_write, dumps, loads, read_json, resolved, write_json
 from imer.models.base import DataSpec
 from imer.runfolder.predictions import write_predictions
 from imer.runfolder.tensors import load_checkpoint, load_weights, save_checkpoint, save_weights
@@ -234,7 +233,22 @@ class RunFolder:
         """The records of ``history.jsonl`` (empty when absent)."""
         if not self.has("history.jsonl"):
             return []
-        return [json.loads(line) for line in self.file("history.jsonl").read_text().splitlines() if line.strip()]
+        path = self.file("history.jsonl")
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read the history ({exc})") from None
+        records = []
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    record = loads(line)
+                except (ValueError, RecursionError):
+                    record = None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}: line {number} is not a JSON object of one epoch; the run folder is damaged, train again")
+                records.append(record)
+        return records
 
     # ------------------------------------------------------------------ tensors and arrays
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -334,9 +348,15 @@ class RunFolder:
     def best_epoch(self) -> int:
         """The selected epoch recorded in ``metrics.json``."""
         try:
-            return int(self.read("metrics.json", "run metrics")["selection"]["best_epoch"])
-        except (KeyError, TypeError, ValueError):
+            selection = self.read("metrics.json", "run metrics")["selection"]
+            best, run = selection["best_epoch"], selection.get("epochs_run", selection.get("epochs"))
+        except (KeyError, TypeError):
             raise DataError(f"{self.file('metrics.json')}: no selection.best_epoch; the run folder is damaged, train again") from None
+        whole = isinstance(best, int) and not isinstance(best, bool)
+        if not whole or best < 0 or (isinstance(run, int) and best >= run):
+            raise DataError(f"{self.file('metrics.json')}: selection.best_epoch is {best!r}, not an epoch the run trained "
+                            f"(0..{run - 1 if isinstance(run, int) else '?'}); the run folder is damaged, train again")
+        return best
 
 
 def finished_runs(root: str | Path) -> list[RunFolder]:
