@@ -14,7 +14,7 @@ import torch
 import pytest
 
 from imer.cli import main
-from test_bad_inputs import fails
+from test_bad_inputs import broken, fails  # noqa: F401  (broken: a fixture, a copy of `run` to damage)
 
 
 def _train(out: Path, *extra: str) -> list[str]:
@@ -208,18 +208,6 @@ def test_symlink_loops_are_named(capsys, tmp_path):
 
 
 # ----------------------------------------------------------------------------- item 3: loaded artefacts are checked like inputs
-@pytest.fixture
-def broken(run, tmp_path):
-    def copy() -> Path:
-        target = tmp_path / "copy"
-        target.mkdir()
-        for f in run.iterdir():
-            (target / f.name).write_bytes(f.read_bytes())
-        return target
-
-    return copy
-
-
 @pytest.mark.parametrize(
     "damage, expected",
     [
