@@ -86,6 +86,20 @@ def test_train_refuses_links(capsys, tmp_path):
     assert not (tmp_path / "outside.txt").exists()
 
 
+def test_a_model_is_never_saved_into_a_foreign_folder(run, tmp_path):
+    import imer
+    from imer.errors import IMERError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(IMERError, match="is not empty and not an imer run folder"):
+        imer.load(run).save(mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    saved = imer.load(run).save(tmp_path / "copy")
+    assert (saved / ".imer-run").is_file() and (saved / "model.safetensors").is_file()
+
+
 def test_a_new_run_is_marked_and_an_older_run_without_marker_still_counts(capsys, run, tmp_path):
     assert (run / ".imer-run").is_file() and not (run / ".imer.lock").exists()
     old = tmp_path / "old"
@@ -117,6 +131,8 @@ def test_a_live_lock_refuses_a_second_writer_and_a_stale_one_is_taken_over(capsy
         sleeper.wait()
     assert main(_train(out)) == 0  # the holder is gone: the lock is stale and taken over
     assert not (out / ".imer.lock").exists() and (out / "metrics.json").is_file()
+    (out / ".imer.lock").write_text(f"{socket.gethostname()} {os.getppid()} 1\n")  # a live pid, but another process's start time
+    assert main(_train(out, "--overwrite")) == 0  # the pid was reused after the holder died: stale too
 
 
 def test_a_sweep_folder_without_sweep_json_is_foreign(capsys, tmp_path):

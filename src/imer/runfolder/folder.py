@@ -61,14 +61,24 @@ LOCK = ".imer.lock"
 OWN = (MARKER, LOCK, "tensorboard")
 
 
-def _pid_alive(pid: int) -> bool:
+def _started(pid: int) -> str:
+    """When process ``pid`` started (clock ticks after boot, from /proc; "" where there is no /proc): a pid reused by
+    another process after the holder died does not look like the holder."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _holder_alive(pid: int, started: str) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not started or _started(pid) in ("", started)
 
 
 @contextmanager
@@ -81,17 +91,17 @@ def locked(folder: str | Path, what: str = "run") -> Iterator[None]:
     path = Path(folder) / LOCK
     if path.is_symlink():
         raise IMERError(f"{path}: is a symbolic link; imer does not follow links when writing, remove it")
-    mine = f"{socket.gethostname()} {os.getpid()}\n"
+    mine = f"{socket.gethostname()} {os.getpid()} {_started(os.getpid())}".strip() + "\n"
     for _ in range(3):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except FileExistsError:
             try:
-                host, pid_text = path.read_text().split()
+                host, pid_text, *started = path.read_text().split()
                 pid = int(pid_text)
             except (OSError, ValueError):
-                host, pid = "", -1
-            if host == socket.gethostname() and pid > 0 and _pid_alive(pid):
+                host, pid, started = "", -1, []
+            if host == socket.gethostname() and pid > 0 and _holder_alive(pid, "".join(started[:1])):
                 raise IMERError(f"{folder}: another imer process (pid {pid}) is writing this {what} now; wait for it to end or "
                                 f"choose another --out") from None
             if host and host != socket.gethostname():
