@@ -548,3 +548,9 @@ def test_damaged_run_files_in_reports_and_evaluation(capsys, broken, file, text,
     run = broken()
     (run / file).write_text(text)
     fails(capsys, ["evaluate", "--model", run] if file == "config.json" else ["report", run, "--no-plots"], expected)
+
+
+@pytest.mark.parametrize("setting, expected", [("hidden=1e400", "--set hidden: 1e400 is beyond the largest number"),
+                                               ("train.lr=-1e999", "--set train.lr: -1e999 is beyond the largest number")])
+def test_numbers_are_shown_as_written(capsys, tmp_path, setting, expected):
+    fails(capsys, ["train", "--method", "late-fusion", "--dataset", "synthetic", "--set", setting, "--out", tmp_path / "r"], expected)

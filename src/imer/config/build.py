@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -130,7 +131,10 @@ def apply_override(config: RunConfig, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
-    set_option(config, key.strip(), parse_value(raw.strip()))
+    value = parse_value(raw.strip())
+    if isinstance(value, float) and math.isinf(value) and "inf" not in raw.lower():
+        raise ConfigError(f"--set {key.strip()}: {raw.strip()} is beyond the largest number a float holds (about 1.8e308)")
+    set_option(config, key.strip(), value)
 
 
 def set_option(config: RunConfig, key: str, value: Any) -> None:
