@@ -554,3 +554,25 @@ def test_damaged_run_files_in_reports_and_evaluation(capsys, broken, file, text,
                                                ("train.lr=-1e999", "--set train.lr: -1e999 is beyond the largest number")])
 def test_numbers_are_shown_as_written(capsys, tmp_path, setting, expected):
     fails(capsys, ["train", "--method", "late-fusion", "--dataset", "synthetic", "--set", setting, "--out", tmp_path / "r"], expected)
+
+
+def _crafted_npy(shape=(10**7, 10**5)) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 64
+
+
+def test_arrays_declaring_more_than_they_hold_are_refused_before_allocating(capsys, run, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as archive:
+        archive.writestr("x_text.npy", _crafted_npy())
+    for argv in (["predict", "--model", run, "--input", tmp_path / "big.npz", "--out", tmp_path / "p.csv"],
+                 ["train", "--method", "late-fusion", "--dataset", tmp_path / "big.npz", "--out", tmp_path / "r"]):
+        line = fails(capsys, argv, "array 'x_text' declares shape (10000000, 100000) (8000000000000 bytes) but holds")
+        assert "batch_size" not in line
+    argv = _gcnet(tmp_path)
+    (tmp_path / "data" / "features" / "fa" / "Ses01_d0_u1.npy").write_bytes(_crafted_npy())
+    fails(capsys, argv, "Ses01_d0_u1.npy declares shape (10000000, 100000)")

@@ -185,6 +185,7 @@ def read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: {what} not found")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a .npz archive (expected a {what} written by numpy.savez)")
+    _check_declared_sizes(path, what)
     arrays: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -201,3 +202,29 @@ def read_npz(path: str | Path, what: str) -> dict[str, np.ndarray]:
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise DataError(f"{path}: damaged {what} ({type(exc).__name__})") from None
     return arrays
+
+
+def _check_declared_sizes(path: Path, what: str) -> None:
+    """:class:`DataError` when an array's header declares more data than its member of the archive holds.
+
+    Read before any array is loaded, so a crafted header (shape 10^7 x 10^5 in a few bytes) is named as such
+    instead of being allocated.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    with archive.open(info) as fh:
+                        check_npy_header(fh, info.file_size, f"{path}: array '{info.filename[:-4]}'", what)
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise DataError(f"{path}: damaged {what} ({type(exc).__name__})") from None
+
+
+def check_npy_header(fh: IO[bytes], size: int, where: str, what: str) -> None:
+    """:class:`DataError` when the ``.npy`` header at the start of ``fh`` declares more bytes than the ``size`` it has."""
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    need = math.prod(shape) * dtype.itemsize
+    if not dtype.hasobject and need > size:  # object arrays are refused by name when loaded
+        raise DataError(f"{where} declares shape {shape} ({need} bytes) but holds {size} bytes; the {what} is damaged or crafted")

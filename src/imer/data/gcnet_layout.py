@@ -20,6 +20,7 @@ from imer.data.dataset import MultimodalDataset
 from imer.data.registry import register_dataset
 from imer.data.safe_pickle import safe_load_pickle
 from imer.errors import DataError
+from imer.io import check_npy_header
 
 DEFAULT_FEATURES = {"audio": "wav2vec-large-c-UTT", "text": "deberta-large-4-UTT", "video": "manet_UTT"}
 IEMOCAP4_CLASSES = ["happy", "sad", "neutral", "angry"]
@@ -41,6 +42,8 @@ def load_feature_file(path: Path) -> np.ndarray:
     vectors = []
     for p in arrays:
         try:
+            with p.open("rb") as fh:
+                check_npy_header(fh, p.stat().st_size, str(p), "feature file")
             x = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError):
             raise DataError(f"{p}: not a readable .npy array of numbers (damaged, or holds pickled Python objects, which imer does not load)") from None
