@@ -183,7 +183,8 @@ def resolve_variants(plain: list[str], tables: dict[str, dict[str, Any]], where:
             raise ConfigError(f"{where}: variant bases form a cycle: {' -> '.join(chain + (name,))}")
         check_variant_name(name, where)
         table = raw[name]
-        base_name = table.get("base")
+        base_name = typed(table.get("base"), str, f"{where}: [variants.{name}] base")
+        typed(table.get("method"), str, f"{where}: [variants.{name}] method")
         own = overrides_from(table.get("set"), f"{where}: [variants.{name}]")
         if base_name is not None:
             if base_name not in raw:
@@ -415,7 +416,11 @@ def load_spec(path: str | Path) -> tuple[dict[str, Any], ExperimentFile]:
     report = data.get("report", {})
     if not isinstance(report, dict) or set(report) - REPORT_KEYS:
         raise ConfigError(f"{where}: [report] may hold only {sorted(REPORT_KEYS)}")
-    variants = resolve_variants(list(data.get("methods", [])), data.get("variants", {}), where)
+    tables = data.get("variants", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: 'variants' must be tables [variants.<name>], got {tables!r}")
+    methods = typed_list(data["methods"], str, f"{where}: methods") if "methods" in data else []
+    variants = resolve_variants(methods, tables, where)
     if not variants:
         raise ConfigError(f"{where}: no variants; list methods = [...] or add [variants.<name>] tables")
     _check_report(report, variants, where)
