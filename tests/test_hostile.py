@@ -580,3 +580,19 @@ def test_arrays_declaring_more_than_they_hold_are_refused_before_allocating(caps
     argv = _gcnet(tmp_path)
     (tmp_path / "data" / "features" / "fa" / "Ses01_d0_u1.npy").write_bytes(_crafted_npy())
     fails(capsys, argv, "Ses01_d0_u1.npy declares shape (10000000, 100000)")
+
+
+@pytest.mark.parametrize(
+    "arrays, expected",
+    [
+        ({"x_text": np.zeros((2, 32)), "utterance_ids": np.array(["a", "a"])}, "utterance id(s) ['a'] appear more than once"),
+        ({"x_text": np.zeros((2, 32)), "utterance_id": np.array(["a", "b"])}, "unknown key(s) ['utterance_id']"),
+        ({"x_text": np.zeros((2, 32)), "available": np.array([[0, 2, 0], [0, 1, 0]])}, "'available' holds values other than 0 and 1"),
+        ({"x_text": np.zeros((2, 32)), "group_ids": np.array(["g", "g"]), "order": np.array([0, 0])}, "dialogue 'g' has two rows at position 0"),
+        ({"x_text": np.where(np.arange(32) == 3, 1e300, np.zeros((2, 32)))}, "'x_text' has values beyond the float32 range (about 3.4e38) in rows 0, 1"),
+    ],
+)
+def test_predict_input_hostile_variants(capsys, run, tmp_path, arrays, expected):
+    np.savez(tmp_path / "in.npz", **arrays)
+    fails(capsys, ["predict", "--model", run, "--input", tmp_path / "in.npz", "--out", tmp_path / "p.csv"], expected)
+    assert not (tmp_path / "p.csv").exists()

@@ -100,6 +100,7 @@ def _rows_text(rows: np.ndarray, ids: np.ndarray | None = None) -> str:
     return ("row" if len(rows) == 1 else "rows") + " " + ", ".join(shown) + more
 
 
+_INPUT_KEYS = {"available", "utterance_ids", "group_ids", "order", "speakers"}
 _TABLE_KEYS = {"utterance_id": "utterance_ids", "group_id": "group_ids", "order": "order", "speaker": "speakers"}
 
 
@@ -198,6 +199,9 @@ def check_prediction_input(data: dict[str, Any], path: str, modalities: list[str
         raise DataError(f"{path}: unknown modality array(s) {unknown}; the model knows {modalities}")
     if not present:
         raise DataError(f"{path}: no feature array; expected keys like {[f'x_{m}' for m in modalities]}")
+    stray = sorted(k for k in data if not k.startswith("x_") and k not in _INPUT_KEYS)
+    if stray:
+        raise DataError(f"{path}: unknown key(s) {stray}; an input holds x_<modality> arrays and {sorted(_INPUT_KEYS)}")
     for m in present:
         if data[f"x_{m}"].ndim != 2:
             raise DataError(f"{path}: 'x_{m}' has shape {data[f'x_{m}'].shape}, expected [N, {dims[m]}] (one row per utterance, {dims[m]} features)")
@@ -209,6 +213,8 @@ def check_prediction_input(data: dict[str, Any], path: str, modalities: list[str
         given = np.asarray(data["available"])
         if given.shape != (n, len(modalities)) or given.dtype.kind not in "bui":
             raise DataError(f"{path}: 'available' has shape {given.shape} ({given.dtype}), expected ({n}, {len(modalities)}) booleans in order {modalities}")
+        if given.dtype.kind != "b" and not np.isin(given, (0, 1)).all():
+            raise DataError(f"{path}: 'available' holds values other than 0 and 1 (or True and False)")
         given = given.astype(bool)
     features, available = {}, np.zeros((n, len(modalities)), dtype=bool)
     for j, m in enumerate(modalities):
@@ -220,8 +226,12 @@ def check_prediction_input(data: dict[str, Any], path: str, modalities: list[str
             raise DataError(f"{path}: 'x_{m}' has shape {x.shape}, expected ({n}, {dims[m]}) (one row per utterance, {dims[m]} features)")
         if x.dtype.kind not in "fiub":
             raise DataError(f"{path}: 'x_{m}' holds {x.dtype} values, expected numbers")
-        x = x.astype(np.float32)
         considered = given[:, j] if given is not None else np.ones(n, dtype=bool)
+        with np.errstate(invalid="ignore"):
+            beyond = np.flatnonzero((np.isfinite(x) & (np.abs(x) > np.finfo(np.float32).max)).any(axis=1) & considered)
+        if len(beyond):
+            raise DataError(f"{path}: 'x_{m}' has values beyond the float32 range (about 3.4e38) in {_rows_text(beyond)}; check their units and scale")
+        x = x.astype(np.float32)
         infinite = np.flatnonzero(np.isinf(x).any(axis=1) & considered)
         if len(infinite):
             raise DataError(f"{path}: 'x_{m}' has infinite values in {_rows_text(infinite)}; fix them, or mark the modality absent with NaN rows or 'available'")
@@ -246,8 +256,16 @@ def check_prediction_input(data: dict[str, Any], path: str, modalities: list[str
             raise DataError(f"{path}: '{key}' has shape {value.shape}, expected ({n},)")
         extras[key] = value
     ids = extras["utterance_ids"].astype(str) if extras["utterance_ids"] is not None else np.array([str(i) for i in range(n)])
+    names, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{path}: utterance id(s) {[str(v) for v in names[counts > 1][:5]]} appear more than once; each row needs its own id")
     if extras["order"] is not None and extras["order"].dtype.kind not in "iu":
         raise DataError(f"{path}: 'order' must be integers (position inside the dialogue)")
+    if extras["group_ids"] is not None and extras["order"] is not None:
+        pairs = list(zip(extras["group_ids"].astype(str).tolist(), extras["order"].tolist()))
+        if len(set(pairs)) != n:
+            twice = next(pair for pair in pairs if pairs.count(pair) > 1)
+            raise DataError(f"{path}: dialogue '{twice[0]}' has two rows at position {twice[1]} ('order'); each row needs its own position")
     return {
         "features": features,
         "available": available,
