@@ -596,3 +596,36 @@ def test_predict_input_hostile_variants(capsys, run, tmp_path, arrays, expected)
     np.savez(tmp_path / "in.npz", **arrays)
     fails(capsys, ["predict", "--model", run, "--input", tmp_path / "in.npz", "--out", tmp_path / "p.csv"], expected)
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    assert main(["sweep", "--methods", "late-fusion", "--datasets", "synthetic", "--missing-rates", "0", "--seeds", "0", "--epochs", "1",
+                 "--set", "hidden=8", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "file, text, expected",
+    [
+        ("sweep.json", "[]", "sweep.json: not a sweep manifest written by imer (not a JSON object)"),
+        ("sweep.json", "{}", "'spec' is not an object"),
+        ("sweep.json", '{"spec": {"bogus": 1}, "cells": []}', "(its spec: TypeError)"),
+        ("sweep.json", '{"spec": {}, "cells": 3}', "'cells' is not a list of cells"),
+        ("sweep.json", '{"spec": {"epochs": "x"}, "cells": []}', "'spec.epochs' is 'x'"),
+        ("search.json", "[1]", "search.json: not the search choices imer froze"),
+    ],
+)
+def test_damaged_sweep_files_are_named(capsys, sweep, tmp_path, file, text, expected):
+    import shutil
+
+    copy = tmp_path / "s"
+    shutil.copytree(sweep, copy)
+    (copy / file).write_text(text)
+    for argv in (["sweep", "--methods", "late-fusion", "--datasets", "synthetic", "--missing-rates", "0", "--seeds", "0", "--epochs", "1",
+                  "--set", "hidden=8", "--no-progress", "--out", copy], ["report", copy, "--no-plots"]):
+        if (file == "search.json" and argv[0] == "sweep") or ("bogus" in text and argv[0] == "report"):
+            continue  # a sweep without [search] never reads search.json; a report reads no spec key it does not know
+        fails(capsys, argv, expected)
+    assert (copy / file).read_text() == text

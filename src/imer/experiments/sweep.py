@@ -35,7 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from imer.errors import ConfigError, stop_on_sigterm
+from imer.errors import ConfigError, DataError, stop_on_sigterm
 from imer.experiments.cells import execute_local, execute_ray
 from imer.experiments.grid import Cell, SweepSpec
 from imer.experiments.search import freeze_search, read_search
@@ -70,7 +70,11 @@ def _check_settings(spec: SweepSpec, out: Path) -> None:
     manifest = sweepdir.read_manifest(out)
     if manifest is None:
         return
-    old = SweepSpec(**manifest["spec"])
+    try:
+        old = SweepSpec(**manifest["spec"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise DataError(f"{out / sweepdir.MANIFEST}: not a sweep manifest written by imer (its spec: {type(exc).__name__}); "
+                        "the sweep directory is damaged, use another --out") from None
     if old.settings() != spec.settings():
         raise ConfigError(
             f"{out}: holds a sweep with other settings {old.settings()} (now {spec.settings()}); "

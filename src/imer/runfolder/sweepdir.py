@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from imer.errors import DataError
 from imer.io import append_jsonl, read_json, write_json
 
 MANIFEST = "sweep.json"
@@ -21,8 +22,35 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
 
 
 def read_manifest(out: Path) -> dict[str, Any] | None:
-    """``sweep.json`` of ``out``; None for a folder that holds no sweep."""
-    return read_json(out / MANIFEST) if (out / MANIFEST).is_file() else None
+    """``sweep.json`` of ``out``, its structure checked; None for a folder that holds no sweep."""
+    if not (out / MANIFEST).is_file():
+        return None
+    manifest = read_json(out / MANIFEST, "sweep manifest")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{out / MANIFEST}: not a sweep manifest written by imer ({problem}); the sweep directory is damaged, "
+                        "use another --out")
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    spec, cells = manifest.get("spec"), manifest.get("cells", [])
+    if not isinstance(spec, dict):
+        return "'spec' is not an object"
+    if not isinstance(cells, list) or not all(isinstance(c, dict) and isinstance(c.get("path", ""), str) for c in cells):
+        return "'cells' is not a list of cells"
+    if not isinstance(spec.get("overrides", []), list) or not all(isinstance(o, str) for o in spec.get("overrides", [])):
+        return "'spec.overrides' is not a list of key=value strings"
+    if not isinstance(spec.get("variants", []), list) or not all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in spec.get("variants", [])):
+        return "'spec.variants' is not a list of variants"
+    epochs = spec.get("epochs")
+    if epochs is not None and (not isinstance(epochs, int) or isinstance(epochs, bool)):
+        return f"'spec.epochs' is {epochs!r}"
+    if not isinstance(spec.get("experiment") or {}, dict):
+        return "'spec.experiment' is not an object"
+    return None
 
 
 def failed_cells(out: Path) -> list[str]:
@@ -43,7 +71,16 @@ def has_search(out: Path) -> bool:
 
 def read_search(out: Path) -> dict[str, Any]:
     """``search.json`` of ``out``: ``{"datasets": {dataset: {variant: choice}}, ...}``; no choice when absent."""
-    return read_json(out / SEARCH) if has_search(out) else {"datasets": {}}
+    if not has_search(out):
+        return {"datasets": {}}
+    choices = read_json(out / SEARCH, "search choices")
+    datasets = choices.get("datasets") if isinstance(choices, dict) else None
+    if not isinstance(datasets, dict) or not all(
+            isinstance(entries, dict) and all(isinstance(e, dict) and isinstance(e.get("overrides"), list) for e in entries.values())
+            for entries in datasets.values()):
+        raise DataError(f"{out / SEARCH}: not the search choices imer froze (datasets -> variant -> overrides); "
+                        "the sweep directory is damaged, use another --out")
+    return choices
 
 
 def write_search(out: Path, choices: dict[str, Any]) -> None:
