@@ -64,7 +64,7 @@ def test_a_signal_stops_a_sweep_cleanly(tmp_path, workers, target, signum, statu
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         fast = out / "runs" / "synthetic" / "fast" / "rate=0" / "seed=0" / "metrics.json"
-        slow = out / "runs" / "synthetic" / "slow" / "rate=0" / "seed=0" / "history.jsonl"
+        slow = out / "runs" / "synthetic" / "slow" / "rate=0" / "seed=0" / "checkpoint.pt"
         _wait_for(lambda: fast.is_file() and slow.is_file() or process.poll() is not None, 240, "a finished cell and a cell in training")
         assert process.poll() is None, process.communicate()
         (os.killpg if target == "group" else os.kill)(process.pid, signum)

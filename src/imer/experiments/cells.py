@@ -100,9 +100,13 @@ def execute_local(spec: SweepSpec, cells: list[Cell], out: Path, workers: int) -
                 cell = queue.pop(0)
                 receive, send = context.Pipe(duplex=False)
                 process = context.Process(target=_worker, args=(spec, cell, str(out), spec.threads, send), name=f"imer-cell-{cell.label}")
-                process.start()
-                send.close()
-                running[receive] = (process, receive, cell)
+                mask = _block(STOP_SIGNALS)  # a stop signal arriving during start() waits until the worker is known and can be stopped
+                try:
+                    process.start()
+                    running[receive] = (process, receive, cell)
+                finally:
+                    send.close()
+                    _block(mask, signal.SIG_SETMASK)
             ready = connection.wait(list(running) + [p.sentinel for p, _, _ in running.values()])
             for key in [k for k, (p, _, _) in running.items() if k in ready or p.sentinel in ready]:
                 process, receive, cell = running[key]
@@ -126,6 +130,14 @@ def execute_local(spec: SweepSpec, cells: list[Cell], out: Path, workers: int) -
         _stop(process for process, _, _ in running.values())
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _block(signals: Iterable[int], how: int = signal.SIG_BLOCK) -> set[int]:
+    """Change this thread's signal mask (``pthread_sigmask``) where the platform has one; returns the previous mask."""
+    return set(signal.pthread_sigmask(how, signals)) if hasattr(signal, "pthread_sigmask") else set()
+
+
 def _stop(processes: Iterable[Any]) -> None:
     """Terminate worker processes, then kill those still running after a few seconds; none is left behind."""
     processes = list(processes)
@@ -143,6 +155,7 @@ def _stop(processes: Iterable[Any]) -> None:
 def _worker(spec: SweepSpec, cell: Cell, out: str, threads: int, send: Any) -> None:
     """A worker process: one cell, its record sent to the parent. SIGINT is the parent's to handle (it stops the workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _block(STOP_SIGNALS, signal.SIG_UNBLOCK)  # blocked by the parent while it started this process; a pending SIGTERM ends it here
     _init_worker(threads)
     record = run_cell(spec, cell, out)
     send.send(record)
