@@ -90,7 +90,7 @@ class RunConfig:
     data: DataConfig = option(factory=DataConfig)
     missing: MissingConfig = option(factory=MissingConfig)
     train: TrainConfig = option(factory=TrainConfig)
-    model: dict[str, Any] = option(factory=dict, help="the method's options (model.NAME=VALUE; see its config dataclass)")
+    model: dict[str, Any] = option(factory=dict, help="the method's options (model.NAME=VALUE; `imer list --options METHOD`)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
