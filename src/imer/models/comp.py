@@ -71,46 +71,26 @@ class CompConfig(ModelConfig):
     fidelity switches default to imer's choices, and their second value is
     the published code's (``configs/comp/published.toml`` selects all of them).
 
-    Attributes:
-        depth: Transformer layers per modality, split into block 1 (``depth // 2``)
-            and block 2 (the rest).
-        prompt_size: size p of a prompt.
-        num_prototypes: K global prototypes per modality.
-        momentum: lambda, the weight of the carried prompt in the level-2 mix.
-        stage_epoch: epochs of unimodal warm-up before prompting starts.
-        single_stage: skip the warm-up (prompting from epoch 0).
-        prompts / modulator / coordinator / disentangle: ablation switches;
-            off removes the part (coordinator off = uniform weights over the
-            available modalities).
-        modulator_strength: beta; modulator weights lie in [1 - beta, 1 + beta].
-        temperature: of the cosine-similarity softmax over prototypes (published: 1).
-        unimodal_weight, recon_weight, disentangle_weight, reverse_weight:
-            loss weights (published: all 1).
+    Each field's one-line help is in its declaration below; the longer notes:
+
         block_style: ``prenorm`` (pre-LayerNorm, feed-forward 2 x hidden, dropout
             also on attention weights) or ``plain`` (no LayerNorm, no attention
             output projection, feed-forward 1 x hidden, no attention dropout).
-        unimodal_head: ``mlp`` (2 layers) or ``linear``.
         prompt_generator: ``query`` (a query projection before the cosine
             attention, FFN of width hidden) or ``plain`` (no query projection,
             FFN of width ``prompt_size``).
         level2_generator: ``shared`` (level 2 reuses the level-1 generator) or
             ``separate`` (its own FFN and projection, sharing only the prototypes).
-        carry_projection: block 1's output projection, ``linear`` or ``mlp`` (2 layers).
         fusion_head: residual block before the final layer: ``mlp`` (2 layers,
             width hidden) or ``linear`` (one ReLU layer of the full width).
-        js_reduction: JS divergence of the shared codes, ``mean`` or ``sum`` over dims.
-        private_shared_terms: |cos(private_m, shared_m)| counted ``once`` per
-            modality or ``per_pair`` (once for every pair the modality is in).
         reverse_target: ``normal`` (private code -> its own Linear -> N(0, 1)
             noise) or ``published`` (private code -> the modality's shared
             blocks and head -> noise 1.5 N(0, 1) clamped to [-3, 3]);
             classification always uses the complement cross-entropy.
-        recon_stages: reconstruction loss in ``both`` stages or in the ``joint`` stage only.
         warmup: ``full`` (warm-up trains the prompt in/out projections, and the
             fusion head on detached outputs) or ``encoders`` (the blocks take the
             shared code directly; no fused loss; the warm-up's fused prediction
             is the mean of the available unimodal predictions).
-        modulator_direction: ``weaker`` or ``published`` (see ``_comp_modulator``).
         modulator_scope: ``upstream`` (the weight scales everything behind the
             prompt: generator, shared encoder, embedding, block 1) or
             ``generator`` (only the prompt generator's parameters).
