@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from imer.evaluation.metrics import TASKS, select_metrics
-from imer.fields import AT_LEAST_1, FINITE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, UNIT, option
+from imer.fields import AT_LEAST_1, FINITE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, UNIT, Range, option  # noqa: F401  (Range: imported from here too)
 
 SECTIONS = ("data", "missing", "train")
 

@@ -31,7 +31,7 @@ from imer.config.schema import SECTIONS, RunConfig, run_fields
 from imer.data.registry import dataset_options
 from imer.errors import ConfigError
 from imer.evaluation.metrics import select_metrics
-from imer.fields import check_value
+from imer.fields import check_range, check_value  # noqa: F401  (check_range: imported from here too)
 from imer.models import DataSpec, create_model
 from imer.models.registry import get_model_class
 

@@ -60,9 +60,10 @@ from pathlib import Path
 from typing import Any
 
 from imer.config.build import build_run_config
+from imer.config.schema import SEED, UNIT
+from imer.config.validation import check_range
 from imer.errors import ConfigError
 from imer.experiments.crossval import REFIT_OVERRIDES, fold_overrides
-from imer.fields import SEED, UNIT, check_range
 from imer.models import list_models
 
 if sys.version_info >= (3, 11):

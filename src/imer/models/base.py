@@ -62,7 +62,7 @@ class ModelConfig:
     (``packed=false``, kept as the reference that tests and benchmarks compare with).
     """
 
-    hidden: int = option(128, "hidden width", range=AT_LEAST_1)
+    hidden: int = option(128, "width of the hidden layers", range=AT_LEAST_1)
     dropout: float = option(0.3, "dropout probability", range=BELOW_1)
     regression_loss: str = option("mse", "task loss of regression data", choices=("mse", "l1"))
     packed: bool = option(True, "utterance-wise layers on the present entries only (false: the padded reference computation)")

@@ -38,8 +38,6 @@ class ModalityDropout(IMERModel):
 
     def __init__(self, config: ModalityDropoutConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
-        if not 0.0 <= config.drop_prob < 1.0:
-            raise ValueError(f"modality-dropout: drop_prob must be in [0, 1), got {config.drop_prob}")
         m = len(spec.modalities)
         self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout)
         self.head = MLP(config.hidden * m + m, config.hidden, spec.output_size, layers=config.layers, dropout=config.dropout)
