@@ -31,6 +31,9 @@ def test_readme_in_memory_example_runs(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     exec(compile(readme_in_memory_example(), "README.md", "exec"), namespace)
     model, same, ds = namespace["model"], namespace["same"], namespace["ds"]
+    assert model.metrics["test"]["acc"] >= 0.8 and not model.metrics["warnings"]  # the example's easy data is learned (chance: 0.5)
+    audio_only = model.predict({"audio": ds.features["audio"][:4], "text": np.full((4, 10), np.nan)})
+    assert (audio_only == namespace["labels"][:4].astype(str)).sum() >= 3  # as printed: the predictions beside the labels
     assert (tmp_path / "runs/in-memory/model.safetensors").is_file() and not (tmp_path / "runs/in-memory/checkpoint.pt").exists()
     assert model.metrics["method"] == "comp" and model.metrics["missing"]["train_rate"] == 0.3
     x = {"audio": ds.features["audio"][:7], "text": ds.features["text"][:7]}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from imer.cli import main
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "data.md"
@@ -29,17 +31,46 @@ def test_own_data_examples_run_and_train(tmp_path, monkeypatch, capsys):
         assert main(["train", "--method", "early-fusion", "--dataset", name, "--epochs", "1", "--set", "hidden=4", "--no-progress", "--out", f"run-{name}"]) == 0
 
 
-def test_readme_predict_example_runs(tmp_path, monkeypatch):
+def _readme_section(title: str) -> str:
     readme = (DOC.parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Predicting on your own utterances"):]
+    start = readme.index(f"## {title}")
+    return readme[start:readme.find("\n## ", start + 1)]
+
+
+def _on_local_data(code: str, data_dir: Path) -> str:
+    """A README example with its data folder (``../shared/data``) and the committed ``results/`` pointed at where they are here."""
+    return code.replace("../shared/data", str(data_dir)).replace('"results/', f'"{DOC.parent.parent}/results/')
+
+
+def test_readme_predict_example_gives_scores_in_the_label_range(data_dir, tmp_path, monkeypatch):
+    section = _readme_section("Predicting on your own utterances")
     code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
     run = re.search(r"imer predict --model (\S+) --input new.npz", section).group(1)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--method", "early-fusion", "--dataset", "synthetic", "--epochs", "1", "--set", "hidden=4", "--no-progress", "--out", run]) == 0
-    exec(compile(code, "README.md", "exec"), {})
+    assert main(["train", "--method", "early-fusion", "--dataset", "cmu-mosi-minilm", "--data-dir", str(data_dir), "--missing-rate", "0.3",
+                 "--epochs", "3", "--no-progress", "--out", run]) == 0
+    exec(compile(_on_local_data(code, data_dir), "README.md", "exec"), {})
     assert main(["predict", "--model", run, "--input", "new.npz", "--out", "predictions.csv"]) == 0
-    rows = (tmp_path / "predictions.csv").read_text().splitlines()
-    assert len(rows) == 6 and rows[3].split(",")[-2] == "0"  # utterance 2: text not used (has_text = 0)
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    assert len(table) == 5 and list(table["has_text"]) == [1, 1, 0, 1, 1]  # utterance 2: text not used
+    assert table["score"].between(-3, 3).all() and table["score"].std() > 0  # real features give scores on the task's scale
+
+
+def test_readme_file_api_example_works_with_the_run_it_makes(data_dir, tmp_path, monkeypatch):
+    """The "From files and results" example: it trains on cmu-mosi-minilm, so the new.npz of the predict example fits its run."""
+    blocks = re.findall(r"```python\n(.*?)```", _readme_section("Python API"), flags=re.S)
+    code = next(b for b in blocks if "imer.build_run_config" in b)
+    predict_example = re.search(r"```python\n(.*?)```", _readme_section("Predicting on your own utterances"), flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--method", "early-fusion", "--dataset", "cmu-mosi-minilm", "--data-dir", str(data_dir), "--epochs", "1",
+                 "--no-progress", "--out", "runs/minilm-ef-0.3"]) == 0
+    exec(compile(_on_local_data(predict_example, data_dir), "README.md", "exec"), {})
+    namespace: dict = {}
+    exec(compile(_on_local_data(code, data_dir), "README.md", "exec"), namespace)
+    assert namespace["metrics"]["test"]["acc2"] > 0.6 and namespace["metrics"]["dataset"] == "cmu-mosi-minilm"
+    rows = namespace["rows"]
+    assert len(rows) == 5 and all(-3 <= row["score"] <= 3 for row in rows)
+    assert len(namespace["df"]) > 0 and namespace["ds"].name == "cmu-mosi-minilm"
 
 
 def test_options_page_is_generated_from_the_field_declarations(capsys):

@@ -12,7 +12,7 @@ import copy
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,7 @@ def train(
     overwrite: bool = False,
     variant: str | None = None,
     hooks: list[Callable[[dict[str, Any]], None]] | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run; writes the run directory and returns ``metrics.json``'s content.
 
@@ -135,7 +136,11 @@ def train(
     later evaluation can check it gets the same data. ``variant`` is the name
     the run is reported under (default: the method). ``hooks`` are called with
     every epoch's history record (see :mod:`imer.training.tracking`).
+    ``progress=False`` silences the per-epoch progress (``None``: as
+    ``config.train.progress`` says).
     """
+    if progress is not None:
+        config = replace(config, train=replace(config.train, progress=bool(progress)))
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
