@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -71,6 +72,32 @@ def test_readme_file_api_example_works_with_the_run_it_makes(data_dir, tmp_path,
     rows = namespace["rows"]
     assert len(rows) == 5 and all(-3 <= row["score"] <= 3 for row in rows)
     assert len(namespace["df"]) > 0 and namespace["ds"].name == "cmu-mosi-minilm"
+
+
+def test_readme_real_data_commands_run_as_printed(data_dir, tmp_path, monkeypatch, capsys):
+    """The README's real-data block, every command as printed (the data folder pointed here); new.npz from the predict example."""
+    import shlex
+
+    readme = (DOC.parent.parent / "README.md").read_text()
+    block = readme[readme.index("On real data"):].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line.split("  #")[0]) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["imer", "train"], ["imer", "train"], ["imer", "evaluate"], ["imer", "predict"], ["imer", "data"], ["imer", "list"]]
+    monkeypatch.chdir(tmp_path)
+    predict_example = re.search(r"```python\n(.*?)```", _readme_section("Predicting on your own utterances"), flags=re.S).group(1)
+    for argv in commands:
+        argv = [str(data_dir) if a == "../shared/data" else a for a in argv[1:]]
+        if argv[0] == "predict":
+            exec(compile(_on_local_data(predict_example, data_dir), "README.md", "exec"), {})
+        assert main(argv) == 0, argv
+    out = capsys.readouterr().out
+    for run in ("runs/minilm-linear-0.3", "runs/minilm-ef-0.3"):
+        metrics = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert metrics["test"]["acc2"] > 0.65 and not metrics["warnings"], run  # well above a constant prediction on cmu-mosi-minilm
+    text_only = re.search(r"\bt\s+\W\s+(0\.\d+)", out)  # the {t} row of evaluate --all-conditions
+    assert text_only and float(text_only.group(1)) > 0.65 and "average" in out
+    scores = pd.read_csv(tmp_path / "predictions.csv")["score"]
+    assert len(scores) == 5 and scores.between(-3, 3).all()
+    assert "early-fusion" in out and "cmu-mosi-minilm" in out
 
 
 def test_options_page_is_generated_from_the_field_declarations(capsys):
