@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--method", required=True, help="registered method name (see `imer list`)")
     t.add_argument("--dataset", required=True, help="dataset name (see `imer list`) or path to a custom .npz")
-    t.add_argument("--data-dir", help="folder holding cmu-mosi-bclstm/ and gcnet-meta/ (default: $IMER_DATA)")
+    t.add_argument("--data-dir", help="data folder, holding e.g. cmu-mosi-minilm/, cmu-mosi-bclstm/ and gcnet-meta/ (default: $IMER_DATA)")
     t.add_argument("--missing-rate", type=float, help="fraction of (utterance, modality) entries dropped in training, each utterance keeps >= 1 (default 0)")
     t.add_argument("--test-missing-rate", type=float, help="missing rate of the fixed valid/test masks (default: same as --missing-rate)")
     t.add_argument("--test-condition", help="evaluate valid/test under one fixed subset instead, e.g. t, at, full")

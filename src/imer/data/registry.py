@@ -89,7 +89,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """The data root: ``data_dir`` or ``$IMER_DATA``; a clear error if neither is usable."""
     chosen = data_dir if data_dir not in (None, "") else os.environ.get("IMER_DATA")
     if not chosen:
-        raise DataError("no data folder given: pass --data-dir PATH or set IMER_DATA (a folder holding cmu-mosi-bclstm/ and gcnet-meta/)")
+        raise DataError("no data folder given: pass --data-dir PATH or set IMER_DATA (the folder that holds the dataset's folders, e.g. cmu-mosi-minilm/ and gcnet-meta/; see docs/data.md)")
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise DataError(f"{path}: data folder not found; pass --data-dir PATH (or set IMER_DATA) to where the data is")

@@ -181,7 +181,7 @@ def report_page(report: "Report") -> str:
         lines += [info.description.strip(), ""]
     if info.spec_path:
         lines += [f"Spec: `{info.spec_path}`. Reproduce (resumable; finished runs are kept):", "", "```bash",
-                  f"imer sweep {info.spec_path} --out {root}", f"imer report {root}{out}", "```", ""]
+                  f"imer sweep {info.spec_path}{f' --data-dir {info.data_dir}' if info.data_dir else ''} --out {root}", f"imer report {root}{out}", "```", ""]
     else:
         lines += ["Reproduce the tables from the runs:", "", "```bash", f"imer report {root}{out}", "```", ""]
     if info.variants:
