@@ -70,10 +70,10 @@ def _print_plan(spec: Any, args: argparse.Namespace) -> int:
     from imer.experiments.plan import plan_sweep
 
     sources = args.costs if args.costs else ([p for p in ("results",) if Path(p).is_dir()])
-    rows = plan_sweep(spec, args.out, sources)
+    rows = plan_sweep(spec, args.out, sources, timing=not args.no_timing)
 
     def hours(seconds: float | None) -> str:
-        return "?" if seconds is None else f"{seconds / 3600:.2f}"
+        return "?" if seconds is None else f"{seconds / 3600:.2f}" if seconds >= 360 else f"{seconds / 3600:.4f}"
 
     print(f"Plan of {args.spec or 'the grid'} into {args.out} (nothing is run):\n")
     print("| stage | dataset | variant | cells | to do | epochs | s / epoch | CPU h to do | cost from |\n|---|---|---|---:|---:|---:|---:|---:|---|")
@@ -82,14 +82,15 @@ def _print_plan(spec: Any, args: argparse.Namespace) -> int:
         print(f"| {r['stage']} | {r['dataset']} | {r['variant']} | {r['cells']} | {r['todo']} | {r['epochs']} | {per_epoch} | "
               f"{hours(r['seconds'])} | {r['source']} |")
     print()
-    known = sum(r["seconds"] for r in rows if r["seconds"] is not None)
+    known = sum(r["seconds"] for r in rows if r["seconds"] is not None) if any(r["seconds"] is not None for r in rows) else None
     unknown = list(dict.fromkeys(f"{r['dataset']}/{r['variant']}" for r in rows if r["seconds"] is None and r["todo"]))
     cells, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
     print(f"{cells} cells ({sum(r['cells'] for r in rows if r['stage'] == 'search')} search trials), {todo} to do; "
-          f"estimated {hours(known)} CPU hours for the cells with a known cost = {hours(known / max(1, args.workers))} hours with "
+          f"estimated {hours(known)} CPU hours for the cells with a known cost = "
+          f"{hours(None if known is None else known / max(1, args.workers))} hours with "
           f"--workers {max(1, args.workers)} "
           f"at {spec.threads} thread(s) each (median seconds per epoch of finished runs: wall time of the whole run, or training "
-          f"time only for runs older than wall_seconds)"
+          f"time only for runs older than wall_seconds; without finished runs, one epoch timed now plus its start-up per cell)"
           + (f"; no estimate for {', '.join(unknown)}" if unknown else ""))
     return 0
 
@@ -138,6 +139,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--plan", action="store_true", help="print the cells, their epoch budgets and an estimated cost, and run nothing")
     sw.add_argument("--search-only", action="store_true",
                     help="run the spec's [search] stage only and freeze search.json (commit it before splitting the grid over machines)")
+    sw.add_argument("--no-timing", action="store_true",
+                    help="with --plan: do not time one epoch of the variants without finished runs (their cost is then unknown)")
     sw.add_argument("--costs", action="append", default=[], metavar="DIR",
                     help="with --plan: folders of finished runs to estimate seconds per epoch from (default: ./results and --out)")
     sw.set_defaults(func=cmd_sweep)
