@@ -44,6 +44,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             threads=args.threads,
             log_to=args.log_to,
         )
+    if args.budget is not None:
+        spec.budget = args.budget
     spec.threads = resolve_threads(spec.threads, max(1, args.workers))
     validate_sweep(spec)  # every variant × dataset config is checked before the first cell starts
     if args.plan:
@@ -115,6 +117,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  imer sweep ... --set hidden=64 --set late-fusion:dropout=0.5      # all methods / one method only\n"
         "  imer sweep ... --backend ray --address auto                       # cells as tasks on a Ray cluster\n"
         "  imer sweep experiments/evidence_minilm.toml --plan --out results/evidence_minilm   # what it would run and cost\n"
+        "  imer sweep experiments/rehearsal.toml --budget 0.1 --out sweeps/try     # a tenth of every budget: a quick trial\n"
         "then: imer report DIR",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -128,6 +131,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--workers", type=int, default=1, help="cells run at once in worker processes (1 = in this process; default 1)")
     sw.add_argument("--threads", type=int, help="torch threads per worker (default: the cores available divided by --workers, at least 1)")
     sw.add_argument("--epochs", type=int, help="training epochs of every cell (default: each method's config)")
+    sw.add_argument("--budget", type=float, metavar="F",
+                    help="run every cell at this fraction (0 < F <= 1) of its epochs and whole-epoch stage lengths, e.g. 0.1 to try a spec "
+                    "in a tenth of the time; recorded in each run (train.budget), and the report refuses to mix it with full-budget runs")
     sw.add_argument("--data-dir", help="data folder (default: $IMER_DATA)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field for every cell, or for one method with METHOD:KEY=VALUE (repeatable)")

@@ -48,8 +48,8 @@ def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
                     cell.dataset,
                     config_file=variant.config,
                     overrides=spec.run_overrides(cell),
-                    settings={"seed": cell.seed, "data.data_dir": spec.data_dir, "data.fold": cell.fold, "missing.rate": cell.rate,
-                              "train.epochs": variant.epochs or spec.epochs, "train.threads": spec.threads, "train.progress": False},
+                    settings={**spec.build_settings(variant), "seed": cell.seed, "data.fold": cell.fold, "missing.rate": cell.rate,
+                              "train.progress": False},
                 )
                 if spec.log_to:
                     config.train.log_to = spec.log_to

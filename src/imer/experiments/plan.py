@@ -81,7 +81,7 @@ def plan_sweep(spec: SweepSpec, out: str | Path, sources: list[str | Path] = (),
         first = cells[0]
         overrides = spec.run_overrides(first) if not spec.waiting(first) else overrides_for(variant.method, spec.overrides) + list(variant.overrides)
         config = build_run_config(variant.method, dataset, config_file=variant.config, overrides=overrides,
-                                  settings={"data.data_dir": spec.data_dir, "train.epochs": variant.epochs or spec.epochs, "train.threads": spec.threads})
+                                  settings=spec.build_settings(variant))
         states = [cell_status(spec, out, c) for c in cells]
         todo = sum(s not in ("done", "frozen") for s in states)
         label = first.dataset_id or dataset

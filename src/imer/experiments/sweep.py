@@ -113,7 +113,7 @@ def check_inputs(spec: SweepSpec, out: str | Path) -> None:
     for dataset in spec.datasets:
         config = build_run_config(variant.method, dataset, config_file=variant.config,
                                   overrides=overrides_for(variant.method, spec.overrides) + list(variant.overrides),
-                                  settings={"data.data_dir": spec.data_dir, "train.threads": spec.threads})
+                                  settings=spec.build_settings(variant))
         try:
             load_dataset(config.data.name, config.data.data_dir, **config.data.options)
         except IMERError as exc:

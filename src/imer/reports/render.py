@@ -179,9 +179,14 @@ def report_page(report: "Report") -> str:
     lines = [f"# {title}", ""]
     if info.description:
         lines += [info.description.strip(), ""]
+    budget = report.runs[0].budget
+    if budget != 1.0:
+        lines += [f"**Every run had {budget:g} of its epoch budget** (`imer sweep --budget {budget:g}`): a quick trial of the pipeline, "
+                  "not a result.", ""]
     if info.spec_path:
         lines += [f"Spec: `{info.spec_path}`. Reproduce (resumable; finished runs are kept):", "", "```bash",
-                  f"imer sweep {info.spec_path}{f' --data-dir {info.data_dir}' if info.data_dir else ''} --out {root}", f"imer report {root}{out}", "```", ""]
+                  f"imer sweep {info.spec_path}{f' --data-dir {info.data_dir}' if info.data_dir else ''}"
+                  f"{f' --budget {budget:g}' if budget != 1.0 else ''} --out {root}", f"imer report {root}{out}", "```", ""]
     else:
         lines += ["Reproduce the tables from the runs:", "", "```bash", f"imer report {root}{out}", "```", ""]
     if info.variants:
@@ -220,6 +225,10 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, plots: boo
     runs = [r for r in collect_runs(root) if out not in r.path.parents]
     if not runs:
         raise IMERError(f"{root}: no finished runs (metrics.json) found; run `imer sweep ... --out {root}` first")
+    budgets = sorted({r.budget for r in runs})
+    if len(budgets) > 1:
+        raise IMERError(f"{root}: runs at {' and '.join(f'{b:g}' for b in budgets)} of their epoch budget side by side (train.budget); "
+                        "a shortened trial (imer sweep --budget) is not comparable with full-budget runs: report them from separate folders")
     info = SweepInfo.read(root)
     aggregates = aggregate(runs, info.order)
     report = Report(root, out, runs, aggregates, PaperTable.build(aggregates, runs), ConditionTable.build(aggregates), sweepdir.failed_cells(root),

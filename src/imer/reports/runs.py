@@ -36,6 +36,7 @@ class RunRecord:
     variant: str = ""
     config_hash: str | None = None
     metrics: dict[str, Any] | None = None
+    budget: float = 1.0  # train.budget: the fraction of its epochs the run was given (imer sweep --budget)
 
     def __post_init__(self) -> None:
         self.variant = self.variant or self.method
@@ -71,6 +72,8 @@ def read_run(run_dir: Path) -> RunRecord:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise IMERError(f"{path}: not a metrics file written by imer ({type(exc).__name__}: {exc})") from None
+    if folder.has("config.json"):
+        record.budget = float(folder.read("config.json").get("train", {}).get("budget", 1.0))
     if folder.has("conditions.json"):
         record.conditions = folder.read("conditions.json")["conditions"]
     return record
