@@ -161,9 +161,9 @@ def plot_modality_over_epochs(runs: list[RunRecord], path: Path) -> Path | None:
             epochs = min(len(h) for h in histories)
             for mod in modalities:
                 values = np.array([[h[e].get(mod, np.nan) for e in range(epochs)] for h in histories], dtype=float)
-                ax.plot(np.arange(1, epochs + 1), 100 * np.nanmean(values, axis=0), color=colour[mod], linestyle=style[rate], linewidth=1.8)
+                ax.plot(np.arange(epochs), 100 * np.nanmean(values, axis=0), color=colour[mod], linestyle=style[rate], linewidth=1.8)
         ax.set_title(f"{dataset} — {method}")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (from 0, as in history.jsonl)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if i % cols == 0:
             ax.set_ylabel("unimodal head ACC (%)")
