@@ -143,3 +143,22 @@ def test_source_commit_is_read_once_per_process(monkeypatch):
     made = len(calls)
     assert environment.source_commit() == first and len(calls) == made
     environment.source_commit.cache_clear()
+
+
+def test_model_score_and_short_reprs(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.array(["neg", "pos"])[rng.integers(0, 2, 120)]
+    shift = (labels == "pos")[:, None] * 2.0
+    ds = imer.Dataset.from_arrays({"audio": rng.normal(size=(120, 3)) + shift, "text": rng.normal(size=(120, 4)) + shift}, labels)
+    assert repr(ds).startswith("Dataset('arrays': 120 utterances in 120 groups, 2 classes, modalities audio[3] text[4], split test=24 ")
+    model = imer.fit("linear", ds, progress=False)
+    assert repr(model).startswith("Model(method='linear', task='classification', modalities=['audio', 'text'], run_dir=")
+    accuracy = model.score(ds)
+    assert accuracy > 0.8 and accuracy == model.score(ds.features, labels) == model.score(ds.features, ds.labels)  # names or indices
+    scores = np.linspace(-1, 1, 120)
+    reg = imer.fit("linear", imer.Dataset.from_arrays({"a": scores[:, None] + rng.normal(0, 0.1, (120, 1)), "b": rng.normal(size=(120, 2))}, scores),
+                   progress=False)
+    assert 0.8 < reg.score({"a": scores[:, None], "b": np.zeros((120, 2))}, scores) <= 1  # R², as scikit-learn's regressors
+    with pytest.raises(IMERError, match="labels"):
+        model.score(ds.features)
+    assert len(repr(load_dataset("synthetic"))) < 200 and "os" not in dir(imer) and {"fit", "train", "Dataset", "Model"} <= set(dir(imer))
