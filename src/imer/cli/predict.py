@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imer.cli.common import THREADS_HELP
+from imer.cli.common import DEVICE_HELP, THREADS_HELP
 from imer.errors import IMERError
 
 
@@ -24,7 +24,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     configure_threads(args.threads)
 
-    rows = predict(args.model, args.input, args.out)
+    rows = predict(args.model, args.input, args.out, device=args.device)
     print(f"{len(rows)} predictions written to {args.out}")
     return 0
 
@@ -46,7 +46,7 @@ def _sentences(path: str) -> list[str]:
 def _predict_raw(args: argparse.Namespace, raw: dict[str, list[str] | None]) -> int:
     from imer.experiments.raw_predict import predict_raw
 
-    rows = predict_raw(args.model, raw, args.out)
+    rows = predict_raw(args.model, raw, args.out, device=args.device)
     print(f"{args.model}: {'prediction' if len(rows) == 1 else f'{len(rows)} predictions'} from {', '.join(rows[0]['used'])}")
     for number, row in enumerate(rows, start=1):
         if len(rows) > 1:  # several utterances come only from --text-file
@@ -82,4 +82,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--openface", help="raw input: the utterance's OpenFace 2.x CSV (video)")
     p.add_argument("--out", help="output file (.csv or .json); required with --input")
     p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(func=cmd_predict)

@@ -46,6 +46,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     if args.budget is not None:
         spec.budget = args.budget
+    spec.device = args.device
     spec.threads = resolve_threads(spec.threads, max(1, args.workers))
     validate_sweep(spec)  # every variant × dataset config is checked before the first cell starts
     if args.plan:
@@ -129,6 +130,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--folds", help="comma-separated test folds for fold-based datasets (IEMOCAP sessions 1..5); default: the dataset's first")
     sw.add_argument("--out", required=True, help="sweep directory (created; rerun with the same --out to resume)")
     sw.add_argument("--workers", type=int, default=1, help="cells run at once in worker processes (1 = in this process; default 1)")
+    sw.add_argument("--device", default="cpu",
+                    help="where every cell trains and evaluates: cpu (default), cuda, cuda:N, mps or auto; on one GPU, --workers N "
+                    "runs N cells side by side on it (see docs/benchmarks.md)")
     sw.add_argument("--threads", type=int, help="torch threads per worker (default: the cores available divided by --workers, at least 1)")
     sw.add_argument("--epochs", type=int, help="training epochs of every cell (default: each method's config)")
     sw.add_argument("--budget", type=float, metavar="F",

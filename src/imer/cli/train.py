@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imer.cli.common import THREADS_HELP, metric_rows, table
+from imer.cli.common import DEVICE_HELP, THREADS_HELP, metric_rows, table
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--fold", type=int, help="test fold for fold-based datasets (IEMOCAP: session 1..5)")
     t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model), or a packaged preset name such as 'published' (comp)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set hidden=128 --set train.lr=1e-4 (repeatable)")
-    t.add_argument("--device", help="cpu (default), cuda, or auto")
+    t.add_argument("--device", help=DEVICE_HELP)
     t.add_argument("--threads", type=int, help=THREADS_HELP)
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")

@@ -32,15 +32,16 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
     return read_manifest(folder.file("features.json"))
 
 
-def predict_raw(run_dir: str | Path, raw: dict[str, list[str] | None], out_path: str | Path | None = None) -> list[dict[str, Any]]:
+def predict_raw(run_dir: str | Path, raw: dict[str, list[str] | None], out_path: str | Path | None = None,
+                device: str = "cpu") -> list[dict[str, Any]]:
     """Predict utterances from ``raw`` (modality -> transcripts or file paths, one per utterance; ``None`` = not given).
 
     Every given modality lists the same utterances in the same order. Returns
     one prediction row per utterance, each with ``used`` (modalities extracted)
-    and ``missing`` (modality -> why it is missing).
+    and ``missing`` (modality -> why it is missing). The model runs on ``device``.
     """
     run_dir = Path(run_dir)
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, device)
     manifest = _manifest(run_dir)
     modalities = list(loaded.spec.modalities)
     given = {m: list(v) for m, v in raw.items() if v is not None}

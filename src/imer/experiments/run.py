@@ -35,7 +35,7 @@ from imer.data import (
 from imer.errors import ConfigError, DataError, IMERError
 from imer.evaluation.metrics import METRICS, MetricAccumulator, headline_metrics, is_better, task_metrics
 from imer.experiments.environment import environment_info, feature_manifest, peak_memory_mb
-from imer.experiments.loading import dataset_fingerprint
+from imer.experiments.loading import dataset_fingerprint, resolve_device
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
 from imer.runfolder import RunFolder
 from imer.runfolder.predictions import prediction_rows
@@ -101,14 +101,6 @@ def split_mask(config: RunConfig, data: PreparedData, split: str, protocol: Rand
     seed = config.missing.mask_seed if config.missing.mask_seed is not None else config.seed
     purpose = f"{data.dataset.name}/fold={config.data.fold}/{split}"
     return fixed_mask(protocol, data.dataset.available[data.indices[split]], seed, purpose)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} asked for, but no GPU is visible; use --device cpu")
-    return torch.device(name)
 
 
 def default_select_metric(task: str) -> str:
@@ -240,7 +232,7 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
     """The steps of a run: check, prepare the folder and the data, build, record the inputs, fit, evaluate, record."""
     started = time.perf_counter()
     validate_run_config(config, check_data=dataset is None)
-    device = _device(config.train.device)  # before anything is written
+    device = resolve_device(config.train.device)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(out)
     prepare_out(folder, config, resume, overwrite)

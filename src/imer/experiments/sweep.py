@@ -43,6 +43,7 @@ from imer.data.registry import needs_data_dir
 from imer.errors import ConfigError, DataError, IMERError
 from imer.experiments.cells import execute_local, execute_ray
 from imer.experiments.grid import Cell, SweepSpec
+from imer.experiments.loading import resolve_device
 from imer.experiments.search import freeze_search, read_search
 from imer.experiments.spec import overrides_for
 from imer.models import list_models
@@ -89,7 +90,7 @@ def _check_settings(spec: SweepSpec, out: Path) -> None:
 
 
 def check_inputs(spec: SweepSpec, out: str | Path) -> None:
-    """What every cell needs, checked before anything is written: the grid, the methods, ``out`` and each dataset's data.
+    """What every cell needs, checked before anything is written: the grid, the methods, the device, ``out`` and each dataset's data.
 
     Each dataset is loaded once (with the first variant's data options), so a
     missing or wrong data folder ends the sweep in one error instead of
@@ -100,6 +101,7 @@ def check_inputs(spec: SweepSpec, out: str | Path) -> None:
     unknown = sorted({v.method for v in spec.variants} - set(list_models()))
     if unknown:
         raise ConfigError(f"unknown method {', '.join(repr(m) for m in unknown)}; registered: {', '.join(list_models())}")
+    resolve_device(spec.device, "--device")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a sweep directory")
