@@ -82,7 +82,7 @@ def _tiny(**settings):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed (pip install 'imer[tensorboard]')")
-def test_tensorboard_sink_logs_every_epoch(tmp_path):
+def test_tensorboard_sink_logs_every_epoch_then_hparams_and_final_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     train(_tiny(**{"train.log_to": "tensorboard"}), tmp_path / "run")
@@ -93,10 +93,18 @@ def test_tensorboard_sink_logs_every_epoch(tmp_path):
     assert [e.step for e in logged] == [0, 1]
     assert [e.value for e in logged] == pytest.approx([h["valid"]["acc"] for h in history])
     assert "loss/total" in events.Tags()["scalars"] and "test/modality_acc/a" not in events.Tags()["scalars"]
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    (final,) = events.Scalars("final/test/acc")
+    assert final.value == pytest.approx(metrics["test"]["acc"]) and final.step == metrics["selection"]["best_epoch"]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hparams = [plugin_data_pb2.HParamsPluginData.FromString(content) for content in events.PluginTagToContent("hparams").values()]
+    session = next(h.session_start_info for h in hparams if h.HasField("session_start_info"))
+    assert session.hparams["model.hidden"].number_value == 8 and session.hparams["method"].string_value == "late-fusion"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow not installed (pip install 'imer[mlflow]')")
-def test_mlflow_sink_logs_params_and_every_epoch(tmp_path, monkeypatch):
+def test_mlflow_sink_logs_params_every_epoch_and_final_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "imer-test")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a throw-away local store for the test
@@ -110,6 +118,9 @@ def test_mlflow_sink_logs_params_and_every_epoch(tmp_path, monkeypatch):
     history = [json.loads(line) for line in (tmp_path / "run/history.jsonl").read_text().splitlines()]
     logged = client.get_metric_history(run.info.run_id, "valid/acc")
     assert [m.step for m in logged] == [0, 1] and [m.value for m in logged] == pytest.approx([h["valid"]["acc"] for h in history])
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert run.data.metrics["final/test/acc"] == pytest.approx(metrics["test"]["acc"])
+    assert run.data.metrics["final/best_epoch"] == metrics["selection"]["best_epoch"]
 
 
 def test_unknown_sink_is_refused():
