@@ -24,10 +24,12 @@ from imer.errors import ConfigError, DataError
 Loader = Callable[..., MultimodalDataset]
 _LOADERS: dict[str, tuple[Loader, bool, str]] = {}
 _OPTIONS: dict[str, Callable[..., Any]] = {}
+_CAVEATS: dict[str, str] = {}
 
 
-def register_dataset(name: str, needs_data_dir: bool, description: str, options: Callable[..., Any] | None = None) -> Callable[[Loader], Loader]:
-    """Register ``loader(data_dir, **options)`` under ``name``.
+def register_dataset(name: str, needs_data_dir: bool, description: str, options: Callable[..., Any] | None = None,
+                     caveat: str = "") -> Callable[[Loader], Loader]:
+    """Register ``loader(data_dir, **options)`` under ``name``; ``caveat``: what every report on it must say (e.g. a known leak).
 
     The loader's keyword parameters are its options (``--set data.options.NAME=VALUE``),
     checked by name and annotated type before loading; a loader that takes
@@ -39,6 +41,8 @@ def register_dataset(name: str, needs_data_dir: bool, description: str, options:
             raise ValueError(f"dataset '{name}' registered twice")
         _LOADERS[name] = (loader, needs_data_dir, description)
         _OPTIONS[name] = options or loader
+        if caveat:
+            _CAVEATS[name] = caveat
         return loader
 
     return wrap
@@ -68,6 +72,11 @@ def dataset_options(name: str) -> dict[str, Any]:
         for p in inspect.signature(function).parameters.values()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in skip
     }
+
+
+def dataset_caveat(name: str) -> str:
+    """What reports on registered dataset ``name`` must say about it ("" for none, unknown names and files)."""
+    return _CAVEATS.get(name, "")
 
 
 def needs_data_dir(name: str) -> bool:

@@ -28,6 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from imer.data.registry import dataset_caveat
 from imer.errors import IMERError
 from imer.evaluation.metrics import metric_label, shown_raw
 from imer.evaluation.significance import Comparison
@@ -212,7 +213,9 @@ def report_page(report: "Report") -> str:
                   "From each run's `metrics.json`: training seconds per epoch (evaluation excluded), wall seconds of the whole run, "
                   "peak resident memory of the process that ran it, parameters.", ""]
     if report.plots:
-        lines += ["## Plots", ""] + [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in report.plots] + [""]
+        caveats = [f"**{d}**: {dataset_caveat(d)}." for d in dict.fromkeys(r.dataset for r in report.runs) if dataset_caveat(d)]
+        lines += ["## Plots", ""] + ([" ".join(caveats), ""] if caveats else [])
+        lines += [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in report.plots] + [""]
     if report.failed:
         lines += [f"Failed cells in the last sweep: {', '.join(report.failed)} (see `failures.jsonl`).", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
