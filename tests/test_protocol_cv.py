@@ -124,7 +124,7 @@ def test_cv_sweep_chooses_trial_and_budget_by_fold_averaged_curves_refits_and_re
     # The report says which protocol made the rows ...
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report/report.md").read_text()
-    assert "model selection: cv (" in page
+    assert "model selection: cv (" in page and "cross-validation score (fold mean) | refit budget |" in page
     # ... and compares with the best other method chosen on test and, separately, on validation (here: its cv score)
     assert "| synthetic | ef | 0.4 | lin (on test) |" in page and "| synthetic | ef | 0.4 | lin (on validation) |" in page
     assert "fold-averaged cross-validation score" in page

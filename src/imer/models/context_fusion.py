@@ -24,6 +24,7 @@ so the context path is trained on more single-modality utterances. Nothing but o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -108,26 +109,28 @@ class ContextFusion(IMERModel):
         if self.training and self.config.drop_prob > 0:
             available = drop_modalities(available, self.config.drop_prob)
         results = [member(features, available, mask) for member in self.members]
-        outputs = [r[0] for r in results]
-        unis = [r[1] for r in results if r[1] is not None]
-        if self.spec.task == "classification" and len(outputs) > 1:
-            prediction = torch.logsumexp(torch.stack([o.log_softmax(-1) for o in outputs]), dim=0) - torch.log(torch.tensor(float(len(outputs))))
+        outputs = torch.stack([output for output, _ in results])  # [K, B, L, C]
+        if self.spec.task == "classification" and len(results) > 1:  # the mean of the members' probabilities, as logits
+            prediction = torch.logsumexp(outputs.log_softmax(-1), dim=0) - math.log(len(results))
         else:
-            prediction = torch.stack(outputs).mean(dim=0)
-        members = [scores(o, self.spec.task) for o in outputs]
-        aux: dict = {"members": members, "available": available}
-        if unis:
-            aux["unimodal"] = unis
-        return ModelOutput(prediction=scores(prediction, self.spec.task), aux=aux)
+            prediction = outputs.mean(dim=0)
+        aux = {"members": outputs if self.spec.task == "classification" else outputs.squeeze(-1), "available": available}
+        modality_predictions = None
+        if results[0][1] is not None:
+            aux["unimodal"] = torch.stack([unimodal for _, unimodal in results])  # [K, B, L, M, C]
+            mean = aux["unimodal"].mean(dim=0)
+            modality_predictions = {m: scores(mean[..., j, :], self.spec.task) for j, m in enumerate(self.modalities)}
+        return ModelOutput(prediction=scores(prediction, self.spec.task), modality_predictions=modality_predictions, aux=aux)
 
     def loss(self, out: ModelOutput, labels: Tensor, mask: Tensor, available: Tensor) -> dict[str, Tensor]:
-        """Each member learns on its own (the mean of their task losses): an ensemble, not one wide network."""
-        members = out.aux["members"]
-        terms = {"task": torch.stack([self.task_loss(p, labels, mask) for p in members]).mean()}
+        """Each member learns on its own (the mean of their task losses): an ensemble, not one wide network.
+
+        The unimodal heads learn where their modality was used (after training-time ``drop_prob``).
+        """
+        terms = {"task": torch.stack([self.task_loss(p, labels, mask) for p in out.aux["members"]]).mean()}
         if "unimodal" in out.aux and self.config.unimodal_weight > 0:
-            uni = []
-            for u in out.aux["unimodal"]:
-                for j in range(len(self.modalities)):
-                    uni.append(self.task_loss(scores(u[..., j, :], self.spec.task), labels, mask & out.aux["available"][..., j]))
-            terms["unimodal"] = self.config.unimodal_weight * torch.stack(uni).mean()
+            used = out.aux["available"]
+            unimodal = [self.task_loss(scores(member[..., j, :], self.spec.task), labels, mask & used[..., j])
+                        for member in out.aux["unimodal"] for j in range(len(self.modalities))]
+            terms["unimodal"] = self.config.unimodal_weight * torch.stack(unimodal).mean()
         return terms

@@ -271,19 +271,35 @@ def significance_table(rows: list[Comparison]) -> str:
 
 
 def search_table(search: dict[str, Any]) -> str:
-    """The frozen search: every trial's settings and validation score, the chosen one marked."""
-    lines = ["| dataset | variant | trial | settings | validation score | chosen |", "|---|---|---:|---|---:|:---:|"]
-    settings = None
-    for dataset, entries in search.get("datasets", {}).items():
-        for name, entry in entries.items():
-            settings = entry["settings"]
-            label = metric_label(entry["metric"])
-            for t in entry["trials"]:
-                score = "failed" if t["score"] is None else f"{label} {value_text(entry['metric'], t['score'])}"
-                mark = "✓" if t["trial"] == entry["winner"] else ""
-                lines.append(f"| {dataset} | {name} | {t['trial']} | {' '.join(f'`{o}`' for o in t['overrides'])} | {score} | {mark} |")
+    """The frozen search: every trial's settings and validation score, the chosen one marked.
+
+    Under the ``cv`` protocol the score is the best fold-averaged validation score over epochs, and a column
+    gives the budget it implies for the refit (``train.epochs``, or a convex method's candidate).
+    """
+    entries = [(d, n, e) for d, named in search.get("datasets", {}).items() for n, e in named.items()]
+    cv = any(e["settings"].get("protocol") == "cv" for _, _, e in entries)
+    if cv:
+        lines = ["| dataset | variant | trial | settings | cross-validation score (fold mean) | refit budget | chosen |",
+                 "|---|---|---:|---|---:|---|:---:|"]
+    else:
+        lines = ["| dataset | variant | trial | settings | validation score | chosen |", "|---|---|---:|---|---:|:---:|"]
+    for dataset, name, entry in entries:
+        label = metric_label(entry["metric"])
+        for t in entry["trials"]:
+            score = "failed" if t["score"] is None else f"{label} {value_text(entry['metric'], t['score'])}"
+            mark = "✓" if t["trial"] == entry["winner"] else ""
+            budget = f" {' '.join(f'`{o}`' for o in t.get('budget', []))} |" if cv else ""
+            lines.append(f"| {dataset} | {name} | {t['trial']} | {' '.join(f'`{o}`' for o in t['overrides'])} | {score} |{budget} {mark} |")
     head = ""
-    if settings is not None:
+    if entries and cv:
+        settings = entries[-1][2]["settings"]
+        head = (f"Run before the refits at seed {settings['seed']}, missing rate {rate_text(settings['rate'])}: every trial on each of "
+                f"{settings['folds']} development folds (train + valid videos, the held-out fold as validation; no test video). A trial's "
+                "score is its best fold-averaged validation score over epochs; the best (trial, epoch) wins (ties keep the earlier "
+                "trial, then the earlier epoch) and sets the refit's budget; frozen in `search.json` before any refit ran. Every grid "
+                "cell refits on all development videos with that choice and keeps its final epoch (docs/protocol.md).\n\n")
+    elif entries:
+        settings = entries[-1][2]["settings"]
         head = (f"Run before the grid at seed {settings['seed']}, missing rate {rate_text(settings['rate'])}, one run per trial; chosen on the "
                 "validation split only (score at each trial's validation-selected epoch; ties keep the earlier trial), frozen in "
                 "`search.json` before any grid cell ran. The grid then runs every variant with its choice (variants with a base take "
