@@ -81,7 +81,8 @@ def test_readme_real_data_commands_run_as_printed(data_dir, tmp_path, monkeypatc
     readme = (DOC.parent.parent / "README.md").read_text()
     block = readme[readme.index("On real data"):].split("```bash\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line.split("  #")[0]) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
-    assert [c[:2] for c in commands] == [["imer", "train"], ["imer", "train"], ["imer", "evaluate"], ["imer", "predict"], ["imer", "data"], ["imer", "list"]]
+    kinds = [c[1] for c in commands]
+    assert kinds[-4:] == ["evaluate", "predict", "data", "list"] and set(kinds[:-4]) == {"train"} and len(kinds) >= 6
     monkeypatch.chdir(tmp_path)
     predict_example = re.search(r"```python\n(.*?)```", _readme_section("Predicting on your own utterances"), flags=re.S).group(1)
     for argv in commands:
@@ -90,7 +91,7 @@ def test_readme_real_data_commands_run_as_printed(data_dir, tmp_path, monkeypatc
             exec(compile(_on_local_data(predict_example, data_dir), "README.md", "exec"), {})
         assert main(argv) == 0, argv
     out = capsys.readouterr().out
-    for run in ("runs/minilm-linear-0.3", "runs/minilm-ef-0.3"):
+    for run in [c[c.index("--out") + 1] for c in commands if c[1] == "train"]:
         metrics = json.loads((tmp_path / run / "metrics.json").read_text())
         assert metrics["test"]["acc2"] > 0.65 and not metrics["warnings"], run  # well above a constant prediction on cmu-mosi-minilm
     text_only = re.search(r"\bt\s+\W\s+(0\.\d+)", out)  # the {t} row of evaluate --all-conditions
