@@ -121,3 +121,10 @@ def test_every_model_command_takes_device(trained, tmp_path, capsys):
             err = capsys.readouterr().err
             assert err.startswith("imer: error:") and err.count("\n") == 1 and message in err, (name, err)
             assert not out.exists()
+
+
+def test_table_titles_are_not_wrapped_to_the_table_width(trained, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["evaluate", "--model", str(trained), "--all-conditions"]) == 0
+    out = capsys.readouterr().out
+    assert f"{trained}: fixed conditions (test split)\n" in out  # one line, however narrow the table below it

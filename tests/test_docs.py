@@ -108,3 +108,33 @@ def test_options_page_is_generated_from_the_field_declarations(capsys):
     assert all(row[4] for row in option_rows())  # every option says what it means
     assert main(["list", "--options"]) == 0
     assert "train.lr" in capsys.readouterr().out
+
+
+def test_readme_spec_listing_plan_and_budget_trial_run_as_printed(data_dir, tmp_path, monkeypatch, capsys):
+    """The README's spec commands that run in seconds: list a spec, plan one, try one at a tenth of its budget, report it."""
+    import shlex
+
+    root = DOC.parent.parent
+    block = _readme_section("Sweeps and reports").split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = {line.split()[1] + (" --plan" if "--plan" in line else " --budget" if "--budget" in line else ""): line
+             for line in block.splitlines() if line.startswith("imer ")}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").symlink_to(root / "experiments")
+    (tmp_path / "results").symlink_to(root / "results")
+
+    def run(line: str) -> str:
+        argv = [str(data_dir) if a == "../shared/data" else a for a in shlex.split(line.split("  #")[0])[1:]]
+        assert main(argv) == 0, line
+        return capsys.readouterr().out
+
+    out = run(lines["list"])
+    assert "comp-no-prompts" in out and "(variant)" in out and "every variant:" in out
+    out = run(lines["sweep --plan"])
+    assert "runs of this variant here" in out and "no estimate" not in out and "estimated ? " not in out
+    trial = lines["sweep --budget"]
+    out = run(trial)
+    sweep = tmp_path / trial.split("--out ")[1].split()[0]
+    configs = [json.loads(p.read_text()) for p in sweep.rglob("config.json")]
+    assert len(configs) == 12 and {(c["train"]["epochs"], c["train"]["budget"]) for c in configs} == {(1, 0.1)}  # rehearsal: 10 epochs
+    assert main(["report", str(sweep), "--no-plots"]) == 0
+    assert "Every run had 0.1 of its epoch budget" in (sweep / "report/report.md").read_text()
