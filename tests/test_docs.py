@@ -138,3 +138,24 @@ def test_readme_spec_listing_plan_and_budget_trial_run_as_printed(data_dir, tmp_
     assert len(configs) == 12 and {(c["train"]["epochs"], c["train"]["budget"]) for c in configs} == {(1, 0.1)}  # rehearsal: 10 epochs
     assert main(["report", str(sweep), "--no-plots"]) == 0
     assert "Every run had 0.1 of its epoch budget" in (sweep / "report/report.md").read_text()
+
+
+def test_readme_spec_sweep_and_report_commands_work_as_printed_on_the_committed_results(data_dir, tmp_path, monkeypatch, capsys):
+    """Rerun as printed over a copy of results/mosi_comp: the sweep resumes with nothing left to do, the report re-renders its table."""
+    import shlex
+    import shutil
+
+    root = DOC.parent.parent
+    block = _readme_section("Sweeps and reports").split("```bash\n", 1)[1].split("```", 1)[0]
+    sweep_line, report_line = [line for line in block.splitlines() if "results/mosi_comp" in line]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").symlink_to(root / "experiments")
+    shutil.copytree(root / "results/mosi_comp", tmp_path / "results/mosi_comp")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("metrics.json")}
+    for line in (sweep_line, report_line):
+        argv = [str(data_dir) if a == "../shared/data" else a for a in shlex.split(line.split("  #")[0])[1:]]
+        assert main(argv + (["--no-progress"] if argv[0] == "sweep" else [])) == 0, line
+    out = capsys.readouterr().out
+    assert f"{len(before)} done of {len(before)} cells" in out
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing retrained
+    assert (tmp_path / "docs/results/mosi_comp/table.md").read_bytes() == (root / "docs/results/mosi_comp/table.md").read_bytes()
