@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from imer.data import RandomMissing, SplitBatcher, make_synthetic
+from imer.errors import ConfigError
 from imer.experiments.run import spec_of
 from imer.layers import dialogue_mean
 from imer.models import create_model, get_model_class
@@ -126,7 +127,7 @@ def test_own_context_source_adds_its_own_projection_only():
     own, _, _ = _setup("early-fusion", context_source="own")
     extra = {n for n, _ in own.named_parameters()} - {n for n, _ in shared.named_parameters()}
     assert extra and all(n.startswith("context_embed.") for n in extra)
-    with pytest.raises(ValueError, match="context_source"):
+    with pytest.raises(ConfigError, match="context_source: unknown value 'video'; choose one of shared, own"):
         _setup("early-fusion", context_source="video")
 
 

@@ -104,10 +104,19 @@ def test_readme_real_data_commands_run_as_printed(data_dir, tmp_path, monkeypatc
 def test_options_page_is_generated_from_the_field_declarations(capsys):
     from imer.config.describe import option_rows, options_markdown
 
+    from imer.config.describe import method_option_rows
+    from imer.models import list_models
+
     assert (DOC.parent / "options.md").read_text() == options_markdown()  # regenerate: imer.config.describe.options_markdown()
     assert all(row[4] for row in option_rows())  # every option says what it means
+    assert all(row[4] for method in list_models() for row in method_option_rows(method))  # every method option too
     assert main(["list", "--options"]) == 0
     assert "train.lr" in capsys.readouterr().out
+    assert main(["list", "--options", "comp"]) == 0
+    out = capsys.readouterr().out
+    assert "model.block_style" in out and "prenorm, plain" in out and "train.lr" not in out
+    for method in list_models():
+        assert f"### {method}" in options_markdown()
 
 
 def test_readme_spec_listing_plan_and_budget_trial_run_as_printed(data_dir, tmp_path, monkeypatch, capsys):

@@ -16,6 +16,7 @@ import pytest
 from imer.cli import main
 from imer.data import make_synthetic, save_custom
 from imer.config import build_run_config
+from imer.errors import ConfigError
 from imer.io import atomic_write, dumps, loads, write_json
 
 
@@ -115,6 +116,62 @@ def test_stage_that_never_starts_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_run_config("momke", "synthetic", settings={"train.epochs": 20})  # the shipped default is a fraction
+
+
+def test_stage_lengths_are_declared_not_found_by_name():
+    import dataclasses
+
+    from imer.fields import flagged
+    from imer.models import get_model_class, list_models
+
+    stages = {m: flagged(get_model_class(m).config_class, "stage") for m in list_models()}
+    assert {m: s for m, s in stages.items() if s} == {"comp": ("stage_epoch",), "mmin": ("pretrain_epochs",), "momke": ("stage_epochs",),
+                                                      "promise": ("encoder_epochs",)}
+    for method, names in stages.items():  # every field named like a stage length is declared one, and only those
+        fields = [f.name for f in dataclasses.fields(get_model_class(method).config_class)]
+        assert set(names) == {name for name in fields if name.endswith(("_epoch", "_epochs"))}
+    config = build_run_config("mmin", "synthetic", overrides=["pretrain_epochs=0.5"], settings={"train.epochs": 9})
+    assert config.model["pretrain_epochs"] == 4
+
+
+# ----------------------------------------------------------------------------- method options are declared
+def test_every_method_option_is_declared_with_help_and_its_checks():
+    """One field, one line: each option of each method carries its help, and a number its range, a string its choices."""
+    import dataclasses
+
+    from imer.models import get_model_class, list_models
+
+    for method in list_models():
+        for f in dataclasses.fields(get_model_class(method).config_class):
+            assert f.metadata.get("help"), f"{method}.{f.name}: no help"
+            if f.type in ("int", "float", "list[int]", "list[float]"):
+                assert f.metadata.get("range") is not None, f"{method}.{f.name}: no range"
+            if f.type == "str":
+                assert f.metadata.get("choices"), f"{method}.{f.name}: no choices"
+
+
+@pytest.mark.parametrize("method, setting, expected", [
+    ("comp", "block_style=postnorm", "model.block_style: unknown value 'postnorm'; choose one of prenorm, plain"),
+    ("comp", "depth=1", "model.depth: must be >= 2, got 1"),
+    ("linear", "grid=[0.1, -1.0]", "model.grid: must be > 0, got -1.0"),
+    ("context-fusion", "context_source=words", "model.context_source: unknown value 'words'; choose one of score, embedding, both"),
+    ("promise", "cccl_bins=5", "model.cccl_bins: unknown value '5'; choose one of sign, 7"),
+    ("mmin", "pretrain_epochs=0", "model.pretrain_epochs: must be >= 1, got 0"),
+    ("promise", "heads=3", "model: method 'promise' cannot be built with these options: promise: hidden (64) must be divisible by heads (3)"),
+])
+def test_method_options_are_checked_against_their_declarations(method, setting, expected):
+    with pytest.raises(ConfigError) as caught:
+        build_run_config(method, "synthetic", overrides=[setting])
+    assert str(caught.value) == expected
+
+
+def test_a_method_config_built_in_python_is_checked_too():
+    from imer.models.comp import CompConfig
+
+    with pytest.raises(ConfigError, match="block_style: unknown value 'postnorm'; choose one of prenorm, plain"):
+        CompConfig(block_style="postnorm")
+    with pytest.raises(ConfigError, match=r"modulator_strength: must be in \[0, 1\), got 1.0"):
+        CompConfig(modulator_strength=1.0)
 
 
 # ----------------------------------------------------------------------------- model selection vs a constant predictor

@@ -1,4 +1,4 @@
-"""`imer list`: methods, datasets, run options, or the variants of a spec file."""
+"""`imer list`: methods, datasets, run options, a method's options, or the variants of a spec file."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from imer.cli.common import table
+from imer.errors import ConfigError
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -16,9 +17,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     from imer.models import get_model_class, list_models
 
     if args.options:
-        from imer.config.describe import option_rows
+        from imer.config.describe import method_option_rows, option_rows
 
-        table("run options (--set KEY=VALUE)", ["key", "type", "default", "allowed", "meaning"], option_rows())
+        columns = ["key", "type", "default", "allowed", "meaning"]
+        if not args.pattern:
+            table("run options (--set KEY=VALUE)", columns, option_rows())
+            return 0
+        methods = filter_names(list_models(), args.pattern)
+        if not methods:
+            raise ConfigError(f"no method matches '{args.pattern}'; registered: {', '.join(list_models())}")
+        for method in methods:
+            table(f"options of {method} (--set model.NAME=VALUE)", columns, method_option_rows(method))
         return 0
     spec_file = args.spec
     if spec_file is None and args.pattern and (args.pattern.endswith((".toml", ".json")) or Path(args.pattern).is_file()):
@@ -70,9 +79,10 @@ def _method_description(cls: type) -> str:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add `imer list` and its options to the command parser."""
     ls = sub.add_parser("list", help="registered methods and datasets, or the variants of a spec file",
-                        epilog="examples:\n  imer list\n  imer list 'comp*'\n  imer list experiments/mosi_comp.toml\n  imer list 'comp*' --spec experiments/mosi_comp.toml\n  imer list --options",
+                        epilog="examples:\n  imer list\n  imer list 'comp*'\n  imer list experiments/mosi_comp.toml\n  imer list 'comp*' --spec experiments/mosi_comp.toml\n  imer list --options\n  imer list --options comp",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("pattern", nargs="?", help="shell-style name filter, e.g. 'comp*'; or a spec file: list its variants")
     ls.add_argument("--spec", help="list the variants of this experiment spec file instead")
-    ls.add_argument("--options", action="store_true", help="list the run options (train, missing, data, seed) instead")
+    ls.add_argument("--options", action="store_true", help="list the run options (train, missing, data, seed) instead, "
+                    "or with a method name or pattern that method's options")
     ls.set_defaults(func=cmd_list)

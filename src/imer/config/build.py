@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from imer.config.schema import SECTIONS, RunConfig
-from imer.config.validation import STAGE_FIELD, validate_data_config, validate_run_config
+from imer.config.validation import validate_data_config, validate_run_config
 from imer.data.registry import is_custom_path, needs_data_dir
 from imer.errors import ConfigError
+from imer.fields import flagged
 from imer.models.registry import get_model_class
 
 if sys.version_info >= (3, 11):
@@ -203,17 +204,18 @@ def build_run_config(
 
 
 def scale_to_budget(config: RunConfig) -> None:
-    """Cut ``train.epochs`` and every whole-epoch stage length (``*_epoch(s)`` >= 1) to ``train.budget`` of their value.
+    """Cut ``train.epochs`` and every whole-epoch stage length (options declared ``stage=True``, >= 1) to ``train.budget`` of their value.
 
     Each stays at least 1 epoch (0 stays 0); a stage given as a fraction of the
     budget follows the scaled epochs by itself.
     """
     fraction = config.train.budget
     config.train.epochs = max(1, round(config.train.epochs * fraction))
-    defaults = dataclasses.asdict(get_model_class(config.method).config_class())
-    for name, default in defaults.items():
-        value = config.model.get(name, default)
-        if STAGE_FIELD.match(name) and isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
+    cls = get_model_class(config.method).config_class
+    defaults = dataclasses.asdict(cls())
+    for name in flagged(cls, "stage"):
+        value = config.model.get(name, defaults[name])
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
             config.model[name] = max(1, round(value * fraction))
 
 

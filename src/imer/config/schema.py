@@ -1,7 +1,7 @@
 """The typed run config: what determines a run's numbers, section by section.
 
 Every field is declared once, with its type, default, allowed range or
-choices, and help text (:func:`option`); validation (:mod:`imer.config.validation`),
+choices, and help text (:func:`imer.fields.option`, shared with the methods' options); validation (:mod:`imer.config.validation`),
 ``--set`` parsing, the config hash (``run_local``), resume checks
 (``resume_free``), ``imer list --options`` and docs/options.md all read
 them from here. Adding a run option is one line in its section below.
@@ -10,63 +10,13 @@ them from here. Adding a run option is one line in its section below.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from imer.evaluation.metrics import TASKS, select_metrics
+from imer.fields import AT_LEAST_1, FINITE, FRACTION, NON_NEGATIVE, POSITIVE, SEED, UNIT, Range, option  # noqa: F401  (Range: imported from here too)
 
 SECTIONS = ("data", "missing", "train")
-MAX_SEED = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed interval of a number (``None`` = unbounded); ``low_open``/``high_open`` exclude the ends."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def admits(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
-            return False
-        return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
-
-    def text(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return "finite"
-
-
-POSITIVE = Range(0, None, low_open=True)
-AT_LEAST_1 = Range(1)
-NON_NEGATIVE = Range(0)
-UNIT = Range(0, 1)
-FRACTION = Range(0, 1, low_open=True, high_open=True)
-SEED = Range(0, MAX_SEED)
-FINITE = Range(None)
-
-
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING, range: Range | None = None,
-           choices: tuple[str, ...] | None = None, pattern: tuple[str, str] | None = None, run_local: bool = False,
-           resume_free: bool = False) -> Any:
-    """A config field with its checks and help.
-
-    ``range``: allowed interval of a number; ``choices``: allowed strings;
-    ``pattern``: (regex, what it admits) for a string. ``run_local``: never
-    changes a run's numbers (left out of the config hash, not compared by the
-    report); ``resume_free``: may differ between an interrupted run and its resumption.
-    """
-    meta = {"help": help, "range": range, "choices": choices, "pattern": pattern, "run_local": run_local, "resume_free": resume_free}
-    return field(default=default, default_factory=factory, metadata=meta)
 
 
 @dataclass
@@ -142,7 +92,7 @@ class RunConfig:
     data: DataConfig = option(factory=DataConfig)
     missing: MissingConfig = option(factory=MissingConfig)
     train: TrainConfig = option(factory=TrainConfig)
-    model: dict[str, Any] = option(factory=dict, help="the method's options (model.NAME=VALUE; see its config dataclass)")
+    model: dict[str, Any] = option(factory=dict, help="the method's options (model.NAME=VALUE; `imer list --options METHOD`)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,14 +1,14 @@
 """Check every field of a run config (type and range) before any work starts.
 
-Run-config fields are checked against their dataclass annotations and the
-range, choices or pattern each declares (:func:`imer.config.schema.option`); model options against the method's config
-dataclass and the naming rules in :data:`MODEL_RULES` (so a new method gets
-sensible checks without code here); data options against the loader's
-signature. Errors are :class:`~imer.errors.ConfigError` whose message starts
-with the field, e.g. ``train.lr: must be a number > 0, got 'fast'``.
+Every field is checked against its dataclass annotation and the range,
+choices or pattern its declaration names (:func:`imer.fields.option`): the
+run config's sections (:mod:`imer.config.schema`) and the method's options
+(its ``ModelConfig`` dataclass in :mod:`imer.models`) alike; data options
+against the loader's signature. Errors are :class:`~imer.errors.ConfigError`
+whose message starts with the field, e.g. ``train.lr: must be a number > 0, got 'fast'``.
 
-Stage lengths: a model option named ``*_epoch`` or ``*_epochs`` counts
-epochs. It may be given as a fraction of the budget (``0 < x < 1``, e.g.
+Stage lengths: a model option declared with ``stage=True`` counts epochs.
+It may be given as a fraction of the budget (``0 < x < 1``, e.g.
 ``stage_epoch = 0.5`` with ``train.epochs = 40`` means 20), resolved here to
 whole epochs so models only ever see integers. A stage length that leaves a
 later stage no epoch at all is warned about loudly.
@@ -27,25 +27,13 @@ from typing import Any
 
 import torch
 
-from imer.config.schema import AT_LEAST_1, NON_NEGATIVE, POSITIVE, SECTIONS, UNIT, Range, RunConfig, run_fields
+from imer.config.schema import SECTIONS, RunConfig, run_fields
 from imer.data.registry import dataset_options
 from imer.errors import ConfigError
 from imer.evaluation.metrics import select_metrics
+from imer.fields import check_range, check_value  # noqa: F401  (check_range: imported from here too)
 from imer.models import DataSpec, create_model
 from imer.models.registry import get_model_class
-
-
-# Model options by name (first match wins); any other number only has to be finite.
-MODEL_RULES: list[tuple[re.Pattern[str], Range]] = [
-    (re.compile(r"^(.*_)?dropout$"), Range(0, 1, high_open=True)),
-    (re.compile(r".*_(prob|rate)$|^momentum$|^modulator_strength$"), UNIT),
-    (re.compile(r"^temperature$|.*_temperature$"), POSITIVE),
-    (re.compile(r".*_weight$|^lambda_\d+$"), NON_NEGATIVE),
-    (re.compile(r"^(hidden|depth|heads|layers|n_blocks|cls_hidden|cls_layers|prompt_size|num_prototypes|prompt_pool|fusion_depth|mlp_ratio|conditions)$"), AT_LEAST_1),
-    (re.compile(r"^(graph_hidden|proj_dim)$"), NON_NEGATIVE),
-    (re.compile(r".*_layers$"), AT_LEAST_1),
-]
-STAGE_FIELD = re.compile(r".*_epochs?$")
 
 
 # ----------------------------------------------------------------------------- types
@@ -128,14 +116,6 @@ def _describe(ann: Any) -> str:
     return getattr(ann, "__name__", str(ann))
 
 
-def check_range(value: Any, rng: Range, where: str) -> None:
-    """A number outside ``rng`` is a :class:`ConfigError` naming ``where``; other values pass."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    if not rng.admits(value):
-        raise ConfigError(f"{where}: must be {rng.text()}, got {value!r}")
-
-
 def _hints(cls: Any) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
@@ -154,16 +134,6 @@ def _check_section(obj: Any, section: str) -> None:
         setattr(obj, f.name, value)
         if value is not None:
             check_value(value, f.metadata, where)
-
-
-def check_value(value: Any, meta: Mapping[str, Any], where: str) -> None:
-    """``value`` (already of its field's type) against the field's range or choices (see :func:`imer.config.schema.option`)."""
-    if meta.get("range") is not None:
-        check_range(value, meta["range"], where)
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: must be finite, got {value!r}")
-    if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{where}: unknown value {value!r}; choose one of {', '.join(meta['choices'])}")
 
 
 def _check_top(config: RunConfig) -> None:
@@ -195,7 +165,7 @@ def check_data_options(config: RunConfig) -> None:
 
 
 def check_model(config: RunConfig) -> None:
-    """Model options: known names, types, ranges, stage lengths; then a trial build of the method.
+    """Model options: known names, types, declared ranges and choices, stage lengths; then a trial build of the method.
 
     Fills ``config.model`` with every option (defaults included, stage fractions resolved).
     """
@@ -206,20 +176,17 @@ def check_model(config: RunConfig) -> None:
     if unknown:
         raise ConfigError(f"model.{unknown[0]}: method '{config.method}' has no option '{unknown[0]}'; its options: {', '.join(sorted(known))}")
     defaults = dataclasses.asdict(cls())
-    for name in known:
+    for name, f in known.items():
         where = f"model.{name}"
         value = config.model.get(name, defaults[name])
-        if STAGE_FIELD.match(name) and isinstance(value, float) and 0 < value < 1:
+        if f.metadata.get("stage") and isinstance(value, float) and 0 < value < 1:
             value = max(1, int(round(value * config.train.epochs)))
         value = coerce(value, hints.get(name, Any), where)
         config.model[name] = value  # the complete, resolved options: what the run will use
-        if STAGE_FIELD.match(name):
-            check_range(value, NON_NEGATIVE, where)
+        if value is not None:
+            check_value(value, f.metadata, where)
+        if f.metadata.get("stage"):
             _warn_unreachable_stage(config, name, value)
-            continue
-        rule = next((rng for pattern, rng in MODEL_RULES if pattern.match(name)), Range(None))
-        for item in value if isinstance(value, list) else [value]:
-            check_range(item, rule, where)
     _trial_build(config)
 
 

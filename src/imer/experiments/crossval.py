@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from imer.config import build_run_config
-from imer.config.validation import STAGE_FIELD
 from imer.errors import ConfigError
 from imer.evaluation.metrics import is_better, lower_is_better
 from imer.experiments.run import default_select_metric, train
+from imer.fields import flagged
 from imer.models import get_model_class
 from imer.runfolder import RunFolder
 
@@ -55,14 +55,16 @@ def budget_overrides(run_dir: Path, epoch: int) -> list[str]:
 
     The method's own :meth:`~imer.models.base.IMERModel.budget_overrides`
     (epochs, or a convex method's chosen candidate), plus every stage length of
-    the run's resolved config as whole epochs, so a shorter refit keeps its
+    the run's resolved config (the options declared ``stage=True``) as whole epochs, so a shorter refit keeps its
     stage switch where the fold runs had it.
     """
     folder = RunFolder(run_dir)
     config = folder.read("config.json")
-    budget = get_model_class(config["method"]).budget_overrides(epoch, folder.history()[epoch])
+    method = get_model_class(config["method"])
+    budget = method.budget_overrides(epoch, folder.history()[epoch])
+    lengths = flagged(method.config_class, "stage")
     stages = [f"{key}={json.dumps(value)}" for key, value in config["model"].items()
-              if STAGE_FIELD.match(key) and isinstance(value, int) and not isinstance(value, bool)]
+              if key in lengths and isinstance(value, int) and not isinstance(value, bool)]
     return budget + stages
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imer.fields import AT_LEAST_1, BELOW_1, NON_NEGATIVE, check_declared, option
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -52,18 +54,22 @@ class DataSpec:
 
 @dataclass
 class ModelConfig:
-    """Fields shared by every method's config; subclasses add their own.
+    """Fields shared by every method's config; subclasses add their own, each declared with
+    :func:`imer.fields.option` (type, default, range or choices, help; a subclass redeclares a field to change its default).
 
     ``packed``: run utterance-wise layers on the present entries only
     (:mod:`imer.layers.packing`); the same function as the padded computation
     (``packed=false``, kept as the reference that tests and benchmarks compare with).
     """
 
-    hidden: int = 128
-    dropout: float = 0.3
-    regression_loss: str = "mse"
-    packed: bool = True
-    sign_weight: float = 0.0
+    hidden: int = option(128, "width of the hidden layers", range=AT_LEAST_1)
+    dropout: float = option(0.3, "dropout probability", range=BELOW_1)
+    regression_loss: str = option("mse", "task loss of regression data", choices=("mse", "l1"))
+    packed: bool = option(True, "utterance-wise layers on the present entries only (false: the padded reference computation)")
+    sign_weight: float = option(0.0, "weight of the sign loss added to the regression loss (0 = off)", range=NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        check_declared(self)  # declared ranges and choices, also for a config built in Python
 
 
 @dataclass

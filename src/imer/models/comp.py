@@ -37,13 +37,15 @@ that ``tests/test_comp_transplant.py`` proves equal to the published code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imer.errors import ConfigError
+from imer.fields import AT_LEAST_1, BELOW_1, NON_NEGATIVE, POSITIVE, UNIT, Range, option
 from imer.layers import MLP, MaskedTransformer, ModalityEmbedding, dialogue_mean
 from imer.layers.dropout import use_fast_dropout
 from imer.layers.packing import ModalityPacking, Packing, on_valid
@@ -55,39 +57,10 @@ from imer.models.registry import register_model
 
 __all__ = ["Comp", "CompConfig", "GradScale", "bernoulli_js", "modulator_weights"]
 
-# Fidelity switches: field -> (imer default, published code's value). The tests and docs use this table.
-CHOICES: dict[str, tuple[str, str]] = {
-    "block_style": ("prenorm", "plain"),
-    "unimodal_head": ("mlp", "linear"),
-    "prompt_generator": ("query", "plain"),
-    "level2_generator": ("shared", "separate"),
-    "carry_projection": ("linear", "mlp"),
-    "fusion_head": ("mlp", "linear"),
-    "js_reduction": ("mean", "sum"),
-    "private_shared_terms": ("once", "per_pair"),
-    "reverse_target": ("normal", "published"),
-    "recon_stages": ("both", "joint"),
-    "warmup": ("full", "encoders"),
-    "modulator_direction": ("weaker", "published"),
-    "modulator_scope": ("upstream", "generator"),
-}
 
-# Reproduction switches: field -> (imer default, the published code's value). Only the ``published-exact`` preset
-# selects them (never ``published``): each reproduces a defect of the published code, for the transplant test and
-# the side-by-side run (docs/methods/comp.md, "published-exact"). All need ``packed=false``.
-EXACT_CHOICES: dict[str, tuple[str, str]] = {
-    "mlp_style": ("imer", "published"),
-    "prototypes": ("global", "batch"),
-    "prompt_mask": ("zero", "none"),
-    "coordinator_mask": ("available", "none"),
-    "warmup_prediction": ("heads", "fusion"),
-    "absent_positions": ("zero", "computed"),
-    "mask_draw": ("given", "published"),
-    "unimodal_loss": ("present", "published"),
-    "recon_loss": ("observed", "published"),
-    "disentangle_loss": ("observed", "published"),
-    "reverse_loss": ("imer", "published"),
-}
+def _switch(imer: str, published: str, help: str, exact: bool = False) -> Any:
+    """A fidelity switch: imer's value (the default) or the published code's; ``exact``: a reproduction switch."""
+    return option(imer, help, choices=(imer, published), switch="exact" if exact else "fidelity")
 
 
 @dataclass
@@ -98,46 +71,26 @@ class CompConfig(ModelConfig):
     fidelity switches default to imer's choices, and their second value is
     the published code's (``configs/comp/published.toml`` selects all of them).
 
-    Attributes:
-        depth: Transformer layers per modality, split into block 1 (``depth // 2``)
-            and block 2 (the rest).
-        prompt_size: size p of a prompt.
-        num_prototypes: K global prototypes per modality.
-        momentum: lambda, the weight of the carried prompt in the level-2 mix.
-        stage_epoch: epochs of unimodal warm-up before prompting starts.
-        single_stage: skip the warm-up (prompting from epoch 0).
-        prompts / modulator / coordinator / disentangle: ablation switches;
-            off removes the part (coordinator off = uniform weights over the
-            available modalities).
-        modulator_strength: beta; modulator weights lie in [1 - beta, 1 + beta].
-        temperature: of the cosine-similarity softmax over prototypes (published: 1).
-        unimodal_weight, recon_weight, disentangle_weight, reverse_weight:
-            loss weights (published: all 1).
+    Each field's one-line help is in its declaration below; the longer notes:
+
         block_style: ``prenorm`` (pre-LayerNorm, feed-forward 2 x hidden, dropout
             also on attention weights) or ``plain`` (no LayerNorm, no attention
             output projection, feed-forward 1 x hidden, no attention dropout).
-        unimodal_head: ``mlp`` (2 layers) or ``linear``.
         prompt_generator: ``query`` (a query projection before the cosine
             attention, FFN of width hidden) or ``plain`` (no query projection,
             FFN of width ``prompt_size``).
         level2_generator: ``shared`` (level 2 reuses the level-1 generator) or
             ``separate`` (its own FFN and projection, sharing only the prototypes).
-        carry_projection: block 1's output projection, ``linear`` or ``mlp`` (2 layers).
         fusion_head: residual block before the final layer: ``mlp`` (2 layers,
             width hidden) or ``linear`` (one ReLU layer of the full width).
-        js_reduction: JS divergence of the shared codes, ``mean`` or ``sum`` over dims.
-        private_shared_terms: |cos(private_m, shared_m)| counted ``once`` per
-            modality or ``per_pair`` (once for every pair the modality is in).
         reverse_target: ``normal`` (private code -> its own Linear -> N(0, 1)
             noise) or ``published`` (private code -> the modality's shared
             blocks and head -> noise 1.5 N(0, 1) clamped to [-3, 3]);
             classification always uses the complement cross-entropy.
-        recon_stages: reconstruction loss in ``both`` stages or in the ``joint`` stage only.
         warmup: ``full`` (warm-up trains the prompt in/out projections, and the
             fusion head on detached outputs) or ``encoders`` (the blocks take the
             shared code directly; no fused loss; the warm-up's fused prediction
             is the mean of the available unimodal predictions).
-        modulator_direction: ``weaker`` or ``published`` (see ``_comp_modulator``).
         modulator_scope: ``upstream`` (the weight scales everything behind the
             prompt: generator, shared encoder, embedding, block 1) or
             ``generator`` (only the prompt generator's parameters).
@@ -158,72 +111,70 @@ class CompConfig(ModelConfig):
             reference computation with torch's dropout (same function, tested).
     """
 
-    hidden: int = 256
-    dropout: float = 0.5
-    depth: int = 4
-    heads: int = 2
-    prompt_size: int = 16
-    num_prototypes: int = 10
-    momentum: float = 0.3
-    stage_epoch: int = 150
-    single_stage: bool = False
-    prompts: bool = True
-    modulator: bool = True
-    coordinator: bool = True
-    disentangle: bool = True
-    modulator_strength: float = 0.5
-    temperature: float = 0.1
-    unimodal_weight: float = 1.0
-    recon_weight: float = 1.0
-    disentangle_weight: float = 0.1
-    reverse_weight: float = 0.1
-    block_style: str = "prenorm"
-    unimodal_head: str = "mlp"
-    prompt_generator: str = "query"
-    level2_generator: str = "shared"
-    carry_projection: str = "linear"
-    fusion_head: str = "mlp"
-    js_reduction: str = "mean"
-    private_shared_terms: str = "once"
-    reverse_target: str = "normal"
-    recon_stages: str = "both"
-    warmup: str = "full"
-    modulator_direction: str = "weaker"
-    modulator_scope: str = "upstream"
-    context_mean: bool = False
-    mlp_style: str = "imer"
-    prototypes: str = "global"
-    sequence_length: int = 0
-    prompt_mask: str = "zero"
-    coordinator_mask: str = "available"
-    warmup_prediction: str = "heads"
-    absent_positions: str = "zero"
-    mask_draw: str = "given"
-    mask_rate: float = 0.0
-    unimodal_loss: str = "present"
-    recon_loss: str = "observed"
-    disentangle_loss: str = "observed"
-    reverse_loss: str = "imer"
+    hidden: int = option(256, "width of every stream", range=AT_LEAST_1)
+    dropout: float = option(0.5, "dropout probability", range=BELOW_1)
+    depth: int = option(4, "Transformer layers per modality: block 1 has depth // 2, block 2 the rest", range=Range(2))
+    heads: int = option(2, "attention heads", range=AT_LEAST_1)
+    prompt_size: int = option(16, "size p of a prompt", range=AT_LEAST_1)
+    num_prototypes: int = option(10, "K global prototypes per modality", range=AT_LEAST_1)
+    momentum: float = option(0.3, "lambda: weight of the carried prompt in the level-2 mix", range=UNIT)
+    stage_epoch: int = option(150, "epochs of unimodal warm-up before prompting starts", range=NON_NEGATIVE, stage=True)
+    single_stage: bool = option(False, "skip the warm-up (prompting from epoch 0)")
+    prompts: bool = option(True, "ablation switch: cross-modal prompts")
+    modulator: bool = option(True, "ablation switch: the dynamic gradient modulator")
+    coordinator: bool = option(True, "ablation switch: the coordinator (off = uniform weights over the available modalities)")
+    disentangle: bool = option(True, "ablation switch: the shared/private disentangling losses")
+    modulator_strength: float = option(0.5, "beta: modulator weights lie in [1 - beta, 1 + beta]", range=BELOW_1)
+    temperature: float = option(0.1, "of the cosine-similarity softmax over prototypes (published: 1)", range=POSITIVE)
+    unimodal_weight: float = option(1.0, "loss weight of the unimodal heads (published: 1)", range=NON_NEGATIVE)
+    recon_weight: float = option(1.0, "loss weight of the reconstruction (published: 1)", range=NON_NEGATIVE)
+    disentangle_weight: float = option(0.1, "loss weight of the disentangling terms (published: 1)", range=NON_NEGATIVE)
+    reverse_weight: float = option(0.1, "loss weight of the reverse (private-code) term (published: 1)", range=NON_NEGATIVE)
+    block_style: str = _switch("prenorm", "plain", "Transformer blocks: pre-LayerNorm, or no LayerNorm and no attention output projection")
+    unimodal_head: str = _switch("mlp", "linear", "each modality's own head: 2-layer MLP or linear")
+    prompt_generator: str = _switch("query", "plain", "a query projection before the cosine attention (FFN width hidden), or none (FFN width prompt_size)")
+    level2_generator: str = _switch("shared", "separate", "level 2 reuses the level-1 generator, or has its own FFN and projection")
+    carry_projection: str = _switch("linear", "mlp", "block 1's output projection")
+    fusion_head: str = _switch("mlp", "linear", "residual block before the final layer: 2-layer MLP, or one ReLU layer of the full width")
+    js_reduction: str = _switch("mean", "sum", "JS divergence of the shared codes: mean or sum over dims")
+    private_shared_terms: str = _switch("once", "per_pair", "|cos(private, shared)| counted once per modality or once per pair")
+    reverse_target: str = _switch("normal", "published", "target of the reverse term: N(0, 1) via its own Linear, or the published path and noise")
+    recon_stages: str = _switch("both", "joint", "reconstruction loss in both stages or the joint stage only")
+    warmup: str = _switch("full", "encoders", "what the warm-up trains: prompt projections and fusion head too, or the encoders only")
+    modulator_direction: str = _switch("weaker", "published", "which modality the modulator favours (see _comp_modulator)")
+    modulator_scope: str = _switch("upstream", "generator", "what the modulator scales: everything behind the prompt, or the generator only")
+    context_mean: bool = option(False, "imer extension: the final layer also reads each modality's mean over the video's observed utterances")
+    mlp_style: str = _switch("imer", "published", "reproduction switch (published-exact): MLPs as published", exact=True)
+    prototypes: str = _switch("global", "batch", "reproduction switch: prototypes from the batch, as published", exact=True)
+    sequence_length: int = option(0, "reproduction switch: fixed padded dialogue length (0 = the batch's longest)", range=NON_NEGATIVE)
+    prompt_mask: str = _switch("zero", "none", "reproduction switch: prompts of absent modalities not zeroed", exact=True)
+    coordinator_mask: str = _switch("available", "none", "reproduction switch: coordinator weights over every modality", exact=True)
+    warmup_prediction: str = _switch("heads", "fusion", "reproduction switch: the warm-up's prediction from the fusion head", exact=True)
+    absent_positions: str = _switch("zero", "computed", "reproduction switch: absent positions computed through the blocks", exact=True)
+    mask_draw: str = _switch("given", "published", "reproduction switch: the published code's own availability draw", exact=True)
+    mask_rate: float = option(0.0, "reproduction switch: missing rate of that draw", range=UNIT)
+    unimodal_loss: str = _switch("present", "published", "reproduction switch: unimodal losses as published", exact=True)
+    recon_loss: str = _switch("observed", "published", "reproduction switch: reconstruction loss as published", exact=True)
+    disentangle_loss: str = _switch("observed", "published", "reproduction switch: disentangling loss as published", exact=True)
+    reverse_loss: str = _switch("imer", "published", "reproduction switch: reverse loss as published", exact=True)
 
     def __post_init__(self) -> None:
-        for name, allowed in {**CHOICES, **EXACT_CHOICES}.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"comp: {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        super().__post_init__()
         exact = [name for name, (default, _) in EXACT_CHOICES.items() if getattr(self, name) != default]
         if (exact or self.sequence_length) and self.packed:
             raise ConfigError(f"comp: {(exact or ['sequence_length'])[0]} reproduces the published computation on padded batches; set packed=false")
-        if self.sequence_length < 0:
-            raise ConfigError(f"comp: sequence_length must be >= 0 (0 = the batch's longest dialogue), got {self.sequence_length}")
         if self.prototypes == "batch" and not self.sequence_length:
             raise ConfigError("comp: prototypes=batch needs sequence_length (the published fixed padded length, 65 for CMU-MOSI)")
         if self.absent_positions == "computed" and self.block_style != "plain":
             raise ConfigError("comp: absent_positions=computed needs block_style=plain (the published blocks)")
-        if not 0.0 <= self.momentum <= 1.0 or not 0.0 <= self.modulator_strength < 1.0:
-            raise ConfigError("comp: momentum must lie in [0, 1] and modulator_strength in [0, 1)")
-        if self.depth < 2:
-            raise ConfigError("comp: depth must be >= 2 (block 1 and block 2)")
-        if self.temperature <= 0:
-            raise ConfigError("comp: temperature must be > 0")
+
+
+# Fidelity switches: field -> (imer default, published code's value), read from the declarations. The tests and docs use this table.
+CHOICES: dict[str, tuple[str, ...]] = {f.name: f.metadata["choices"] for f in fields(CompConfig) if f.metadata.get("switch") == "fidelity"}
+# Reproduction switches: field -> (imer default, the published code's value). Only the ``published-exact`` preset
+# selects them (never ``published``): each reproduces a defect of the published code, for the transplant test and
+# the side-by-side run (docs/methods/comp.md, "published-exact"). All need ``packed=false``.
+EXACT_CHOICES: dict[str, tuple[str, ...]] = {f.name: f.metadata["choices"] for f in fields(CompConfig) if f.metadata.get("switch") == "exact"}
 
 
 class PromptGenerator(nn.Module):

@@ -25,11 +25,12 @@ so the context path is trained on more single-modality utterances. Nothing but o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from imer.fields import AT_LEAST_1, BELOW_1, NON_NEGATIVE, UNIT, option
 from imer.layers import MLP, ModalityEmbedding
 from imer.layers.context import neighbour_means
 from imer.layers.modality_masking import drop_modalities
@@ -46,16 +47,17 @@ class ContextFusionConfig(ModelConfig):
     ``context_source``: what is averaged (``score``, ``embedding``, ``both``); ``unimodal_weight``: the loss of each
     modality's own head; ``skip``: a linear path from the context to the output; ``members``: averaged copies."""
 
-    hidden: int = 64
-    dropout: float = 0.5
-    layers: int = 2
-    context_scales: list[float] = field(default_factory=lambda: [1.0, 0.0])
-    members: int = 1
-    drop_prob: float = 0.0
-    context_source: str = "score"
-    unimodal_weight: float = 1.0
-    skip: bool = True
-    sign_weight: float = 1.0
+    hidden: int = option(64, "width of the modality embeddings and the MLP", range=AT_LEAST_1)
+    dropout: float = option(0.5, "dropout probability", range=BELOW_1)
+    layers: int = option(2, "layers of the MLP", range=AT_LEAST_1)
+    context_scales: list[float] = option(factory=lambda: [1.0, 0.0], help="neighbourhood widths in utterances (0 = whole dialogue; at least one)",
+                                         range=NON_NEGATIVE)
+    members: int = option(1, "independently trained copies whose outputs are averaged", range=AT_LEAST_1)
+    drop_prob: float = option(0.0, "chance that an observed modality is removed in training (one always stays)", range=UNIT)
+    context_source: str = option("score", "what the neighbours' means average: unimodal scores, embeddings or both", choices=SOURCES)
+    unimodal_weight: float = option(1.0, "loss weight of each modality's own head", range=NON_NEGATIVE)
+    skip: bool = option(True, "a linear path from the context to the output")
+    sign_weight: float = option(1.0, "weight of the sign loss added to the regression loss (0 = off)", range=NON_NEGATIVE)
 
 
 class _Member(nn.Module):
@@ -97,12 +99,8 @@ class ContextFusion(IMERModel):
 
     def __init__(self, config: ContextFusionConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
-        if config.members < 1:
-            raise ValueError(f"context-fusion: members must be >= 1, got {config.members}")
-        if config.context_source not in SOURCES:
-            raise ValueError(f"context-fusion: context_source must be one of {SOURCES}, got {config.context_source!r}")
-        if not config.context_scales or any(s < 0 for s in config.context_scales):
-            raise ValueError(f"context-fusion: context_scales must be >= 0 (0 = whole dialogue), got {config.context_scales}")
+        if not config.context_scales:
+            raise ValueError("context-fusion: context_scales needs at least one scale (0 = whole dialogue)")
         self.members = nn.ModuleList([_Member(config, spec) for _ in range(config.members)])
 
     def forward(self, features: dict[str, Tensor], available: Tensor, mask: Tensor, speakers: Tensor | None = None) -> ModelOutput:

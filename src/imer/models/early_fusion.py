@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from imer.fields import AT_LEAST_1, option
 from imer.layers import MLP, ModalityEmbedding, dialogue_mean, masked_mean
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
@@ -32,10 +33,12 @@ from imer.models.registry import register_model
 
 @dataclass
 class EarlyFusionConfig(ModelConfig):
-    fusion: str = "concat"
-    layers: int = 2
-    context_mean: bool = False
-    context_source: str = "shared"
+    fusion: str = option("concat", "how the modality embeddings are fused: concatenated or averaged over the available ones",
+                         choices=("concat", "mean"))
+    layers: int = option(2, "layers of the MLP head", range=AT_LEAST_1)
+    context_mean: bool = option(False, "the MLP also reads each modality's mean over the dialogue's observed utterances")
+    context_source: str = option("shared", "what context_mean averages: the shared embeddings, or the raw features with a projection of their own",
+                                 choices=("shared", "own"))
 
 
 @register_model("early-fusion")
@@ -45,14 +48,10 @@ class EarlyFusion(IMERModel):
 
     def __init__(self, config: EarlyFusionConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
-        if config.fusion not in ("concat", "mean"):
-            raise ValueError(f"early-fusion: fusion must be 'concat' or 'mean', got {config.fusion!r}")
         m = len(spec.modalities)
         self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout)
         fused = config.hidden * m + m if config.fusion == "concat" else config.hidden
         self.uses_context = config.context_mean
-        if config.context_source not in ("shared", "own"):
-            raise ValueError(f"early-fusion: context_source must be 'shared' or 'own', got {config.context_source!r}")
         if config.context_mean:
             fused += m * (config.hidden + 1)
         if config.context_mean and config.context_source == "own":

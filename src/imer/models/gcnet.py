@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from imer.fields import AT_LEAST_1, BELOW_1, FINITE, NON_NEGATIVE, option
 from imer.layers import dialogue_mean
 from imer.layers.graph import GraphConv, RelationalGraphConv, speaker_relations, temporal_relations, window_edges
 from imer.layers.modality_masking import drop_modalities, zero_missing
@@ -53,15 +54,15 @@ class GCNetConfig(ModelConfig):
     no longer indistinguishable from an average one (standardised zeros).
     """
 
-    hidden: int = 100
-    dropout: float = 0.5
-    graph_hidden: int = 0
-    window_past: int = 6
-    window_future: int = 6
-    recon_weight: float = 1.0
-    hide_prob: float = 0.2
-    context_mean: bool = False
-    availability_bits: bool = False
+    hidden: int = option(100, "per-direction size of the BiLSTM encoder (D_e)", range=AT_LEAST_1)
+    dropout: float = option(0.5, "dropout probability", range=BELOW_1)
+    graph_hidden: int = option(0, "width of the graph layers (0 = hidden // 2)", range=NON_NEGATIVE)
+    window_past: int = option(6, "temporal graph edges to this many past utterances (negative = all)", range=FINITE)
+    window_future: int = option(6, "temporal graph edges to this many future utterances (negative = all)", range=FINITE)
+    recon_weight: float = option(1.0, "weight of the reconstruction loss", range=NON_NEGATIVE)
+    hide_prob: float = option(0.2, "extra training-time masking of observed modalities, the reconstruction targets (0 = off)", range=BELOW_1)
+    context_mean: bool = option(False, "diagnostic: the classifier also reads the mean of the final representations over the dialogue")
+    availability_bits: bool = option(False, "diagnostic: append the utterance's availability bits to the encoder input")
 
 
 def packed_bilstm(lstm: nn.LSTM, x: Tensor, mask: Tensor) -> Tensor:
@@ -102,8 +103,6 @@ class GCNet(IMERModel):
 
     def __init__(self, config: GCNetConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
-        if not 0.0 <= config.hide_prob < 1.0:
-            raise ValueError(f"gcnet: hide_prob must be in [0, 1), got {config.hide_prob}")
         graph_hidden = config.graph_hidden or max(config.hidden // 2, 1)
         encoded = 2 * config.hidden
         inputs = sum(spec.dims) + (len(spec.dims) if config.availability_bits else 0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from imer.fields import AT_LEAST_1, option
 from imer.layers import MLP, masked_mean
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
@@ -21,7 +22,7 @@ from imer.models.registry import register_model
 
 @dataclass
 class LateFusionConfig(ModelConfig):
-    layers: int = 2
+    layers: int = option(2, "layers of each modality's MLP", range=AT_LEAST_1)
 
 
 @register_model("late-fusion")

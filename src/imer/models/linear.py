@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from imer.fields import AT_LEAST_1, POSITIVE, option
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
 
@@ -42,11 +43,12 @@ OBJECTIVES = ("ridge", "logistic")
 class LinearConfig(ModelConfig):
     """``grid``: penalty per training row (ridge alpha / n, logistic 1 / (C n)), on standardised inputs."""
 
-    objective: str = "logistic"
-    grid: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0])
-    mask_draws: int = 10
-    dialogue_mean: bool = True
-    max_iter: int = 500
+    objective: str = option("logistic", "ridge (closed form) or logistic (L-BFGS)", choices=OBJECTIVES)
+    grid: list[float] = option(factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0],
+                               help="regularisation strengths tried on validation (a non-empty list)", range=POSITIVE)
+    mask_draws: int = option(10, "seeded training masks the training split is stacked under", range=AT_LEAST_1)
+    dialogue_mean: bool = option(True, "also read each modality's mean of observed features over the dialogue")
+    max_iter: int = option(500, "iterations of the logistic solver", range=AT_LEAST_1)
 
 
 @register_model("linear")
@@ -56,10 +58,8 @@ class Linear(IMERModel):
 
     def __init__(self, config: LinearConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
-        if config.objective not in OBJECTIVES:
-            raise ValueError(f"linear: objective must be one of {OBJECTIVES}, got {config.objective!r}")
-        if config.mask_draws < 1 or not config.grid or min(config.grid) <= 0:
-            raise ValueError("linear: mask_draws must be >= 1 and grid a non-empty list of positive strengths")
+        if not config.grid:
+            raise ValueError("linear: grid must be a non-empty list of positive strengths")
         per_block = sum(spec.dims) + len(spec.modalities)
         self.linear = nn.Linear(per_block * (2 if config.dialogue_mean else 1), spec.output_size)
         self.register_buffer("score_range", torch.tensor([-torch.inf, torch.inf]))

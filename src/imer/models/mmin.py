@@ -30,12 +30,13 @@ it was trained in (the trainer reloads the best epoch's state after training).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from imer.fields import AT_LEAST_1, BELOW_1, NON_NEGATIVE, option
 from imer.layers import MLP
 from imer.layers.modality_masking import drop_modalities, zero_missing
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
@@ -52,18 +53,18 @@ class MMINConfig(ModelConfig):
     batch 128, gradient clipping 5).
     """
 
-    hidden: int = 128
-    dropout: float = 0.5
-    ae_layers: list[int] = field(default_factory=lambda: [256, 128, 64])
-    n_blocks: int = 5
-    cls_hidden: int = 128
-    cls_layers: int = 3
-    mse_weight: float = 4.0
-    cycle_weight: float = 2.0
-    ae_dropout: float = 0.0
-    pretrain_epochs: int = 20
-    conditions: int = 3
-    drop_prob: float = 0.5
+    hidden: int = option(128, "embedding width per modality", range=AT_LEAST_1)
+    dropout: float = option(0.5, "dropout of the encoders and the classifier", range=BELOW_1)
+    ae_layers: list[int] = option(factory=lambda: [256, 128, 64], help="layer widths of each autoencoder block", range=AT_LEAST_1)
+    n_blocks: int = option(5, "blocks of the cascaded residual autoencoder", range=AT_LEAST_1)
+    cls_hidden: int = option(128, "width of the classifier", range=AT_LEAST_1)
+    cls_layers: int = option(3, "layers of the classifier", range=AT_LEAST_1)
+    mse_weight: float = option(4.0, "weight of the imagination (forward reconstruction) loss", range=NON_NEGATIVE)
+    cycle_weight: float = option(2.0, "weight of the cycle (backward reconstruction) loss", range=NON_NEGATIVE)
+    ae_dropout: float = option(0.0, "dropout in the autoencoders", range=BELOW_1)
+    pretrain_epochs: int = option(20, "epochs of teacher pretraining (stage 1; the teachers give the imagination targets)", range=AT_LEAST_1, stage=True)
+    conditions: int = option(3, "copies of each training utterance: the given condition plus conditions - 1 random sub-conditions", range=AT_LEAST_1)
+    drop_prob: float = option(0.5, "chance that a sub-condition drops each further available modality (one always stays)", range=BELOW_1)
 
 
 class ModalityEncoders(nn.Module):
@@ -117,10 +118,6 @@ class MMIN(IMERModel):
 
     def __init__(self, config: MMINConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
-        if config.conditions < 1 or not 0.0 <= config.drop_prob < 1.0:
-            raise ValueError("mmin: conditions must be >= 1 and drop_prob in [0, 1)")
-        if config.pretrain_epochs < 1:
-            raise ValueError("mmin: pretrain_epochs must be >= 1 (the imagination targets come from the pretrained teachers)")
         m, h = len(spec.modalities), config.hidden
         self.teacher = ModalityEncoders(spec.dim_of, h, config.dropout)
         self.teacher_head = MLP(m * h, config.cls_hidden, spec.output_size, layers=config.cls_layers, dropout=config.dropout)

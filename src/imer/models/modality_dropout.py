@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from imer.fields import AT_LEAST_1, BELOW_1, option
 from imer.layers import MLP, ModalityEmbedding
 from imer.layers.modality_masking import drop_modalities
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
@@ -26,8 +27,8 @@ from imer.models.registry import register_model
 class ModalityDropoutConfig(ModelConfig):
     """``drop_prob``: chance that an available modality is removed in training."""
 
-    drop_prob: float = 0.3
-    layers: int = 2
+    drop_prob: float = option(0.3, "chance that an available modality is removed in training (one always stays)", range=BELOW_1)
+    layers: int = option(2, "layers of the MLP head", range=AT_LEAST_1)
 
 
 @register_model("modality-dropout")
@@ -37,8 +38,6 @@ class ModalityDropout(IMERModel):
 
     def __init__(self, config: ModalityDropoutConfig, spec: DataSpec) -> None:
         super().__init__(config, spec)
-        if not 0.0 <= config.drop_prob < 1.0:
-            raise ValueError(f"modality-dropout: drop_prob must be in [0, 1), got {config.drop_prob}")
         m = len(spec.modalities)
         self.embed = ModalityEmbedding(spec.dim_of, config.hidden, config.dropout)
         self.head = MLP(config.hidden * m + m, config.hidden, spec.output_size, layers=config.layers, dropout=config.dropout)

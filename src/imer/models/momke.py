@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from imer.fields import AT_LEAST_1, BELOW_1, NON_NEGATIVE, option
 from imer.layers import MaskedTransformer, ModalityEmbedding, masked_mean
 from imer.models.base import DataSpec, IMERModel, ModelConfig, ModelOutput, scores
 from imer.models.registry import register_model
@@ -41,12 +42,12 @@ class MoMKEConfig(ModelConfig):
     dropout 0.5, MLP ratio 1, 150 of 300 epochs in stage 1 (Adam lr 1e-4, L2 1e-5, batch 32).
     """
 
-    hidden: int = 256
-    dropout: float = 0.5
-    depth: int = 4
-    heads: int = 2
-    mlp_ratio: int = 1
-    stage_epochs: int = 150
+    hidden: int = option(256, "width of the experts", range=AT_LEAST_1)
+    dropout: float = option(0.5, "dropout probability", range=BELOW_1)
+    depth: int = option(4, "Transformer layers of each expert", range=AT_LEAST_1)
+    heads: int = option(2, "attention heads", range=AT_LEAST_1)
+    mlp_ratio: int = option(1, "feed-forward width as a multiple of hidden", range=AT_LEAST_1)
+    stage_epochs: int = option(150, "epochs of stage 1 (each expert alone on its modality) before the mixture", range=NON_NEGATIVE, stage=True)
 
 
 @register_model("momke")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imer.data.batching import SplitBatcher
+from imer.fields import AT_LEAST_1, BELOW_1, NON_NEGATIVE, POSITIVE, UNIT, option
 from imer.layers import MLP, MaskedTransformer, dialogue_mean
 from imer.layers.sequence import safe_key_padding
 from imer.layers.contrastive import multi_positive_contrastive
@@ -53,55 +54,32 @@ _MAX_PATTERN_MODALITIES = 12
 class PromiseConfig(ModelConfig):
     """PROMISE options (defaults are our choices; the paper gives none that we could read).
 
-    Attributes:
-        hidden: width of encodings, prompts and classifier.
-        dropout: dropout in encoders, attention and heads.
-        heads: attention heads (must divide ``hidden``).
-        prompt_pool: ``k``, learnable prompts per modality.
-        temperature: ``tau`` of both contrastive losses.
-        lambda_1: weight of FNCL (instance level).
-        lambda_2: weight of CCCL (label level).
-        encoder_epochs: stage-1 length; encoders train on observed data for
-            these epochs, then are frozen (or fine-tuned).
-        unimodal_weight: weight of the unimodal heads' task losses (stage 1,
-            and stage 2 when the encoder is fine-tuned).
-        extra_mask_rate: probability that each available modality is dropped
-            in the more-masked copy used by FNCL (one is always kept).
-        cccl_bins: regression classes for CCCL: ``"sign"`` (-, 0, +) or
-            ``"7"`` (rounded score in -3..3).
-        proj_dim: output size of a contrastive projection head (MLP); 0 =
-            contrast the representations themselves, so that a generated
-            token is pulled towards the real token it stands in for.
-        fusion_depth: layers of the cross-modal Transformer.
-        fncl / cccl: ablation switches for the two contrastive levels.
-        prompts: False = plain cross-attention generation (no pools, no
-            pattern embedding, no prompted copy).
-        frozen_encoder: False = fine-tune encoders in stage 2.
-        context_mean: opt-in video-level input: the classifier head also
-            reads, per modality, the mean of the encodings of that modality's
-            observed utterances in the same dialogue
-            (:func:`imer.layers.dialogue_mean`); the model then reads whole
-            dialogues. Off = the paper's utterance-level model.
+    ``heads`` must divide ``hidden``. ``proj_dim`` 0 contrasts the representations themselves, so that a generated
+    token is pulled towards the real token it stands in for. ``context_mean`` makes the model read whole dialogues
+    (:func:`imer.layers.dialogue_mean`); off = the paper's utterance-level model.
     """
 
-    hidden: int = 64
-    dropout: float = 0.2
-    heads: int = 4
-    prompt_pool: int = 8
-    temperature: float = 0.2
-    lambda_1: float = 0.1
-    lambda_2: float = 0.1
-    encoder_epochs: int = 5
-    unimodal_weight: float = 1.0
-    extra_mask_rate: float = 0.5
-    cccl_bins: str = "sign"
-    proj_dim: int = 0
-    fusion_depth: int = 1
-    fncl: bool = True
-    cccl: bool = True
-    prompts: bool = True
-    frozen_encoder: bool = True
-    context_mean: bool = False
+    hidden: int = option(64, "width of encodings, prompts and classifier", range=AT_LEAST_1)
+    dropout: float = option(0.2, "dropout in encoders, attention and heads", range=BELOW_1)
+    heads: int = option(4, "attention heads (must divide hidden)", range=AT_LEAST_1)
+    prompt_pool: int = option(8, "k: learnable prompts per modality", range=AT_LEAST_1)
+    temperature: float = option(0.2, "tau of both contrastive losses", range=POSITIVE)
+    lambda_1: float = option(0.1, "weight of FNCL (instance-level contrast)", range=NON_NEGATIVE)
+    lambda_2: float = option(0.1, "weight of CCCL (label-level contrast)", range=NON_NEGATIVE)
+    encoder_epochs: int = option(5, "stage-1 length: encoders train on observed data, then are frozen (or fine-tuned)",
+                                 range=NON_NEGATIVE, stage=True)
+    unimodal_weight: float = option(1.0, "weight of the unimodal heads' task losses (stage 1, and stage 2 when fine-tuned)",
+                                    range=NON_NEGATIVE)
+    extra_mask_rate: float = option(0.5, "chance that FNCL's more-masked copy drops each available modality (one always stays)",
+                                    range=UNIT)
+    cccl_bins: str = option("sign", "regression classes of CCCL: sign (-, 0, +) or 7 (rounded score in -3..3)", choices=("sign", "7"))
+    proj_dim: int = option(0, "output size of a contrastive projection head (0 = none)", range=NON_NEGATIVE)
+    fusion_depth: int = option(1, "layers of the cross-modal Transformer", range=AT_LEAST_1)
+    fncl: bool = option(True, "ablation switch: the instance-level contrast")
+    cccl: bool = option(True, "ablation switch: the label-level contrast")
+    prompts: bool = option(True, "prompted generation (false: plain cross-attention, no pools, no pattern embedding, no prompted copy)")
+    frozen_encoder: bool = option(True, "freeze the encoders in stage 2 (false: fine-tune them)")
+    context_mean: bool = option(False, "opt-in: the head also reads each modality's mean over the dialogue's observed utterances")
 
 
 class _Encoder(nn.Module):
@@ -134,14 +112,8 @@ class Promise(IMERModel):
         m, h = len(spec.modalities), config.hidden
         if h % config.heads:
             raise ValueError(f"promise: hidden ({h}) must be divisible by heads ({config.heads})")
-        if config.cccl_bins not in ("sign", "7"):
-            raise ValueError(f"promise: cccl_bins must be 'sign' or '7', got {config.cccl_bins!r}")
         if config.prompts and m > _MAX_PATTERN_MODALITIES:
             raise ValueError(f"promise: pattern embeddings support at most {_MAX_PATTERN_MODALITIES} modalities")
-        if config.proj_dim < 0:
-            raise ValueError("promise: proj_dim must be >= 0 (0 = no projection head)")
-        if not 0.0 <= config.extra_mask_rate <= 1.0:
-            raise ValueError("promise: extra_mask_rate must be in [0, 1]")
         self.encoders = nn.ModuleDict({name: _Encoder(d, h, config.dropout) for name, d in spec.dim_of.items()})
         self.unimodal_heads = nn.ModuleDict({name: MLP(h, h, spec.output_size, layers=2, dropout=config.dropout) for name in spec.modalities})
         self.type_embedding = nn.Parameter(torch.randn(m, h) * 0.02)
