@@ -26,6 +26,7 @@ Examples::
     python benchmarks/speed.py --data-dir ../shared/data                      # all methods, cmu-mosi + mosei + iemocap
     python benchmarks/speed.py --methods early-fusion,comp --sizes n=2000,n=8000,n=23000 --out benchmarks/results/size
     python benchmarks/speed.py --sizes len=10,len=30,len=110 --epochs 2
+    python benchmarks/speed.py --device cuda --variants after --data-dir ../shared/data --out benchmarks/results/gpu   # GPU epoch times
 
 Writes ``<out>/speed.json`` and ``<out>/speed.md``.
 """
@@ -114,7 +115,7 @@ def baseline_model_factory(src: str):
 
 
 def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: str | None, threads: int, overrides: list[str],
-            variants: list[str], baseline_src: str | None = None) -> dict[str, Any]:
+            variants: list[str], baseline_src: str | None = None, device: str = "cpu") -> dict[str, Any]:
     """One measurement (runs inside the worker subprocess): the variants' epochs interleaved, same seed.
 
     ``after`` = the current defaults; ``before`` = :data:`LEGACY_OVERRIDES`, the
@@ -122,7 +123,9 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
     after every epoch (what every epoch cost before issue 10); ``main`` = the
     current defaults with the model code of ``baseline_src``. Interleaving
     epoch by epoch exposes both variants to the same machine load, so their
-    ratio is meaningful even when absolute times are not.
+    ratio is meaningful even when absolute times are not. ``device`` ``cuda``
+    trains and evaluates on the GPU (timings after ``torch.cuda.synchronize()``,
+    peak GPU memory reported beside the RSS).
     """
     import tempfile
 
@@ -136,6 +139,14 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
     from imer.training.trainer import EvalSet, Trainer, predict_split
 
     torch.set_num_threads(threads)
+    target = torch.device(device)
+    gpu = target.type == "cuda"
+
+    def clock() -> float:
+        if gpu:
+            torch.cuda.synchronize(target)  # GPU work is asynchronous: wait for it before reading the clock
+        return time.perf_counter()
+
     baseline_create = baseline_model_factory(baseline_src) if "main" in variants else None
     t0 = time.perf_counter()
     dataset = make_dataset(size, data_dir)
@@ -151,7 +162,7 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
         torch.manual_seed(0)
         model = (baseline_create if variant == "main" else create_model)(method, data.spec, config.model)
         trainer = Trainer(model, config.train, select_metric=_select(data.spec.task), seed=0,
-                          run_dir=scratch / variant if variant == "before" else None)
+                          run_dir=scratch / variant if variant == "before" else None, device=target)
         if variant == "before":
             trainer.optimizer = _legacy_optimizer(model, config)
             (scratch / variant).mkdir()
@@ -169,13 +180,13 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
             trainer, model = r["trainer"], r["model"]
             model.on_epoch_start(epoch)
             r["stages"].append(model.stage())
-            t = time.perf_counter()
+            t = clock()
             trainer._train_epoch(r["data"].batchers["train"], mask, epoch)
-            r["train"].append(time.perf_counter() - t)
+            r["train"].append(clock() - t)
             for split in ("valid", "test"):
-                t = time.perf_counter()
-                predict_split(model, r[split], r["config"].train.batch_size, torch.device("cpu"))
-                r[f"eval_{split}"].append(time.perf_counter() - t)
+                t = clock()
+                predict_split(model, r[split], r["config"].train.batch_size, target)
+                r[f"eval_{split}"].append(clock() - t)
             if variant == "before":
                 t = time.perf_counter()
                 trainer._checkpoint(epoch, {"epoch": epoch, "score": 0.0, "valid": {}, "test": {}, "state": {k: v.clone() for k, v in model.state_dict().items()}}, [])
@@ -183,9 +194,9 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
     for _ in range(eval_repeats - 1):
         for variant in variants:
             r = runs[variant]
-            t = time.perf_counter()
-            predict_split(r["model"], r["test"], r["config"].train.batch_size, torch.device("cpu"))
-            r["eval_test"].append(time.perf_counter() - t)
+            t = clock()
+            predict_split(r["model"], r["test"], r["config"].train.batch_size, target)
+            r["eval_test"].append(clock() - t)
     data = runs[variants[0]]["data"]
     model = runs[variants[0]]["model"]
     lengths = np.unique(data.dataset.group_ids, return_counts=True)[1]
@@ -206,6 +217,9 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
         "peak_rss_mb_data": rss_data,
         "peak_rss_mb": peak_rss_mb(),
         "threads": threads,
+        "device": device,
+        "gpu": torch.cuda.get_device_name(target) if gpu else None,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated(target) / 2**20 if gpu else None,
         "variants": {},
     }
     for variant in variants:
@@ -226,6 +240,19 @@ def measure(method: str, size: str, epochs: int, eval_repeats: int, data_dir: st
             result.setdefault("speedup", {})[ref] = {"train": b["seconds_train"] / a["seconds_train"],
                                                      "epoch_total": b["seconds_epoch_total"] / a["seconds_epoch_total"]}
     return result
+
+
+def _device(parser: argparse.ArgumentParser, name: str) -> str:
+    """The device to measure on: ``auto`` is the GPU when torch sees one; a GPU asked for and absent is refused."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {name}: torch sees no GPU here")
+    if name != "cpu" and not name.startswith("cuda"):
+        parser.error(f"--device {name}: use cpu, cuda, cuda:N or auto")
+    return name
 
 
 def _select(task: str) -> str:
@@ -255,7 +282,8 @@ def machine() -> dict[str, Any]:
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) -> str:
     """Result tables, one per size: after (current) and, where measured, before (legacy) and their ratio."""
     lines = [f"Command: `{command}`  ", f"Commit {info['commit']}, {info['date']}, {info['cpu']} ({info['nproc']} cores visible, "
-             f"load average {info['load']}), torch {info['torch']}, {next((r['threads'] for r in results if 'threads' in r), 1)} thread(s).", ""]
+             f"load average {info['load']}), torch {info['torch']}, {next((r['threads'] for r in results if 'threads' in r), 1)} thread(s), "
+             f"device {next((r['gpu'] or r['device'] for r in results if 'device' in r), 'cpu')}.", ""]
     for size in dict.fromkeys(r["size"] for r in results):
         rows = [r for r in results if r["size"] == size]
         ok = next((r for r in rows if "error" not in r), None)
@@ -290,7 +318,7 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) 
 def run_one(args: argparse.Namespace, method: str, size: str) -> dict[str, Any]:
     """Measure in a fresh interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, __file__, "--worker", "--methods", method, "--sizes", size, "--epochs", str(args.epochs),
-           "--eval-repeats", str(args.eval_repeats), "--threads", str(args.threads), "--variants", args.variants]
+           "--eval-repeats", str(args.eval_repeats), "--threads", str(args.threads), "--variants", args.variants, "--device", args.device]
     if args.baseline_src:
         cmd += ["--baseline-src", args.baseline_src]
     if args.data_dir:
@@ -323,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
                         "and/or after (current defaults) and/or main (the model code of --baseline-src); several = interleaved, "
                         "with ratios to after (default before,after)")
     parser.add_argument("--baseline-src", help="source tree of another commit for the main variant, e.g. from git archive main")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda, cuda:N, or auto: the GPU when torch sees one, else the CPU (GPU epoch times)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from imer.io import dumps, write_json  # strict JSON (null for NaN), like every file imer writes
@@ -330,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         variants = [v.strip() for v in args.variants.split(",") if v.strip()]
         print(dumps(measure(args.methods, args.sizes, args.epochs, args.eval_repeats, args.data_dir, args.threads, args.set, variants,
-                            args.baseline_src)))
+                            args.baseline_src, args.device)))
         return 0
 
     from imer.models import list_models
@@ -341,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("variant main needs --baseline-src")
     if "cmu-mosi" in sizes and not args.data_dir:
         parser.error("size cmu-mosi needs --data-dir (or IMER_DATA)")
+    args.device = _device(parser, args.device)
     info = machine()
     command = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)

@@ -31,6 +31,9 @@ def test_readme_in_memory_example_runs(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     exec(compile(readme_in_memory_example(), "README.md", "exec"), namespace)
     model, same, ds = namespace["model"], namespace["same"], namespace["ds"]
+    assert model.metrics["test"]["acc"] >= 0.8 and not model.metrics["warnings"]  # the example's easy data is learned (chance: 0.5)
+    audio_only = model.predict({"audio": ds.features["audio"][:4], "text": np.full((4, 10), np.nan)})
+    assert (audio_only == namespace["labels"][:4].astype(str)).sum() >= 3  # as printed: the predictions beside the labels
     assert (tmp_path / "runs/in-memory/model.safetensors").is_file() and not (tmp_path / "runs/in-memory/checkpoint.pt").exists()
     assert model.metrics["method"] == "comp" and model.metrics["missing"]["train_rate"] == 0.3
     x = {"audio": ds.features["audio"][:7], "text": ds.features["text"][:7]}
@@ -79,7 +82,7 @@ def _tiny(**settings):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed (pip install 'imer[tensorboard]')")
-def test_tensorboard_sink_logs_every_epoch(tmp_path):
+def test_tensorboard_sink_logs_every_epoch_then_hparams_and_final_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     train(_tiny(**{"train.log_to": "tensorboard"}), tmp_path / "run")
@@ -90,10 +93,18 @@ def test_tensorboard_sink_logs_every_epoch(tmp_path):
     assert [e.step for e in logged] == [0, 1]
     assert [e.value for e in logged] == pytest.approx([h["valid"]["acc"] for h in history])
     assert "loss/total" in events.Tags()["scalars"] and "test/modality_acc/a" not in events.Tags()["scalars"]
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    (final,) = events.Scalars("final/test/acc")
+    assert final.value == pytest.approx(metrics["test"]["acc"]) and final.step == metrics["selection"]["best_epoch"]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    hparams = [plugin_data_pb2.HParamsPluginData.FromString(content) for content in events.PluginTagToContent("hparams").values()]
+    session = next(h.session_start_info for h in hparams if h.HasField("session_start_info"))
+    assert session.hparams["model.hidden"].number_value == 8 and session.hparams["method"].string_value == "late-fusion"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow not installed (pip install 'imer[mlflow]')")
-def test_mlflow_sink_logs_params_and_every_epoch(tmp_path, monkeypatch):
+def test_mlflow_sink_logs_params_every_epoch_and_final_metrics(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "imer-test")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a throw-away local store for the test
@@ -107,6 +118,9 @@ def test_mlflow_sink_logs_params_and_every_epoch(tmp_path, monkeypatch):
     history = [json.loads(line) for line in (tmp_path / "run/history.jsonl").read_text().splitlines()]
     logged = client.get_metric_history(run.info.run_id, "valid/acc")
     assert [m.step for m in logged] == [0, 1] and [m.value for m in logged] == pytest.approx([h["valid"]["acc"] for h in history])
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert run.data.metrics["final/test/acc"] == pytest.approx(metrics["test"]["acc"])
+    assert run.data.metrics["final/best_epoch"] == metrics["selection"]["best_epoch"]
 
 
 def test_unknown_sink_is_refused():
@@ -140,3 +154,22 @@ def test_source_commit_is_read_once_per_process(monkeypatch):
     made = len(calls)
     assert environment.source_commit() == first and len(calls) == made
     environment.source_commit.cache_clear()
+
+
+def test_model_score_and_short_reprs(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = np.array(["neg", "pos"])[rng.integers(0, 2, 120)]
+    shift = (labels == "pos")[:, None] * 2.0
+    ds = imer.Dataset.from_arrays({"audio": rng.normal(size=(120, 3)) + shift, "text": rng.normal(size=(120, 4)) + shift}, labels)
+    assert repr(ds).startswith("Dataset('arrays': 120 utterances in 120 groups, 2 classes, modalities audio[3] text[4], split test=24 ")
+    model = imer.fit("linear", ds, progress=False)
+    assert repr(model).startswith("Model(method='linear', task='classification', modalities=['audio', 'text'], run_dir=")
+    accuracy = model.score(ds)
+    assert accuracy > 0.8 and accuracy == model.score(ds.features, labels) == model.score(ds.features, ds.labels)  # names or indices
+    scores = np.linspace(-1, 1, 120)
+    reg = imer.fit("linear", imer.Dataset.from_arrays({"a": scores[:, None] + rng.normal(0, 0.1, (120, 1)), "b": rng.normal(size=(120, 2))}, scores),
+                   progress=False)
+    assert 0.8 < reg.score({"a": scores[:, None], "b": np.zeros((120, 2))}, scores) <= 1  # R², as scikit-learn's regressors
+    with pytest.raises(IMERError, match="labels"):
+        model.score(ds.features)
+    assert len(repr(load_dataset("synthetic"))) < 200 and "os" not in dir(imer) and {"fit", "train", "Dataset", "Model"} <= set(dir(imer))

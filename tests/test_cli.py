@@ -92,3 +92,39 @@ def test_user_errors_have_no_traceback(tmp_path, capsys):
 def test_parser_defaults_leave_config_alone():
     args = build_parser().parse_args(["train", "--method", "early-fusion", "--dataset", "synthetic", "--out", "x"])
     assert args.missing_rate is None and args.epochs is None and args.set == []
+
+
+def test_every_model_command_takes_device(trained, tmp_path, capsys):
+    """--device on train, evaluate, predict and sweep: cpu runs; an unknown device or an absent GPU is one error line before any work."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "new.npz", x_text=rng.normal(size=(3, 32)), x_video=rng.normal(size=(3, 28)))
+    sweep = ["sweep", "--methods", "late-fusion", "--datasets", "synthetic", "--missing-rates", "0.2", "--seeds", "0", "--epochs", "1",
+             "--set", "data.options.num_groups=8", "--no-progress"]
+    commands = {
+        "train": ["train", "--method", "late-fusion", "--dataset", "synthetic", "--epochs", "1", "--set", "data.options.num_groups=8",
+                  "--no-progress", "--out"],
+        "evaluate": ["evaluate", "--model", str(trained), "--condition", "t", "--json"],
+        "predict": ["predict", "--model", str(trained), "--input", str(tmp_path / "new.npz"), "--out"],
+        "sweep": [*sweep, "--conditions", "--out"],
+    }
+    for name, argv in commands.items():
+        target = tmp_path / f"{name}-cpu{'.json' if name in ('evaluate', 'predict') else ''}"
+        assert main([*argv, str(target), "--device", "cpu"]) == 0, name
+        assert target.exists()
+        bad = [("tpu", "must be cpu, cuda, cuda:N, mps or auto")] + ([] if torch.cuda.is_available() else [("cuda", "no GPU is visible")])
+        for device, message in bad:
+            capsys.readouterr()
+            out = tmp_path / f"{name}-{device}"
+            assert main([*argv, str(out), "--device", device]) == 2, (name, device)
+            err = capsys.readouterr().err
+            assert err.startswith("imer: error:") and err.count("\n") == 1 and message in err, (name, err)
+            assert not out.exists()
+
+
+def test_table_titles_are_not_wrapped_to_the_table_width(trained, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(["evaluate", "--model", str(trained), "--all-conditions"]) == 0
+    out = capsys.readouterr().out
+    assert f"{trained}: fixed conditions (test split)\n" in out  # one line, however narrow the table below it

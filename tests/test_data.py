@@ -54,7 +54,7 @@ def test_mosi_order_follows_segments(mosi):
     assert len(ids) == first.sum() and len(set(mosi.order[first])) == first.sum()
 
 
-# ----------------------------------------------------------------------------- CMU-MOSI, MiniLM + openSMILE
+# ----------------------------------------------------------------------------- CMU-MOSI, MiniLM + COVAREP
 @pytest.fixture(scope="module")
 def minilm(data_dir):
     return load_dataset("cmu-mosi-minilm", data_dir)

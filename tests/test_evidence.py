@@ -221,10 +221,17 @@ def test_evidence_specs_are_complete_and_valid(path, monkeypatch):
 def test_plan_prints_cells_and_runs_nothing(tmp_path, capsys):
     spec = write_spec(tmp_path / "s.toml", SEARCH)
     out = tmp_path / "sweep"
-    assert main(["sweep", str(spec), "--plan", "--out", str(out)]) == 0
+    assert main(["sweep", str(spec), "--plan", "--no-timing", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| search | synthetic | ef | 3 | 3 | 2 |" in text and "| grid | synthetic | ef-nodrop | 2 | 2 | 2 |" in text
-    assert "12 cells (6 search trials), 12 to do" in text and "no estimate for synthetic/ef, synthetic/lf, synthetic/ef-nodrop" in text and not (out / "runs").exists()
+    assert "12 cells (6 search trials), 12 to do" in text and "no estimate for synthetic/ef, synthetic/lf, synthetic/ef-nodrop" in text
+    assert "estimated ? CPU hours" in text and not out.exists()
+    assert main(["sweep", str(spec), "--plan", "--out", str(out)]) == 0  # without finished runs: one epoch of each variant timed now
+    text = capsys.readouterr().out
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| search") or line.startswith("| grid")]
+    assert len(rows) == 5 and all(row[-1] == "one epoch timed now |" and float(row[6]) > 0 for row in rows)
+    hours = float(re.search(r"estimated (\S+) CPU hours", text).group(1))
+    assert 0 < hours < 0.1 and "no estimate" not in text and not out.exists()
 
 
 def test_selection_table_numbers_by_hand(tmp_path):

@@ -232,6 +232,48 @@ def test_list_filters_methods_and_spec_variants(capsys):
     assert "early-fusion" in out and "promise" not in out
 
 
+def test_list_spec_file_shows_variants_with_their_resolved_epochs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["list", str(ROOT / "experiments/rehearsal.toml")]) == 0  # `imer list SPEC` = `imer list --spec SPEC`
+    out = capsys.readouterr().out
+    assert "│ early-fusion │ early-fusion │" in out and out.count("10 (spec)") == 2 and "seeds 0, 1" in out
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\ndatasets = ["synthetic"]\nmissing_rates = [0.4]\nseeds = [0]\nset = { "hidden" = 8 }\n'
+                    '[variants.mmin]\nmethod = "mmin"\n[variants.mmin-short]\nbase = "mmin"\nepochs = 6\nset = { "pretrain_epochs" = 2 }\n')
+    assert main(["list", "--spec", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "80 (mmin config)" in out and "6 (variant)" in out and "every variant: set hidden=8" in out
+
+
+def test_budget_scales_epochs_and_stages_is_recorded_and_refused_beside_full_runs(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(f'name = "s"\ndatasets = ["synthetic"]\nmissing_rates = [0.4]\nseeds = [0]\nepochs = 10\n'
+                    f'set = {{ {", ".join(f"{chr(34)}{k}{chr(34)} = {json.dumps(v)}" for k, v in TINY.items())} }}\n'
+                    '[variants.mmin]\nmethod = "mmin"\nset = { "pretrain_epochs" = 4 }\n')
+    assert main(["sweep", str(spec), "--budget", "0.5", "--no-progress", "--out", str(tmp_path / "try")]) == 0
+    run = tmp_path / "try/runs/synthetic/mmin/rate=0.4/seed=0"
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 5 and config["model"]["pretrain_epochs"] == 2 and config["train"]["budget"] == 0.5
+    assert len((run / "history.jsonl").read_text().splitlines()) == 5
+    assert main(["report", str(tmp_path / "try"), "--no-plots"]) == 0
+    page = (tmp_path / "try/report/report.md").read_text()
+    assert "Every run had 0.5 of its epoch budget" in page and f"imer sweep {spec} --budget 0.5 --out" in page
+    assert main(["sweep", str(spec), "--no-progress", "--out", str(tmp_path / "try")]) == 2  # a sweep folder keeps one budget
+    assert "other settings" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--no-progress", "--out", str(tmp_path / "full")]) == 0
+    (tmp_path / "full/runs/synthetic/mmin").rename(tmp_path / "try/runs/synthetic/mmin-full")
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "try"), "--no-plots"]) == 2
+    assert "0.5 and 1 of their epoch budget side by side" in capsys.readouterr().err
+    for bad in (["--budget", "0"], ["--budget", "1.5"]):
+        assert main(["sweep", str(spec), *bad, "--out", str(tmp_path / "x")]) == 2
+    assert "--budget: must be" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="set by imer sweep --budget only"):
+        from imer.config import build_run_config
+
+        build_run_config("mmin", "synthetic", overrides=["train.budget=0.5"])
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.toml")), ids=lambda p: p.name)
 def test_committed_specs_load(path):
     kwargs, meta = load_spec(path)

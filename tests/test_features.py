@@ -358,6 +358,17 @@ def test_cmu_mosi_minilm_model_predicts_from_text_alone(data_dir, tmp_path, caps
     assert "audio: missing (cannot be made from raw input: audio features copied from the bc-LSTM release" in out and "  score: " in out
     row = json.loads((tmp_path / "p.json").read_text())[0]
     assert row["used"] == ["text"] and "audio" in row["missing"] and np.isfinite(row["score"])
+    (tmp_path / "sentences.txt").write_text("it was really good\n\nI hated every minute of it\nan ordinary film\n")
+    assert main(["predict", "--model", str(run), "--text-file", str(tmp_path / "sentences.txt"), "--out", str(tmp_path / "many.json")]) == 0
+    out = capsys.readouterr().out
+    assert "3 predictions from text" in out and "2: I hated every minute of it" in out
+    many = json.loads((tmp_path / "many.json").read_text())
+    assert len(many) == 3 and many[0]["score"] == pytest.approx(row["score"], abs=1e-5)  # one batch gives what one call gives
+    assert all(-3 <= r["score"] <= 3 for r in many)
+    for argv, message in ((["--text", "x", "--text-file", str(tmp_path / "sentences.txt")], "not both"),
+                          (["--text-file", str(tmp_path / "p.json"), "--audio", str(tmp_path / "p.json")], "cannot be made from raw input")):
+        assert main(["predict", "--model", str(run), *argv]) == 2
+        assert message in capsys.readouterr().err
     synthetic_speech(tmp_path / "clip.wav", 1.0, 150.0, 0)
     assert main(["predict", "--model", str(run), "--text", "good", "--audio", str(tmp_path / "clip.wav")]) == 2
     err = capsys.readouterr().err

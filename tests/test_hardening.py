@@ -45,8 +45,9 @@ def test_every_json_file_imer_writes_is_strict(tmp_path, capsys):
     strict(capsys.readouterr().out)
     from imer.experiments.sweep import SweepSpec, run_sweep
 
-    with pytest.warns(UserWarning):  # a cell that fails records failures.jsonl and error.json
-        run_sweep(SweepSpec(["no-such-method"], ["synthetic"], [0.1], [0], epochs=1), tmp_path / "failing", progress=False)
+    # a cell that fails records failures.jsonl and error.json
+    run_sweep(SweepSpec(["late-fusion", "early-fusion"], ["synthetic"], [0.1], [0], epochs=1, overrides=["early-fusion:no_such_option=3"]),
+              tmp_path / "failing", progress=False)
     files = json_files(tmp_path)
     names = {p.name for p in files}
     assert {"metrics.json", "history.jsonl", "config.json", "run_spec.json", "environment.json", "sweep.json", "report.json",
@@ -257,7 +258,7 @@ def test_progress_is_one_plain_line_per_epoch_when_not_a_terminal(tmp_path, caps
     assert main(["train", "--method", "early-fusion", "--dataset", "synthetic", "--epochs", "3", "--set", "hidden=8", "--out", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err
-    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("epoch ")] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert [line.split(":")[0] for line in err.splitlines() if line.startswith("epoch ")] == ["epoch 0 (1 of 3)", "epoch 1 (2 of 3)", "epoch 2 (3 of 3)"]
 
 
 # ----------------------------------------------------------------------------- one place for model defaults

@@ -74,7 +74,17 @@ def test_regression_matches_references(seed):
 
 
 def test_constant_prediction_has_zero_corr_not_nan():
+    """Why Pearson stays hand-written: scipy.stats.pearsonr gives NaN (and a warning) for a constant side."""
     assert regression_metrics(np.array([1.0, -1.0, 2.0]), np.zeros(3))["corr"] == 0.0
+
+
+def test_no_non_zero_label_gives_zero_acc2_not_an_error():
+    """Why the confusion matrix stays numpy: sklearn refuses empty input, and a split (or a modality's present
+    utterances) without a non-zero label leaves acc2 and F1 nothing to count."""
+    metrics = regression_metrics(np.zeros(3), np.array([0.5, -1.0, 2.0]))
+    assert metrics["acc2"] == 0.0 and metrics["f1"] == 0.0 and metrics["acc2_with_zero"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        confusion_matrix(np.zeros(0, dtype=int), np.zeros(0, dtype=int), labels=[0, 1])
 
 
 def test_modality_accuracy_counts_present_utterances_only():

@@ -165,3 +165,31 @@ def test_pattern_table_averages_each_availability_pattern_over_seeds(tmp_path):
     assert lines[2] == "| ds | a | 0.3 | 70.00 ± 10.00 (10) | 60.00 ± 10.00 (4) |"  # mean sizes 4.5 -> "4" (banker's rounding)
     assert lines[3] == "| ds | b | 0.3 | 90.00 ± 0.00 (10) | 40.00 ± 0.00 (4) |"
     assert pattern_table([RunRecord(tmp_path, "ds", "a", 0.3, 0, None, "regression", {}, 0.3)], {}) is None
+
+
+def _figure_of(monkeypatch, draw):
+    """The matplotlib figure a plot function draws (captured when it closes it)."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
+    draw()
+    return figures[0]
+
+
+def test_metric_vs_rate_plots_realised_fractions_bars_for_one_rate_and_the_dataset_caveat(tmp_path, monkeypatch):
+    from imer.reports.aggregate import Aggregate
+    from imer.reports.plots import plot_metric_vs_rate
+
+    def agg(variant, rate, realised, dataset="cmu-mosi"):
+        return Aggregate(dataset, variant, variant, rate, "regression", [0, 1], 2, {"acc2": (0.7, 0.01), "f1": (0.69, 0.02)},
+                         test_missing_fraction=realised)
+
+    figure = _figure_of(monkeypatch, lambda: plot_metric_vs_rate([agg(v, r, f) for v in ("ef", "lf") for r, f in ((0.1, 0.1), (0.7, 0.667))],
+                                                                 tmp_path / "a.png"))
+    assert list(figure.axes[0].get_xticks()) == pytest.approx([0.1, 0.667])  # where the masks really were, not 0.7
+    assert any("cmu-mosi: its text and video features come from extractors trained" in t.get_text() for t in figure.texts)
+    figure = _figure_of(monkeypatch, lambda: plot_metric_vs_rate([agg(v, 0.3, 0.3, "synthetic") for v in ("ef", "lf", "linear")], tmp_path / "b.png"))
+    ax = figure.axes[0]
+    assert len(ax.patches) == 3 and [t.get_text() for t in ax.get_xticklabels()] == ["ef", "lf", "linear"]  # one bar per variant
+    assert "realised on test: 0.300" in ax.get_xlabel() and not any("caveat" in t.get_text() or ":" in t.get_text() for t in figure.texts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -39,17 +40,45 @@ def test_grid_paths_and_parsing():
 
 
 def test_failures_are_recorded_and_the_rest_finishes(tmp_path):
-    s = spec(methods=["early-fusion", "no-such-method", "late-fusion"], seeds=[0], overrides=TINY + ["late-fusion:no_such_option=3"])
-    with pytest.warns(UserWarning, match="no-such-method"):
-        manifest = run_sweep(s, tmp_path, workers=1, progress=False)
+    s = spec(methods=["early-fusion", "late-fusion"], seeds=[0], overrides=TINY + ["late-fusion:no_such_option=3"])
+    manifest = run_sweep(s, tmp_path, workers=1, progress=False)
     status = {c["method"]: c["status"] for c in manifest["cells"]}
-    assert status == {"early-fusion": "done", "no-such-method": "failed", "late-fusion": "failed"}
+    assert status == {"early-fusion": "done", "late-fusion": "failed"}
     failures = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
-    assert {f["cell"]["method"] for f in failures} == {"no-such-method", "late-fusion"}
+    assert {f["cell"]["method"] for f in failures} == {"late-fusion"}
     assert all(f["user_error"] and "Traceback" in f["traceback"] for f in failures)
     error = json.loads((tmp_path / "runs/synthetic/late-fusion/rate=0.4/seed=0/error.json").read_text())
     assert "no_such_option" in error["error"]
     assert (tmp_path / "runs/synthetic/early-fusion/rate=0.4/seed=0/metrics.json").is_file()
+
+
+@pytest.mark.parametrize("problem", ["no data folder", "wrong data folder", "unknown method", "out is a file", "out is a run"])
+def test_sweep_checks_what_it_needs_before_the_first_cell(problem, tmp_path, monkeypatch, capsys):
+    """One `imer: error:` line, status 2, nothing written: not a failure per cell."""
+    monkeypatch.delenv("IMER_DATA", raising=False)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--methods", "early-fusion", "--datasets", "cmu-mosi-minilm", "--missing-rates", "0.3", "--seeds", "0,1", "--epochs", "1",
+            "--no-progress", "--out", str(out)]
+    expected = {"no data folder": "cmu-mosi-minilm: no data folder given", "wrong data folder": "data folder not found",
+                "unknown method": "unknown method 'no-such-method'", "out is a file": "is a file", "out is a run": "holds a single run"}[problem]
+    if problem == "wrong data folder":
+        argv += ["--data-dir", str(tmp_path / "nowhere")]
+    elif problem == "unknown method":
+        argv[2] = "early-fusion,no-such-method"
+        argv[4] = "synthetic"
+    elif problem == "out is a file":
+        argv[4] = "synthetic"
+        out.write_text("")
+    elif problem == "out is a run":
+        argv[4] = "synthetic"
+        assert main(["train", "--method", "early-fusion", "--dataset", "synthetic", "--epochs", "1", *sum((["--set", o] for o in TINY), []),
+                     "--no-progress", "--out", str(out)]) == 0
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imer: error:") and err.count("\n") == 1 and expected in err, err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_kill_midway_then_resume_repeats_nothing(tmp_path, monkeypatch):
@@ -127,3 +156,20 @@ def test_sweep_and_report_help(capsys):
         assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "--missing-rates" in text and "--workers" in text and "METHOD:KEY=VALUE" in text and "--format" in text
+
+
+def test_report_reproduce_line_names_the_data_folder_the_sweep_read(data_dir, tmp_path, monkeypatch, capsys):
+    """A sweep on $IMER_DATA records it; the report's "Reproduce" command then works without the environment variable."""
+    monkeypatch.setenv("IMER_DATA", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text('name = "s"\ndatasets = ["cmu-mosi-minilm"]\nmissing_rates = [0.3]\nseeds = [0]\nepochs = 1\n'
+                                     'methods = ["early-fusion"]\nset = { "hidden" = 8 }\n')
+    assert main(["sweep", "s.toml", "--no-progress", "--out", "sw"]) == 0
+    assert main(["report", "sw", "--no-plots"]) == 0
+    page = (tmp_path / "sw/report/report.md").read_text()
+    assert f"imer sweep s.toml --data-dir {data_dir.absolute()} --out sw\n" in page
+    monkeypatch.delenv("IMER_DATA")
+    (tmp_path / "sw/runs").rename(tmp_path / "old-runs")
+    command = re.search(r"^imer sweep .*$", page, flags=re.M).group(0).split()
+    assert main(command[1:] + ["--no-progress"]) == 0  # as printed, without IMER_DATA
+    assert (tmp_path / "sw/runs/cmu-mosi-minilm/early-fusion/rate=0.3/seed=0/metrics.json").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -194,3 +195,22 @@ def test_reloaded_run_predicts_in_the_stage_of_its_selected_epoch(tmp_path, monk
     seen.clear()
     load_run(tmp_path / "r")
     assert seen == [best]
+
+
+@pytest.mark.parametrize("method", ["early-fusion", "linear"])
+def test_console_history_and_metrics_number_epochs_alike(method, tmp_path, capsys):
+    """Epochs count from 0 in the console (non-terminal), history.jsonl and metrics.json; linear names each candidate it fits."""
+    from imer.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", method, "--dataset", "synthetic", "--epochs", "3", "--set", "data.options.num_groups=12",
+                 "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    console = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"^epoch (\d+) .*best epoch (\d+),", err, flags=re.M)]
+    history = [json.loads(line)["epoch"] for line in (run / "history.jsonl").read_text().splitlines()]
+    best = json.loads((run / "metrics.json").read_text())["selection"]["best_epoch"]
+    assert [e for e, _ in console] == history == list(range(len(history))) and console[-1][1] == best
+    if method == "linear":
+        assert "each regularisation candidate is one 'epoch'" in err and err.count("(candidate: ") == len(history)
+    else:
+        assert len(history) == 3 and "epoch 2 (3 of 3)" in err

@@ -55,6 +55,11 @@ _API = {
 __all__ = sorted(_API)
 
 
+def __dir__() -> list[str]:
+    """What ``dir(imer)`` shows: the API and the version, not the modules this file imports."""
+    return [*__all__, "__version__"]
+
+
 def __getattr__(name: str) -> Any:
     """Import API functions lazily, so ``import imer`` (and ``imer --help``) stays fast."""
     if name not in _API:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 THREADS_HELP = "torch CPU threads (default: the cores this process may use; more than that is slower and warns)"
+DEVICE_HELP = "where the model runs: cpu (default), cuda, cuda:N, mps, or auto (a GPU when one is visible)"
 
 
 def console() -> Console:
@@ -25,7 +26,8 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    grid = Table(title=escape(title))
+    print(title)  # above the table, not as its title: rich would wrap a title to the table's width
+    grid = Table()
     for j, c in enumerate(columns):
         numeric = all(isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in rows)
         grid.add_column(c, justify="right" if numeric else "left")

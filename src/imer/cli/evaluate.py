@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imer.cli.common import THREADS_HELP, metric_rows, table
+from imer.cli.common import DEVICE_HELP, THREADS_HELP, metric_rows, table
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -16,12 +16,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         check_output(args.json)  # before the work: never a run's own file
     if args.all_conditions:
-        result = evaluate_conditions(args.model, data_dir=args.data_dir, dataset=args.dataset)
+        result = evaluate_conditions(args.model, data_dir=args.data_dir, dataset=args.dataset, device=args.device)
         rows = [[name, *[float(m[k]) for k in result["average"]]] for name, m in result["conditions"].items()]
         rows.append(["average", *result["average"].values()])
         table(f"{args.model}: fixed conditions (test split)", ["condition", *result["average"]], rows)
     else:
-        result = evaluate_run(args.model, missing_rate=args.missing_rate, condition=args.condition, data_dir=args.data_dir, dataset=args.dataset)
+        result = evaluate_run(args.model, missing_rate=args.missing_rate, condition=args.condition, data_dir=args.data_dir, dataset=args.dataset,
+                              device=args.device)
         table(f"{args.model}: test under {result['protocol']} (missing fraction {result['missing_fraction']:.3f})", ["metric", "value"], metric_rows(result["test"]))
     if args.json:
         from imer.io import write_json
@@ -44,4 +45,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dataset", help="path of the run's custom .npz dataset, if it moved since training")
     e.add_argument("--json", help="also write the result to this JSON file")
     e.add_argument("--threads", type=int, help=THREADS_HELP)
+    e.add_argument("--device", default="cpu", help=DEVICE_HELP)
     e.set_defaults(func=cmd_evaluate)

@@ -45,6 +45,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             threads=args.threads,
             log_to=args.log_to,
         )
+    if args.budget is not None:
+        spec.budget = args.budget
+    spec.device = args.device
     spec.threads = resolve_threads(spec.threads, max(1, args.workers))
     validate_sweep(spec)  # every variant × dataset config is checked before the first cell starts
     if args.plan:
@@ -71,10 +74,10 @@ def _print_plan(spec: Any, args: argparse.Namespace) -> int:
     from imer.experiments.plan import plan_sweep
 
     sources = args.costs if args.costs else ([p for p in ("results",) if Path(p).is_dir()])
-    rows = plan_sweep(spec, args.out, sources)
+    rows = plan_sweep(spec, args.out, sources, timing=not args.no_timing)
 
     def hours(seconds: float | None) -> str:
-        return "?" if seconds is None else f"{seconds / 3600:.2f}"
+        return "?" if seconds is None else f"{seconds / 3600:.2f}" if seconds >= 360 else f"{seconds / 3600:.4f}"
 
     print(f"Plan of {args.spec or 'the grid'} into {args.out} (nothing is run):\n")
     print("| stage | dataset | variant | cells | to do | epochs | s / epoch | CPU h to do | cost from |\n|---|---|---|---:|---:|---:|---:|---:|---|")
@@ -83,14 +86,15 @@ def _print_plan(spec: Any, args: argparse.Namespace) -> int:
         print(f"| {r['stage']} | {r['dataset']} | {r['variant']} | {r['cells']} | {r['todo']} | {r['epochs']} | {per_epoch} | "
               f"{hours(r['seconds'])} | {r['source']} |")
     print()
-    known = sum(r["seconds"] for r in rows if r["seconds"] is not None)
+    known = sum(r["seconds"] for r in rows if r["seconds"] is not None) if any(r["seconds"] is not None for r in rows) else None
     unknown = list(dict.fromkeys(f"{r['dataset']}/{r['variant']}" for r in rows if r["seconds"] is None and r["todo"]))
     cells, todo = sum(r["cells"] for r in rows), sum(r["todo"] for r in rows)
     print(f"{cells} cells ({sum(r['cells'] for r in rows if r['stage'] == 'search')} search trials), {todo} to do; "
-          f"estimated {hours(known)} CPU hours for the cells with a known cost = {hours(known / max(1, args.workers))} hours with "
+          f"estimated {hours(known)} CPU hours for the cells with a known cost = "
+          f"{hours(None if known is None else known / max(1, args.workers))} hours with "
           f"--workers {max(1, args.workers)} "
           f"at {spec.threads} thread(s) each (median seconds per epoch of finished runs: wall time of the whole run, or training "
-          f"time only for runs older than wall_seconds)"
+          f"time only for runs older than wall_seconds; without finished runs, one epoch timed now plus its start-up per cell)"
           + (f"; no estimate for {', '.join(unknown)}" if unknown else ""))
     return 0
 
@@ -115,6 +119,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "  imer sweep ... --set hidden=64 --set late-fusion:dropout=0.5      # all methods / one method only\n"
         "  imer sweep ... --backend ray --address auto                       # cells as tasks on a Ray cluster\n"
         "  imer sweep experiments/evidence_minilm.toml --plan --out results/evidence_minilm   # what it would run and cost\n"
+        "  imer sweep experiments/rehearsal.toml --budget 0.1 --out sweeps/try     # a tenth of every budget: a quick trial\n"
         "then: imer report DIR",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -126,8 +131,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--folds", help="comma-separated test folds for fold-based datasets (IEMOCAP sessions 1..5); default: the dataset's first")
     sw.add_argument("--out", required=True, help="sweep directory (created; rerun with the same --out to resume)")
     sw.add_argument("--workers", type=int, default=1, help="cells run at once in worker processes (1 = in this process; default 1)")
+    sw.add_argument("--device", default="cpu",
+                    help="where every cell trains and evaluates: cpu (default), cuda, cuda:N, mps or auto; on one GPU, --workers N "
+                    "runs N cells side by side on it (see docs/benchmarks.md)")
     sw.add_argument("--threads", type=int, help="torch threads per worker (default: the cores available divided by --workers, at least 1)")
     sw.add_argument("--epochs", type=int, help="training epochs of every cell (default: each method's config)")
+    sw.add_argument("--budget", type=float, metavar="F",
+                    help="run every cell at this fraction (0 < F <= 1) of its epochs and whole-epoch stage lengths, e.g. 0.1 to try a spec "
+                    "in a tenth of the time; recorded in each run (train.budget), and the report refuses to mix it with full-budget runs")
     sw.add_argument("--data-dir", help="data folder (default: $IMER_DATA)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field for every cell, or for one method with METHOD:KEY=VALUE (repeatable)")
@@ -139,6 +150,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--plan", action="store_true", help="print the cells, their epoch budgets and an estimated cost, and run nothing")
     sw.add_argument("--search-only", action="store_true",
                     help="run the spec's [search] stage only and freeze search.json (commit it before splitting the grid over machines)")
+    sw.add_argument("--no-timing", action="store_true",
+                    help="with --plan: do not time one epoch of the variants without finished runs (their cost is then unknown)")
     sw.add_argument("--costs", action="append", default=[], metavar="DIR",
                     help="with --plan: folders of finished runs to estimate seconds per epoch from (default: ./results and --out)")
     sw.set_defaults(func=cmd_sweep)

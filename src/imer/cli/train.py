@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from imer.cli.common import THREADS_HELP, metric_rows, table
+from imer.cli.common import DEVICE_HELP, THREADS_HELP, metric_rows, table
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -54,7 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--method", required=True, help="registered method name (see `imer list`)")
     t.add_argument("--dataset", required=True, help="dataset name (see `imer list`) or path to a custom .npz")
-    t.add_argument("--data-dir", help="folder holding cmu-mosi-bclstm/ and gcnet-meta/ (default: $IMER_DATA)")
+    t.add_argument("--data-dir", help="data folder, holding e.g. cmu-mosi-minilm/, cmu-mosi-bclstm/ and gcnet-meta/ (default: $IMER_DATA)")
     t.add_argument("--missing-rate", type=float, help="fraction of (utterance, modality) entries dropped in training, each utterance keeps >= 1 (default 0)")
     t.add_argument("--test-missing-rate", type=float, help="missing rate of the fixed valid/test masks (default: same as --missing-rate)")
     t.add_argument("--test-condition", help="evaluate valid/test under one fixed subset instead, e.g. t, at, full")
@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--fold", type=int, help="test fold for fold-based datasets (IEMOCAP: session 1..5)")
     t.add_argument("--config", help="a TOML/JSON config file (sections: data, missing, train, model), or a packaged preset name such as 'published' (comp)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field, e.g. --set hidden=128 --set train.lr=1e-4 (repeatable)")
-    t.add_argument("--device", help="cpu (default), cuda, or auto")
+    t.add_argument("--device", help=DEVICE_HELP)
     t.add_argument("--threads", type=int, help=THREADS_HELP)
     t.add_argument("--out", required=True, help="run directory to write")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")

@@ -23,6 +23,7 @@ from imer.config.schema import SECTIONS, RunConfig
 from imer.config.validation import validate_data_config, validate_run_config
 from imer.data.registry import is_custom_path, needs_data_dir
 from imer.errors import ConfigError
+from imer.fields import flagged
 from imer.io import MAX_NESTING, check_nesting, resolved
 from imer.models.registry import get_model_class
 
@@ -203,9 +204,31 @@ def build_run_config(
     for assignment in overrides or []:
         apply_override(config, assignment)
     config.data.name = dataset if config.data.name in (None, "") else config.data.name
+    budget = (settings or {}).get("train.budget") or 1.0
+    if config.train.budget != budget:
+        raise ConfigError(f"train.budget: set by imer sweep --budget only (got {config.train.budget} from a config file or --set); "
+                          "it records the fraction of the budget a run was given")
+    if budget != 1.0:
+        scale_to_budget(config)
     resolve_paths(config)
     validate_run_config(config, check_data=not in_memory)
     return config
+
+
+def scale_to_budget(config: RunConfig) -> None:
+    """Cut ``train.epochs`` and every whole-epoch stage length (options declared ``stage=True``, >= 1) to ``train.budget`` of their value.
+
+    Each stays at least 1 epoch (0 stays 0); a stage given as a fraction of the
+    budget follows the scaled epochs by itself.
+    """
+    fraction = config.train.budget
+    config.train.epochs = max(1, round(config.train.epochs * fraction))
+    cls = get_model_class(config.method).config_class
+    defaults = dataclasses.asdict(cls())
+    for name in flagged(cls, "stage"):
+        value = config.model.get(name, defaults[name])
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1:
+            config.model[name] = max(1, round(value * fraction))
 
 
 _PATH_OPTION = ("_file", "_dir", "_path")

@@ -56,6 +56,8 @@ class TrainConfig:
     """Optimisation, model selection and run mechanics."""
 
     epochs: int = option(30, "epoch budget", range=AT_LEAST_1, resume_free=True)
+    budget: float = option(1.0, "fraction of the method's epochs and whole-epoch stage lengths this run was given (imer sweep --budget; "
+                           "recorded, set only by that flag)", range=Range(0, 1, low_open=True), run_local=True)
     batch_size: int = option(32, "batch size (utterances, or dialogues for context methods)", range=AT_LEAST_1)
     lr: float = option(1e-3, "learning rate", range=POSITIVE)
     weight_decay: float = option(0.0, "weight decay", range=NON_NEGATIVE)

@@ -3,7 +3,7 @@
 Knows nothing of models. Importing it registers every loader of every module here (:func:`registry.discover`).
 """
 
-from imer.data.registry import discover, list_datasets, load_dataset, register_dataset, resolve_data_dir
+from imer.data.registry import dataset_caveat, discover, list_datasets, load_dataset, register_dataset, resolve_data_dir
 
 discover()  # first: loaders register in module-name order, whatever the imports below pull in
 
@@ -25,6 +25,7 @@ from imer.data.scaling import Standardizer
 from imer.data.synthetic import make_synthetic
 
 __all__ = [
+    "dataset_caveat",
     "Batch",
     "FixedCondition",
     "MultimodalDataset",

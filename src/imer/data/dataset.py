@@ -190,6 +190,18 @@ class MultimodalDataset:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def __repr__(self) -> str:
+        """One line: name, size, task, modalities with widths, splits or folds (not the arrays)."""
+        task = f"{len(self.class_names or [])} classes" if self.task == "classification" else "regression"
+        parts = [f"{len(self)} utterances in {len(np.unique(self.group_ids))} groups", task,
+                 "modalities " + " ".join(f"{m}[{d}]" for m, d in self.dims.items())]
+        if self.split is not None:
+            names, counts = np.unique(self.split, return_counts=True)
+            parts.append("split " + " ".join(f"{n}={c}" for n, c in zip(names.tolist(), counts.tolist())))
+        if self.fold is not None:
+            parts.append(f"folds {', '.join(map(str, self.folds))}")
+        return f"Dataset({self.name!r}: {', '.join(parts)})"
+
     @property
     def modalities(self) -> list[str]:
         return list(self.features)

@@ -46,7 +46,9 @@ def _read_feature_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].astype(np.float32), table[:, -1].astype(np.int64)
 
 
-@register_dataset("cmu-mosi", needs_data_dir=True, description="CMU-MOSI, bc-LSTM features (a73/t100/v100), regression, release split 62/31 videos")
+@register_dataset("cmu-mosi", needs_data_dir=True, description="CMU-MOSI, bc-LSTM features (a73/t100/v100), regression, release split 62/31 videos",
+                  caveat="its text and video features come from extractors trained on its own training videos, so validation "
+                  "scores (and validation text ≈ 99 %) are inflated: the leakage probe flags both (docs/data.md)")
 def load_cmu_mosi(data_dir: Path) -> MultimodalDataset:
     """Load CMU-MOSI from ``data_dir/cmu-mosi-bclstm`` and ``data_dir/gcnet-meta``."""
     root = data_dir / "cmu-mosi-bclstm"

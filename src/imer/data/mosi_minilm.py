@@ -1,8 +1,8 @@
-"""CMU-MOSI with leak-free features: MiniLM sentence embeddings (text) + openSMILE (audio).
+"""CMU-MOSI with leak-free features: MiniLM sentence embeddings (text) + COVAREP (audio).
 
 Features come from ``cmu-mosi-minilm/features.npz`` (``ids``, ``text``
 [N, 384] L2-normalised all-MiniLM-L6-v2 embeddings of the transcripts,
-``audio`` [N, 73] openSMILE features), read without pickle. Labels (sentiment
+``audio`` [N, 73] COVAREP features of the bc-LSTM release: F0, VUV, NAQ, QOQ, H1H2, PSP, MDQ, peakSlope, Rd, Rd_conf, creak, MCEP, HMPDM, HMPDD), read without pickle. Labels (sentiment
 in [-3, 3]), the video of each utterance, its position and the standard split
 with its real validation part (52 / 10 / 31 videos) come from the GCNet label
 pickle, read with the restricted unpickler. Neither feature extractor was
@@ -42,7 +42,7 @@ def _read_meta(path: Path) -> tuple[Mapping, Mapping, dict[str, str]]:
     return meta[0], meta[1], split_of
 
 
-@register_dataset("cmu-mosi-minilm", needs_data_dir=True, description="CMU-MOSI, leak-free MiniLM text 384 + openSMILE audio 73, regression, standard split 52/10/31 videos (primary benchmark)")
+@register_dataset("cmu-mosi-minilm", needs_data_dir=True, description="CMU-MOSI, leak-free MiniLM text 384 + COVAREP audio 73, regression, standard split 52/10/31 videos (primary benchmark)")
 def load_cmu_mosi_minilm(data_dir: Path) -> MultimodalDataset:
     """Load ``data_dir/cmu-mosi-minilm/features.npz`` joined with the labels and split of ``data_dir/gcnet-meta``."""
     feature_path = data_dir / FEATURES

@@ -24,10 +24,12 @@ from imer.errors import ConfigError, DataError
 Loader = Callable[..., MultimodalDataset]
 _LOADERS: dict[str, tuple[Loader, bool, str]] = {}
 _OPTIONS: dict[str, Callable[..., Any]] = {}
+_CAVEATS: dict[str, str] = {}
 
 
-def register_dataset(name: str, needs_data_dir: bool, description: str, options: Callable[..., Any] | None = None) -> Callable[[Loader], Loader]:
-    """Register ``loader(data_dir, **options)`` under ``name``.
+def register_dataset(name: str, needs_data_dir: bool, description: str, options: Callable[..., Any] | None = None,
+                     caveat: str = "") -> Callable[[Loader], Loader]:
+    """Register ``loader(data_dir, **options)`` under ``name``; ``caveat``: what every report on it must say (e.g. a known leak).
 
     The loader's keyword parameters are its options (``--set data.options.NAME=VALUE``),
     checked by name and annotated type before loading; a loader that takes
@@ -39,6 +41,8 @@ def register_dataset(name: str, needs_data_dir: bool, description: str, options:
             raise ValueError(f"dataset '{name}' registered twice")
         _LOADERS[name] = (loader, needs_data_dir, description)
         _OPTIONS[name] = options or loader
+        if caveat:
+            _CAVEATS[name] = caveat
         return loader
 
     return wrap
@@ -70,6 +74,11 @@ def dataset_options(name: str) -> dict[str, Any]:
     }
 
 
+def dataset_caveat(name: str) -> str:
+    """What reports on registered dataset ``name`` must say about it ("" for none, unknown names and files)."""
+    return _CAVEATS.get(name, "")
+
+
 def needs_data_dir(name: str) -> bool:
     """Whether registered dataset ``name`` reads from the data folder (False for unknown names and files)."""
     return name in _LOADERS and _LOADERS[name][1]
@@ -89,7 +98,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """The data root: ``data_dir`` or ``$IMER_DATA``; a clear error if neither is usable."""
     chosen = data_dir if data_dir not in (None, "") else os.environ.get("IMER_DATA")
     if not chosen:
-        raise DataError("no data folder given: pass --data-dir PATH or set IMER_DATA (a folder holding cmu-mosi-bclstm/ and gcnet-meta/)")
+        raise DataError("no data folder given: pass --data-dir PATH or set IMER_DATA (the folder that holds the dataset's folders, e.g. cmu-mosi-minilm/ and gcnet-meta/; see docs/data.md)")
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise DataError(f"{path}: data folder not found; pass --data-dir PATH (or set IMER_DATA) to where the data is")

@@ -17,7 +17,6 @@ average a seed's folds first.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,13 +72,12 @@ class Comparison:
 
 
 def sign_test(wins: int, losses: int) -> float:
-    """Exact two-sided sign test: P(a split at least as uneven as ``wins``:``losses``) under p = 1/2; ties are dropped."""
-    n = wins + losses
-    if n == 0:
+    """Exact two-sided sign test (``scipy.stats.binomtest``, p = 1/2): a split at least as uneven as ``wins``:``losses``; ties are dropped."""
+    if wins + losses == 0:
         return 1.0
-    k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    from scipy import stats
+
+    return float(stats.binomtest(wins, wins + losses, 0.5).pvalue)
 
 
 def paired_t_pvalue(diffs: list[float]) -> float | None:

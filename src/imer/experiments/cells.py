@@ -48,8 +48,8 @@ def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
                     cell.dataset,
                     config_file=variant.config,
                     overrides=spec.run_overrides(cell),
-                    settings={"seed": cell.seed, "data.data_dir": spec.data_dir, "data.fold": cell.fold, "missing.rate": cell.rate,
-                              "train.epochs": variant.epochs or spec.epochs, "train.threads": spec.threads, "train.progress": False},
+                    settings={**spec.build_settings(variant), "seed": cell.seed, "data.fold": cell.fold, "missing.rate": cell.rate,
+                              "train.progress": False},
                 )
                 if spec.log_to:
                     config.train.log_to = spec.log_to
@@ -57,7 +57,7 @@ def run_cell(spec: SweepSpec, cell: Cell, out: str | Path) -> dict[str, Any]:
                 record["resumed"] = resumed
                 train(config, run_dir, resume=resumed, variant=cell.variant if cell.trial is None else f"{cell.variant}@trial{cell.trial}")
             if spec.conditions and cell.trial is None and not folder.has("conditions.json"):
-                folder.write("conditions.json", evaluate_conditions(run_dir, data_dir=spec.data_dir))
+                folder.write("conditions.json", evaluate_conditions(run_dir, data_dir=spec.data_dir, device=spec.device))
             folder.remove("error.json")
             record["status"] = "ok"
         except Exception as exc:  # a failing cell is data for the report, not a reason to stop

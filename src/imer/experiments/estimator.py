@@ -108,6 +108,31 @@ class Model:
         names = [k for k in rows[0] if k.startswith("p_")] if rows else []
         return np.array([[r[k] for k in names] for r in rows])
 
+    def score(self, features: dict[str, np.ndarray] | MultimodalDataset, labels: np.ndarray | None = None,
+              available: np.ndarray | None = None, group_ids: np.ndarray | None = None) -> float:
+        """scikit-learn's ``score``: accuracy (classification) or R² (regression) of the predictions against ``labels``.
+
+        ``features`` as for :meth:`predict`; a dataset brings its own labels
+        (all its rows). Class labels may
+        be the class names or their indices.
+        """
+        from sklearn.metrics import accuracy_score, r2_score
+
+        if isinstance(features, MultimodalDataset):
+            labels = features.labels if labels is None else labels
+        if labels is None:
+            raise IMERError("score: give the labels of the rows (or a dataset, which holds them)")
+        predicted = self.predict(features, available, group_ids)
+        labels = np.asarray(labels)
+        if len(labels) != len(predicted):
+            raise IMERError(f"score: {len(labels)} labels for {len(predicted)} rows")
+        if self.task == "regression":
+            return float(r2_score(labels.astype(float), predicted.astype(float)))
+        names = self._loaded.class_names
+        if np.issubdtype(labels.dtype, np.integer) and names is not None:
+            labels = np.asarray(names)[labels]
+        return float(accuracy_score(labels.astype(str), predicted.astype(str)))
+
     def evaluate(self, dataset: MultimodalDataset | None = None, missing_rate: float | None = None, condition: str | None = None) -> dict[str, Any]:
         """Test metrics under a missing rate or a fixed condition (in-memory runs need their ``dataset``)."""
         return evaluate_run(self.run_dir, missing_rate=missing_rate, condition=condition, loaded=self._loaded, dataset=dataset)
@@ -123,7 +148,7 @@ class Model:
         return path
 
     def __repr__(self) -> str:
-        return f"Model(method={self.method!r}, run_dir={str(self.run_dir)!r})"
+        return f"Model(method={self.method!r}, task={self.task!r}, modalities={self.modalities}, run_dir={str(self.run_dir)!r})"
 
 
 def _positions(groups: np.ndarray) -> np.ndarray:

@@ -73,6 +73,8 @@ class SweepSpec:
     conditions: bool = False
     threads: int = 1
     log_to: str | None = None
+    budget: float = 1.0  # fraction of every variant's epochs and whole-epoch stage lengths (imer sweep --budget)
+    device: str = "cpu"  # where every cell trains and evaluates (imer sweep --device); not a setting that changes numbers
     experiment: ExperimentFile | None = None
     search: SearchSpec | None = None
     chosen: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # frozen search winners: dataset id -> variant -> overrides
@@ -146,7 +148,12 @@ class SweepSpec:
 
     def settings(self) -> dict[str, Any]:
         """What must agree between runs of one sweep directory for its numbers to be comparable."""
-        return {"epochs": self.epochs, "overrides": list(self.overrides)}
+        return {"epochs": self.epochs, "overrides": list(self.overrides), **({"budget": self.budget} if self.budget != 1.0 else {})}
+
+    def build_settings(self, variant: Variant) -> dict[str, Any]:
+        """The ``build_run_config`` settings every cell of ``variant`` shares: data folder, epochs, budget, threads, device."""
+        return {"data.data_dir": self.data_dir, "train.epochs": variant.epochs or self.epochs,
+                "train.budget": self.budget if self.budget != 1.0 else None, "train.threads": self.threads, "train.device": self.device}
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from imer.data import MultimodalDataset, SplitBatcher, all_conditions, load_dataset, missing_fraction
 from imer.errors import DataError, IMERError
@@ -34,6 +33,7 @@ def evaluate_run(
     data_dir: str | None = None,
     loaded: LoadedRun | None = None,
     dataset: str | Path | MultimodalDataset | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Test-split metrics of a trained run under a missing rate or a fixed condition.
 
@@ -43,8 +43,9 @@ def evaluate_run(
     moved since training; it must have the run's modalities and widths. A run
     trained on an in-memory dataset needs that dataset again (``dataset``, the
     object or a saved ``.npz``); its fingerprint in ``run_spec.json`` is checked.
+    ``device``: where the model runs (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``).
     """
-    loaded = loaded or load_run(run_dir)
+    loaded = loaded or load_run(run_dir, device)
     config = loaded.config
     if data_dir:
         config.data.data_dir = str(Path(data_dir).expanduser().resolve())
@@ -59,7 +60,7 @@ def evaluate_run(
         )
     protocol = evaluation_protocol(config, data.dataset.modalities, missing_rate, condition)
     mask = split_mask(config, data, "test", protocol)
-    acc = predict_split(loaded.model, EvalSet(data.batchers["test"], mask), config.train.batch_size, torch.device("cpu"))
+    acc = predict_split(loaded.model, EvalSet(data.batchers["test"], mask), config.train.batch_size, loaded.device)
     return {"protocol": protocol.name, "missing_fraction": missing_fraction(mask), "test": acc.compute()}
 
 
@@ -82,9 +83,10 @@ def _checked_dataset(run_dir: Path, dataset: str | Path | MultimodalDataset | No
     return dataset
 
 
-def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None, dataset: str | Path | MultimodalDataset | None = None) -> dict[str, Any]:
-    """Metrics under every fixed condition ({a}, {t}, ..., full) and their average."""
-    loaded = load_run(run_dir)
+def evaluate_conditions(run_dir: str | Path, data_dir: str | None = None, dataset: str | Path | MultimodalDataset | None = None,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Metrics under every fixed condition ({a}, {t}, ..., full) and their average (the model on ``device``)."""
+    loaded = load_run(run_dir, device)
     modalities = list(loaded.spec.modalities)
     results = {c.label: evaluate_run(run_dir, condition=c.label, data_dir=data_dir, loaded=loaded, dataset=dataset)["test"]
                for c in all_conditions(modalities)}
@@ -276,7 +278,7 @@ def check_prediction_input(data: dict[str, Any], path: str, modalities: list[str
     }
 
 
-def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | None = None) -> list[dict[str, Any]]:
+def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | None = None, device: str = "cpu") -> list[dict[str, Any]]:
     """Predict new utterances with a trained run.
 
     Input ``.npz``: ``x_<modality>`` ``[N, d_m]`` float arrays (a modality may
@@ -287,11 +289,11 @@ def predict(run_dir: str | Path, input_path: str | Path, out_path: str | Path | 
     dialogue). A ``.csv`` table works too (see :func:`read_prediction_table`).
     Output (``.csv`` or ``.json``, by extension): one row per
     utterance with the predicted class and class probabilities, or the score,
-    then ``has_<modality>`` (1 where that modality was used for the row).
+    then ``has_<modality>`` (1 where that modality was used for the row). The model runs on ``device``.
     """
     if out_path is not None:
         check_output(out_path)
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, device)
     rows = predict_given(loaded, read_prediction_input(input_path, list(loaded.spec.modalities), loaded.spec.dim_of))
     if out_path is not None:
         write_predictions(out_path, rows)
@@ -312,7 +314,7 @@ def predict_given(loaded: LoadedRun, given: dict[str, Any]) -> list[dict[str, An
         given["order"] if context else None,
         given["speakers"] if context else None,
     )
-    acc = predict_split(loaded.model, EvalSet(batcher, given["available"]), loaded.config.train.batch_size, torch.device("cpu"))
+    acc = predict_split(loaded.model, EvalSet(batcher, given["available"]), loaded.config.train.batch_size, loaded.device)
     index, _, preds, available = acc.ordered()
     rows = prediction_rows(spec.task, preds, given["utterance_ids"][index], list(spec.modalities), available, loaded.class_names)
     if loaded.label_range is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,24 @@ def dataset_fingerprint(dataset: MultimodalDataset) -> str:
     return digest.hexdigest()[:16]
 
 
+def resolve_device(name: str, where: str = "train.device") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (a GPU when one is visible) as a torch device; a GPU asked for and absent is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"{where}: must be cpu, cuda, cuda:N, mps or auto, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"{where}: {name} asked for, but no GPU is visible; use --device cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"{where}: {name} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{where}: mps asked for, but this machine has no Apple GPU; use --device cpu")
+    return torch.device(name)
+
+
 @dataclass
 class LoadedRun:
-    """A trained run, ready to evaluate or predict."""
+    """A trained run, ready to evaluate or predict (its model on ``device``)."""
 
     config: RunConfig
     model: IMERModel
@@ -40,14 +56,16 @@ class LoadedRun:
     spec: DataSpec
     class_names: list[str] | None
     label_range: tuple[float, float] | None = None  # regression: the training labels' [min, max], predictions are clipped to it
+    device: torch.device = torch.device("cpu")
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """Rebuild a trained model from its run directory (safetensors weights, JSON config).
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """Rebuild a trained model from its run directory (safetensors weights, JSON config), on ``device`` (see :func:`resolve_device`).
 
     Every file is checked before use: a missing, truncated, crafted or
     mismatched file raises :class:`DataError` naming it.
     """
+    target = resolve_device(device, "--device")
     folder = RunFolder(run_dir)
     folder.check_finished()
     raw = folder.read_config()
@@ -62,8 +80,9 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     model = create_model(config.method, spec, config.model)
     _load_matching_weights(model, folder)
     model.on_epoch_start(folder.best_epoch())
-    model.eval()
-    return LoadedRun(config, model, folder.load_scaler(spec), spec, class_names, folder.label_range() if spec.task == "regression" else None)
+    model.to(target).eval()
+    return LoadedRun(config, model, folder.load_scaler(spec), spec, class_names,
+                     folder.label_range() if spec.task == "regression" else None, target)
 
 
 def _load_matching_weights(model: IMERModel, folder: RunFolder) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import numpy as np
 from imer.config import build_run_config
 from imer.errors import IMERError
 from imer.experiments.grid import Cell, SweepSpec
+from imer.experiments.run import train
 from imer.experiments.search import read_search
 from imer.experiments.spec import overrides_for
 from imer.experiments.sweep import cell_status
@@ -40,15 +44,27 @@ def _observed_costs(sources: list[Path]) -> dict[tuple[str, str], list[float]]:
     return costs
 
 
-def plan_sweep(spec: SweepSpec, out: str | Path, sources: list[str | Path] = ()) -> list[dict[str, Any]]:
+def _timed_cost(config: Any) -> tuple[float, float]:
+    """Start-up seconds and seconds per epoch of ``config``, from a one-epoch run in a temporary folder (deleted afterwards)."""
+    short = replace(config, train=replace(config.train, epochs=1, progress=False, log_to=None))
+    with tempfile.TemporaryDirectory(prefix="imer-plan-") as folder:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a one-epoch run's warnings (e.g. no better than a constant) say nothing about the sweep
+            metrics = train(short, Path(folder) / "run")
+    per_epoch = float(metrics["seconds_per_epoch"])
+    return max(float(metrics["wall_seconds"]) - per_epoch, 0.0), per_epoch
+
+
+def plan_sweep(spec: SweepSpec, out: str | Path, sources: list[str | Path] = (), timing: bool = False) -> list[dict[str, Any]]:
     """What ``run_sweep`` would run, without running it: one row per stage × dataset × variant.
 
     Each row: cells, cells still to do, the resolved epoch budget (search rows:
     of the first trial), and an estimate of the CPU seconds still needed: the
     median wall seconds per epoch of finished runs of the same variant (in
     ``out``), else of the same method and dataset (in ``out`` and ``sources``,
-    e.g. ``results/``), times the epochs of the cells to do. ``None`` when no run
-    of that method on that dataset was found.
+    e.g. ``results/``), times the epochs of the cells to do. Without such runs,
+    ``timing`` times one epoch of the variant now (start-up counted once per
+    cell); otherwise the estimate is ``None``.
     """
     out = Path(out)
     own = _observed_costs([out])
@@ -59,12 +75,13 @@ def plan_sweep(spec: SweepSpec, out: str | Path, sources: list[str | Path] = ())
     for cell in spec.search_cells() + spec.cells():
         groups.setdefault(("search" if cell.trial is not None else "grid", cell.dataset, cell.variant), []).append(cell)
     rows = []
+    timed: dict[tuple[str, str], tuple[float, float]] = {}
     for (stage, dataset, name), cells in groups.items():
         variant = spec.variant(name)
         first = cells[0]
         overrides = spec.run_overrides(first) if not spec.waiting(first) else overrides_for(variant.method, spec.overrides) + list(variant.overrides)
         config = build_run_config(variant.method, dataset, config_file=variant.config, overrides=overrides,
-                                  settings={"data.data_dir": spec.data_dir, "train.epochs": variant.epochs or spec.epochs, "train.threads": spec.threads})
+                                  settings=spec.build_settings(variant))
         states = [cell_status(spec, out, c) for c in cells]
         todo = sum(s not in ("done", "frozen") for s in states)
         label = first.dataset_id or dataset
@@ -72,7 +89,13 @@ def plan_sweep(spec: SweepSpec, out: str | Path, sources: list[str | Path] = ())
         if not observed:
             observed, source = other.get((label, f"method:{variant.method}")), f"{variant.method} runs"
         per_epoch = float(np.median(observed)) if observed else None
+        seconds = None if per_epoch is None else per_epoch * config.train.epochs * todo
+        if per_epoch is None and timing and todo:
+            if (label, name) not in timed:
+                timed[(label, name)] = _timed_cost(config)
+            startup, per_epoch = timed[(label, name)]
+            seconds, source = (startup + per_epoch * config.train.epochs) * todo, "one epoch timed now"
         rows.append({"stage": stage, "dataset": label, "variant": name, "method": variant.method, "cells": len(cells), "todo": todo,
-                     "epochs": config.train.epochs, "seconds_per_epoch": per_epoch, "source": source if observed else "no finished run found",
-                     "seconds": None if per_epoch is None else per_epoch * config.train.epochs * todo})
+                     "epochs": config.train.epochs, "seconds_per_epoch": per_epoch,
+                     "source": source if per_epoch is not None else "no finished run found", "seconds": seconds})
     return rows

@@ -1,4 +1,4 @@
-"""Predict one utterance from raw input (a transcript, an audio file, an OpenFace CSV).
+"""Predict utterances from raw input (transcripts, audio files, OpenFace CSVs).
 
 The run's ``features.json`` says which extractor made each modality; the same
 extractor makes the new utterance's features. A modality not given is
@@ -17,7 +17,7 @@ import numpy as np
 from imer.errors import DataError
 from imer.experiments.inference import predict_given
 from imer.experiments.loading import load_run
-from imer.features import extract_one, read_manifest, why_not_reproducible
+from imer.features import extract_many, read_manifest, why_not_reproducible
 from imer.runfolder import RunFolder
 from imer.runfolder.folder import check_output
 from imer.runfolder.predictions import write_predictions
@@ -33,19 +33,21 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
     return read_manifest(folder.file("features.json"))
 
 
-def predict_raw(run_dir: str | Path, raw: dict[str, str | None], out_path: str | Path | None = None) -> dict[str, Any]:
-    """Predict one utterance from ``raw`` (modality -> transcript or file path; ``None`` = not given).
+def predict_raw(run_dir: str | Path, raw: dict[str, list[str] | None], out_path: str | Path | None = None,
+                device: str = "cpu") -> list[dict[str, Any]]:
+    """Predict utterances from ``raw`` (modality -> transcripts or file paths, one per utterance; ``None`` = not given).
 
-    Returns the prediction row plus ``used`` (modalities extracted) and
-    ``missing`` (modality -> why it is missing).
+    Every given modality lists the same utterances in the same order. Returns
+    one prediction row per utterance, each with ``used`` (modalities extracted)
+    and ``missing`` (modality -> why it is missing). The model runs on ``device``.
     """
     run_dir = Path(run_dir)
     if out_path is not None:
         check_output(out_path)
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, device)
     manifest = _manifest(run_dir)
     modalities = list(loaded.spec.modalities)
-    given = {m: v for m, v in raw.items() if v is not None}
+    given = {m: list(v) for m, v in raw.items() if v is not None}
     unknown = [m for m in given if m not in modalities]
     if unknown:
         raise DataError(f"{FLAGS.get(unknown[0], unknown[0])}: this model has no {unknown[0]} modality (it uses {', '.join(modalities)})")
@@ -59,25 +61,32 @@ def predict_raw(run_dir: str | Path, raw: dict[str, str | None], out_path: str |
         if not extractable:
             raise DataError(f"{run_dir}: none of this model's modalities can be made from raw input; use --input FILE.npz")
         raise DataError(f"give at least one of {', '.join(FLAGS[m] for m in extractable)} (this model predicts from any subset)")
+    sizes = {m: len(v) for m, v in given.items()}
+    n = max(sizes.values())
+    if min(sizes.values()) == 0 or len(set(sizes.values())) > 1:
+        raise DataError("raw input: give the same number of utterances for every modality, at least one ("
+                        + ", ".join(f"{FLAGS[m]}: {k}" for m, k in sizes.items()) + ")")
     features: dict[str, np.ndarray] = {}
-    available = np.zeros((1, len(modalities)), dtype=bool)
+    available = np.zeros((n, len(modalities)), dtype=bool)
     missing: dict[str, str] = {}
     for j, m in enumerate(modalities):
         dim = loaded.spec.dim_of[m]
         if m in given:
-            vector = extract_one(manifest["modalities"][m], m, str(given[m]))
-            if vector.shape[0] != dim:
-                raise DataError(f"{FLAGS[m]}: extracted {vector.shape[0]} {m} values, the model was trained on {dim}")
-            features[m] = vector[None, :]
-            available[0, j] = True
+            vectors = extract_many(manifest["modalities"][m], m, [str(v) for v in given[m]])
+            if vectors.shape[1] != dim:
+                raise DataError(f"{FLAGS[m]}: extracted {vectors.shape[1]} {m} values, the model was trained on {dim}")
+            features[m] = vectors
+            available[:, j] = True
         else:
-            features[m] = np.zeros((1, dim), dtype=np.float32)
+            features[m] = np.zeros((n, dim), dtype=np.float32)
             missing[m] = "not given" if blocked[m] is None else f"cannot be made from raw input: {blocked[m]}"
-    rows = predict_given(loaded, {"features": features, "available": available, "utterance_ids": np.array(["input"]),
-                                  "group_ids": None, "order": None, "speakers": None})
-    row = {**rows[0], "used": [m for m in modalities if m in given], "missing": missing}
+    ids = np.array(["input"] if n == 1 else [f"input{k + 1}" for k in range(n)])
+    predicted = predict_given(loaded, {"features": features, "available": available, "utterance_ids": ids,
+                                       "group_ids": None, "order": None, "speakers": None})
+    by_id = {r["utterance_id"]: r for r in predicted}
+    rows = [{**by_id[i], "used": [m for m in modalities if m in given], "missing": missing} for i in ids]
     if out_path is not None:
-        flat = {**{k: v for k, v in row.items() if k not in ("used", "missing")}, "used": " ".join(row["used"]),
-                "missing": "; ".join(f"{m}: {why}" for m, why in missing.items())}
-        write_predictions(Path(out_path), [row] if Path(out_path).suffix == ".json" else [flat])
-    return row
+        flat = [{**{k: v for k, v in row.items() if k not in ("used", "missing")}, "used": " ".join(row["used"]),
+                 "missing": "; ".join(f"{m}: {why}" for m, why in missing.items())} for row in rows]
+        write_predictions(Path(out_path), rows if Path(out_path).suffix == ".json" else flat)
+    return rows

@@ -12,7 +12,7 @@ import copy
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from imer.data import (
 from imer.errors import ConfigError, DataError, IMERError
 from imer.evaluation.metrics import METRICS, MetricAccumulator, headline_metrics, is_better, task_metrics
 from imer.experiments.environment import environment_info, feature_manifest, peak_memory_mb
-from imer.experiments.loading import dataset_fingerprint
+from imer.experiments.loading import dataset_fingerprint, resolve_device
 from imer.models import DataSpec, IMERModel, create_model, get_model_class
 from imer.runfolder import RunFolder
 from imer.runfolder.folder import locked
@@ -104,14 +104,6 @@ def split_mask(config: RunConfig, data: PreparedData, split: str, protocol: Rand
     return fixed_mask(protocol, data.dataset.available[data.indices[split]], seed, purpose)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name} asked for, but no GPU is visible; use --device cpu")
-    return torch.device(name)
-
-
 def default_select_metric(task: str) -> str:
     return headline_metrics(task)[0]
 
@@ -124,6 +116,7 @@ def train(
     overwrite: bool = False,
     variant: str | None = None,
     hooks: list[Callable[[dict[str, Any]], None]] | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one run; writes the run directory and returns ``metrics.json``'s content.
 
@@ -136,7 +129,11 @@ def train(
     later evaluation can check it gets the same data. ``variant`` is the name
     the run is reported under (default: the method). ``hooks`` are called with
     every epoch's history record (see :mod:`imer.training.tracking`).
+    ``progress=False`` silences the per-epoch progress (``None``: as
+    ``config.train.progress`` says).
     """
+    if progress is not None:
+        config = replace(config, train=replace(config.train, progress=bool(progress)))
     caught: list[warnings.WarningMessage] = []
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -236,7 +233,7 @@ def _train(config: RunConfig, out: Path, resume: bool, dataset: MultimodalDatase
     """The steps of a run: check, prepare the folder and the data, build, record the inputs, fit, evaluate, record."""
     started = time.perf_counter()
     validate_run_config(config, check_data=dataset is None)
-    device = _device(config.train.device)  # before anything is written
+    device = resolve_device(config.train.device)  # before anything is written
     folder = RunFolder(out)
     folder.claim()
     with locked(out):
@@ -262,47 +259,55 @@ def _train_steps(config: RunConfig, folder: RunFolder, device: torch.device, sta
                       hooks=list(hooks or []) + tracking_hooks(config.train.log_to, out, config.to_dict(), variant or config.method))
     if not resume:
         folder.clear_history()
-    result = _fit(trainer, config, data, sets["valid"], sets["test"], resume)
-    valid_metrics, test_acc = _evaluate_best(folder, model, result, config, data, sets, trainer.device)
-    baseline = constant_baseline(data, select)
-    _warn_if_constant_wins(config, data, select, result.best_epoch, valid_metrics, baseline)
-    dataset_id = data.dataset.name if dataset is not None else dataset_label(config.data.name)
-    metrics = {
-        "method": config.method,
-        "variant": variant or config.method,
-        "config_hash": config_hash(config.to_dict(), dataset_id),
-        "dataset": data.dataset.name,
-        "dataset_id": dataset_id,
-        "seed": config.seed,
-        "fold": config.data.fold,
-        "task": data.spec.task,
-        "selection": {
-            "rule": config.train.selection,
-            "protocol": selection_protocol(config),
-            "metric": select,
-            "best_epoch": result.best_epoch,
-            "epochs": config.train.epochs,
-            "epochs_run": len(result.history),
-            "patience": config.train.patience,
-            "stopped_early": result.stopped_early,
-            "constant_baseline": {"valid": baseline[0], "prediction": baseline[1]},
-        },
-        "missing": {"train_rate": config.missing.rate, "test_protocol": eval_protocol.name},
-        "missing_fraction": {"train": result.train_missing_fraction, "valid": missing_fraction(sets["valid"].available),
-                             "test": missing_fraction(sets["test"].available)},
-        "valid": valid_metrics,
-        "test": test_acc.compute(),
-        "test_by_pattern": test_acc.by_pattern(),
-        "seconds_per_epoch": result.seconds_per_epoch,
-        "wall_seconds": time.perf_counter() - started,
-        "peak_rss_mb": peak_memory_mb(),
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        "warnings": sorted({" ".join(str(w.message).split()) for w in caught}),
-    }
-    if result.fit is not None:
-        metrics["fit"] = result.fit
-    folder.write("metrics.json", metrics)
-    return metrics
+    try:
+        result = _fit(trainer, config, data, sets["valid"], sets["test"], resume)
+        valid_metrics, test_acc = _evaluate_best(folder, model, result, config, data, sets, trainer.device)
+        baseline = constant_baseline(data, select)
+        _warn_if_constant_wins(config, data, select, result.best_epoch, valid_metrics, baseline)
+        dataset_id = data.dataset.name if dataset is not None else dataset_label(config.data.name)
+        metrics = {
+            "method": config.method,
+            "variant": variant or config.method,
+            "config_hash": config_hash(config.to_dict(), dataset_id),
+            "dataset": data.dataset.name,
+            "dataset_id": dataset_id,
+            "seed": config.seed,
+            "fold": config.data.fold,
+            "task": data.spec.task,
+            "selection": {
+                "rule": config.train.selection,
+                "protocol": selection_protocol(config),
+                "metric": select,
+                "best_epoch": result.best_epoch,
+                "epochs": config.train.epochs,
+                "epochs_run": len(result.history),
+                "patience": config.train.patience,
+                "stopped_early": result.stopped_early,
+                "constant_baseline": {"valid": baseline[0], "prediction": baseline[1]},
+            },
+            "missing": {"train_rate": config.missing.rate, "test_protocol": eval_protocol.name},
+            "missing_fraction": {"train": result.train_missing_fraction, "valid": missing_fraction(sets["valid"].available),
+                                 "test": missing_fraction(sets["test"].available)},
+            "valid": valid_metrics,
+            "test": test_acc.compute(),
+            "test_by_pattern": test_acc.by_pattern(),
+            "seconds_per_epoch": result.seconds_per_epoch,
+            "wall_seconds": time.perf_counter() - started,
+            "peak_rss_mb": peak_memory_mb(),
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "warnings": sorted({" ".join(str(w.message).split()) for w in caught}),
+        }
+        if result.fit is not None:
+            metrics["fit"] = result.fit
+        folder.write("metrics.json", metrics)
+        for hook in trainer.hooks:
+            if hasattr(hook, "finish"):
+                hook.finish(metrics)  # tracking sinks: hyper-parameters and final metrics
+        return metrics
+    finally:
+        for hook in trainer.hooks:  # tracking sinks are closed whatever happens
+            if hasattr(hook, "close"):
+                hook.close()
 
 
 def _record_inputs(folder: RunFolder, config: RunConfig, data: PreparedData, model: IMERModel, sets: dict[str, EvalSet], in_memory: bool) -> None:
@@ -332,19 +337,14 @@ def _record_inputs(folder: RunFolder, config: RunConfig, data: PreparedData, mod
 
 
 def _fit(trainer: Trainer, config: RunConfig, data: PreparedData, valid: EvalSet, test: EvalSet, resume: bool) -> FitResult:
-    """Train with fresh training masks every epoch (seeded by run seed and epoch); tracking hooks are closed in any case."""
+    """Train with fresh training masks every epoch (seeded by run seed and epoch)."""
     train_protocol = RandomMissing(config.missing.rate)
     train_available = data.dataset.available[data.indices["train"]]
 
     def train_mask(epoch: int) -> np.ndarray:
         return train_protocol.apply(train_available, np.random.default_rng(derive_seed("train-mask", config.seed, epoch)))
 
-    try:
-        return trainer.fit(data.batchers["train"], train_mask, valid, test, resume=resume)
-    finally:
-        for hook in trainer.hooks:
-            if hasattr(hook, "close"):
-                hook.close()
+    return trainer.fit(data.batchers["train"], train_mask, valid, test, resume=resume)
 
 
 def _evaluate_best(folder: RunFolder, model: IMERModel, result: FitResult, config: RunConfig, data: PreparedData,

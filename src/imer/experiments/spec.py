@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from imer.config.build import build_run_config
-from imer.config.schema import SEED, UNIT
+from imer.config.schema import SEED, UNIT, Range
 from imer.config.validation import check_range
 from imer.errors import ConfigError
 from imer.experiments.crossval import REFIT_OVERRIDES, fold_overrides
@@ -477,6 +477,10 @@ def validate_sweep(spec: Any) -> None:
         raise ConfigError(f"sweep: {len(spec.datasets)} datasets x {len(spec.variants)} variants x {len(spec.rates)} rates x "
                           f"{len(spec.seeds)} seeds x {len(spec.folds or [None])} folds = {cells} cells, more than {MAX_CELLS}; "
                           "split the grid over several sweeps")
+    check_range(spec.budget, Range(0, 1, low_open=True), "--budget")
+    if spec.budget != 1.0 and spec.search is not None and spec.search.protocol == "cv":
+        raise ConfigError("--budget: not with a cross-validated search ([search] protocol = \"cv\"): its refit takes its epochs "
+                          "from the search runs, which would shorten them twice")
     for rate in spec.rates + ([spec.search.rate] if spec.search is not None else []):
         check_range(rate, UNIT, "--missing-rates")
     for seed in spec.seeds:
@@ -489,8 +493,7 @@ def validate_sweep(spec: Any) -> None:
                 for trial in trials:
                     try:
                         build_run_config(variant.method, dataset, config_file=variant.config, overrides=base + list(trial),
-                                         settings={"data.data_dir": spec.data_dir, "data.fold": fold, "train.epochs": variant.epochs or spec.epochs,
-                                                   "train.threads": spec.threads})
+                                         settings={**spec.build_settings(variant), "data.fold": fold})
                     except ConfigError as exc:
                         name = variant.method if variant.name == variant.method else f"variant '{variant.name}' ({variant.method})"
                         where = f" (search trial {' '.join(trial)})" if trial else ""

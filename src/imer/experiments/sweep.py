@@ -27,18 +27,23 @@ optional ``ray`` backend, as Ray tasks on a local or remote Ray cluster.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from imer.errors import ConfigError, DataError, stop_on_sigterm
+from imer.config import build_run_config
+from imer.data import load_dataset
+from imer.data.registry import needs_data_dir
+from imer.errors import ConfigError, DataError, IMERError, stop_on_sigterm
 from imer.experiments.cells import execute_local, execute_ray
 from imer.experiments.grid import Cell, SweepSpec
+from imer.experiments.loading import resolve_device
 from imer.experiments.search import freeze_search, read_search
+from imer.experiments.spec import overrides_for
 from imer.models import list_models
 from imer.runfolder import RunFolder, sweepdir
 from imer.runfolder.folder import LOCK, locked
@@ -92,7 +97,9 @@ def check_sweep_dir(out: Path) -> None:
     if out.is_symlink():
         raise ConfigError(f"{out}: is a symbolic link; give the real folder as --out (imer does not follow links when writing)")
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+        raise ConfigError(f"--out {out}: is a file, not a sweep directory; choose another --out")
+    if (out / "metrics.json").exists() or (out / "run_spec.json").exists():
+        raise ConfigError(f"--out {out}: holds a single run, not a sweep; choose another --out")
     if out.is_dir() and not (out / sweepdir.MANIFEST).is_file():
         names = sorted(p.name for p in out.iterdir() if p.name != LOCK)
         if names:
@@ -101,16 +108,45 @@ def check_sweep_dir(out: Path) -> None:
                               "empty or absent folder or a sweep directory of its own, choose another --out")
 
 
-def _prepare(spec: SweepSpec, out: Path) -> list[Cell]:
-    """Check the grid and that ``out`` holds no sweep with other settings, load frozen search choices; the search cells."""
+def check_inputs(spec: SweepSpec, out: str | Path) -> None:
+    """What every cell needs, checked before anything is written: the grid, the methods, the device, ``out`` and each dataset's data.
+
+    Each dataset is loaded once (with the first variant's data options), so a
+    missing or wrong data folder ends the sweep in one error instead of
+    failing every cell on its own.
+    """
     if not spec.variants or not spec.datasets or not spec.rates or not spec.seeds:
         raise ConfigError("a sweep needs at least one method, dataset, missing rate and seed")
-    check_sweep_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_settings(spec, out)
     unknown = sorted({v.method for v in spec.variants} - set(list_models()))
     if unknown:
-        warnings.warn(f"unknown method(s) {unknown} (registered: {list_models()}); their cells will be recorded as failed", stacklevel=3)
+        raise ConfigError(f"unknown method {', '.join(repr(m) for m in unknown)}; registered: {', '.join(list_models())}")
+    resolve_device(spec.device, "--device")
+    out = Path(out)
+    check_sweep_dir(out)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"--out {out}: cannot write in {existing}")
+    _check_settings(spec, out)
+    variant = spec.variants[0]
+    for dataset in spec.datasets:
+        config = build_run_config(variant.method, dataset, config_file=variant.config,
+                                  overrides=overrides_for(variant.method, spec.overrides) + list(variant.overrides),
+                                  settings=spec.build_settings(variant))
+        try:
+            load_dataset(config.data.name, config.data.data_dir, **config.data.options)
+        except IMERError as exc:
+            raise DataError(f"{dataset}: {exc}") from None
+
+
+def _data_folder(spec: SweepSpec) -> str | None:
+    """The data folder the cells read, as an absolute path (``--data-dir``, else ``$IMER_DATA`` when a dataset needs one), for
+    ``sweep.json`` and so for the report's "Reproduce" command."""
+    chosen = spec.data_dir or (os.environ.get("IMER_DATA") if any(needs_data_dir(d) for d in spec.datasets) else None)
+    return str(Path(chosen).expanduser().absolute()) if chosen else None
+
+
+def _prepare(spec: SweepSpec, out: Path) -> list[Cell]:
+    """Load the frozen search choices of ``out`` (checked and created by :func:`run_sweep`); the search cells."""
     if spec.search is not None:
         frozen = read_search(spec, out)["datasets"]
         spec.chosen = {d: {n: list(e["overrides"]) for n, e in entries.items()} for d, entries in frozen.items()}
@@ -147,12 +183,11 @@ def run_sweep(
     failures are recorded in ``failures.jsonl`` and each run's ``error.json``
     and the sweep goes on.
     """
-    from tqdm.auto import tqdm
-
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
     out = Path(out)
-    check_sweep_dir(out)
+    spec.data_dir = _data_folder(spec)
+    check_inputs(spec, out)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out, "sweep"):
         return _run_sweep(spec, out, workers, backend, address, progress, on_result, search_only)

@@ -3,7 +3,7 @@
 Sits beside :mod:`imer.data` and knows nothing of models. Each ``extract_*``
 writes one modality feature file (see :mod:`imer.features.store`),
 resumably; :func:`build_dataset` joins them into a dataset ``.npz`` with its
-``features.json`` manifest; :func:`extract_one` makes one utterance's vector
+``features.json`` manifest; :func:`extract_many` makes new utterances' vectors
 with the extractor a manifest entry names (used by ``imer predict`` on raw
 input).
 """
@@ -35,7 +35,7 @@ __all__ = [
     "builtin_manifest",
     "check_manifest",
     "extract_audio",
-    "extract_one",
+    "extract_many",
     "extract_text",
     "extract_video",
     "read_manifest",
@@ -77,26 +77,31 @@ def _units(inputs: list[str], segments: str | None, suffixes: tuple[str, ...], w
     return read_segments(segments) if segments else find_files(inputs, suffixes, what)
 
 
-def extract_one(entry: dict[str, Any], modality: str, raw: str) -> np.ndarray:
-    """One utterance's vector for ``modality`` from raw input (a transcript, an audio file, an OpenFace CSV).
+def extract_many(entry: dict[str, Any], modality: str, raws: list[str]) -> np.ndarray:
+    """``[N, d]`` vectors for ``modality`` from raw inputs (transcripts, audio files or OpenFace CSVs), one per utterance.
 
-    The extractor is rebuilt from the manifest ``entry`` and must match it;
-    input it cannot use is a :class:`DataError` (it is the user's only input).
+    The extractor is rebuilt once from the manifest ``entry`` and must match it
+    (transcripts are embedded in one batch); input it cannot use is a
+    :class:`DataError` naming the utterance (it is the user's only input).
     """
     reason = why_not_reproducible(entry)
     if reason:
         raise DataError(f"{modality}: {reason}")
     extractor = make_extractor(entry)
     check_same_extraction(entry, extractor.entry(), modality)
+    where = (lambda k: "") if len(raws) == 1 else (lambda k: f" (utterance {k + 1})")
     if modality == "text" or entry.get("extractor") == "sentence-transformers":
-        if not raw.strip():
-            raise DataError("--text: empty transcript")
-        results = extractor.extract_unit([("input", raw, "")])
+        for k, raw in enumerate(raws):
+            if not raw.strip():
+                raise DataError(f"--text: empty transcript{where(k)}")
+        results = extractor.extract_unit([(str(k), raw, "") for k, raw in enumerate(raws)])
     else:
-        if not Path(raw).is_file():
-            raise DataError(f"{raw}: file not found")
-        results = extractor.extract_unit((str(Path(raw).resolve()), [("input", None, None, "")]))
-    result = results[0]
-    if result.vector is None or not np.isfinite(result.vector).all():
-        raise DataError(result.reason or f"{raw}: {modality} extractor returned NaN/Inf")
-    return np.asarray(result.vector, dtype=np.float32)
+        results = []
+        for k, raw in enumerate(raws):
+            if not Path(raw).is_file():
+                raise DataError(f"{raw}: file not found{where(k)}")
+            results += extractor.extract_unit((str(Path(raw).resolve()), [(str(k), None, None, "")]))
+    for k, (raw, result) in enumerate(zip(raws, results)):
+        if result.vector is None or not np.isfinite(result.vector).all():
+            raise DataError((result.reason or f"{raw}: {modality} extractor returned NaN/Inf") + where(k))
+    return np.stack([np.asarray(r.vector, dtype=np.float32) for r in results])

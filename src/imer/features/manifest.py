@@ -28,11 +28,12 @@ FORMAT = "imer-features-v1"
 _BCLSTM = "the bc-LSTM release of CMU-MOSI (Poria et al., 2017)"
 _BCLSTM_AUDIO = {
     "extractor": "bc-lstm-release",
-    "model": "openSMILE (73 values; configuration not published)",
+    "model": "COVAREP (73 values: F0, VUV, NAQ, QOQ, H1H2, PSP, MDQ, peakSlope, Rd, Rd_conf, creak, MCEP, HMPDM, HMPDD)",
     "dim": 73,
     "reproducible": False,
-    "note": f"audio features copied from {_BCLSTM}: 73 openSMILE values whose configuration is not published "
-            "(none of the feature sets the opensmile package ships has 73 values), so imer cannot extract them again",
+    "note": f"audio features copied from {_BCLSTM}: 73 COVAREP values (F0, VUV, NAQ, QOQ, H1H2, PSP, MDQ, peakSlope, Rd, Rd_conf, creak, MCEP, HMPDM, HMPDD), not openSMILE; COVAREP is a "
+            "MATLAB toolbox imer does not ship (imer features audio makes openSMILE eGeMAPS, another feature set), so imer cannot "
+            "extract them again",
 }
 _MINILM_TEXT = {
     "extractor": "sentence-transformers",

@@ -249,6 +249,7 @@ class SweepInfo:
     compare: list[str] = field(default_factory=list)
     baseline: str = "best"
     search: dict[str, Any] = field(default_factory=dict)  # search.json: frozen hyper-parameter choices
+    data_dir: str = ""  # the data folder the sweep read (--data-dir or $IMER_DATA), for the "Reproduce" command
 
     @classmethod
     def read(cls, root: Path) -> "SweepInfo":
@@ -262,7 +263,7 @@ class SweepInfo:
         search = sweepdir.read_search(root) if sweepdir.has_search(root) else {}
         return cls(experiment.get("name", ""), experiment.get("description", ""), experiment.get("path", ""), variants,
                    list(spec.get("overrides", [])), list(report.get("metrics", [])), report.get("title", ""),
-                   list(report.get("compare", [])), str(report.get("baseline", "best")), search)
+                   list(report.get("compare", [])), str(report.get("baseline", "best")), search, spec.get("data_dir") or "")
 
     def chosen(self, dataset: str, variant: str) -> list[str]:
         """The frozen search winner's overrides that apply to ``variant`` on ``dataset`` (its own or its base's)."""

@@ -1,7 +1,9 @@
 """PNG plots of a sweep report (matplotlib, ``Agg`` backend, no display needed).
 
-* ``metric_vs_rate.png`` — each headline metric against the missing rate, one
-  line per variant with a ± std band over seeds, one column per dataset.
+* ``metric_vs_rate.png`` — each headline metric against the realised missing
+  fraction of the test masks (0.667, not the 0.7 asked for, with 3 modalities),
+  one line per variant with a ± std band over seeds, one column per dataset;
+  with a single rate, one bar per variant instead.
 * ``modality_balance.png`` — per-modality accuracy of the unimodal heads
   (``modality_acc``) per variant, grouped by missing rate: the "balance" view.
 * ``modality_over_epochs.png`` — per-modality validation accuracy over epochs from
@@ -11,7 +13,9 @@
   with all of them, per variant, and, as markers, the variant's own unimodal head
   where it has one; from runs evaluated with ``conditions = true``.
 
-Colours are fixed per variant and per modality across all figures.
+Colours are fixed per variant and per modality across all figures. A dataset
+registered with a caveat (``cmu-mosi``: features trained on its own videos) gets
+it printed under every figure that shows it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imer.data.registry import dataset_caveat
 from imer.io import atomic_write
 from imer.reports.aggregate import Aggregate
 from imer.evaluation.metrics import metric_label
@@ -47,33 +52,52 @@ def _colours(names: list[str]) -> dict[str, tuple]:
     return {n: cmap(i % 10) for i, n in enumerate(names)}
 
 
+def _caveats(fig, datasets: list[str]) -> float:
+    """Print the registered caveat of each dataset under the figure; the height (figure fraction) it takes."""
+    import textwrap
+
+    lines = [line for d in datasets if dataset_caveat(d)
+             for line in textwrap.wrap(f"{d}: {dataset_caveat(d)}", width=int(14 * fig.get_figwidth()))]
+    if lines:
+        fig.text(0.01, 0.005, "\n".join(lines), fontsize=8, color="darkred", va="bottom", ha="left")
+    return (0.18 * len(lines) + 0.1) / fig.get_figheight() if lines else 0.0
+
+
 def plot_metric_vs_rate(aggregates: list[Aggregate], path: Path) -> Path:
-    """Headline metrics (rows) × datasets (columns); mean line and ± std band per method."""
+    """Headline metrics (rows) × datasets (columns) against the realised test missing fraction; bars when there is one rate."""
     plt = _pyplot()
     datasets = list(dict.fromkeys(a.dataset for a in aggregates))
     methods = sorted({a.variant for a in aggregates})
     colour = _colours(methods)
-    fig, axes = plt.subplots(2, len(datasets), figsize=(4.8 * len(datasets) + 1.8, 7.0), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.8 * len(datasets) + 1.8, 7.0), squeeze=False)
     for col, dataset in enumerate(datasets):
         here = [a for a in aggregates if a.dataset == dataset]
+        single = len({a.rate for a in here}) == 1
         for row, k in enumerate(here[0].headline):
             ax = axes[row][col]
-            for method in methods:
-                points = sorted((a.rate, *a.metrics[k]) for a in here if a.variant == method and k in a.metrics)
-                if not points:
+            shown = [m for m in methods if any(a.variant == m and k in a.metrics for a in here)]
+            for i, method in enumerate(shown):
+                points = sorted((a.test_missing_fraction, *a.metrics[k]) for a in here if a.variant == method and k in a.metrics)
+                fraction, mean, std = (np.array(v) for v in zip(*points))
+                if single:
+                    ax.bar(i, 100 * mean[0], 0.7, yerr=100 * std[0], capsize=3, color=colour[method], label=method)
                     continue
-                rate, mean, std = (np.array(v) for v in zip(*points))
-                ax.plot(rate, 100 * mean, marker="o", color=colour[method], label=method, linewidth=2)
-                ax.fill_between(rate, 100 * (mean - std), 100 * (mean + std), color=colour[method], alpha=0.18, linewidth=0)
+                ax.plot(fraction, 100 * mean, marker="o", color=colour[method], label=method, linewidth=2)
+                ax.fill_between(fraction, 100 * (mean - std), 100 * (mean + std), color=colour[method], alpha=0.18, linewidth=0)
             ax.set_title(f"{dataset} — {metric_label(k)}")
             ax.set_ylabel(f"test {metric_label(k)} (%)")
-            ax.set_xticks(sorted({a.rate for a in here}))
+            if single:
+                ax.set_xticks(range(len(shown)), shown, rotation=30, ha="right")
+                ax.set_xlabel(f"missing rate {here[0].rate:g} (realised on test: {here[0].test_missing_fraction:.3f})")
+                continue
+            realised = sorted({round(a.test_missing_fraction, 3) for a in here})
+            ax.set_xticks(realised, [f"{r:.3f}".rstrip("0").rstrip(".") for r in realised])
             if row == 1:
-                ax.set_xlabel("missing rate")
+                ax.set_xlabel("missing fraction of the test masks (realised)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", title="variant", frameon=False)
     fig.suptitle("Test metric vs missing rate\n(mean ± std over seeds)")
-    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, _caveats(fig, datasets), 1 - 1.7 / fig.get_figwidth(), 1))
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, dpi=120, format="png")
     plt.close(fig)
@@ -121,7 +145,7 @@ def plot_modality_balance(aggregates: list[Aggregate], path: Path) -> Path | Non
     handles, labels = next(ax for row in axes for ax in row if ax.get_legend_handles_labels()[0]).get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", title="modality", frameon=False)
     fig.suptitle("Per-modality accuracy of the unimodal heads\n(test, mean ± std over seeds)")
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, _caveats(fig, datasets), 1 - 1.5 / fig.get_figwidth(), 1))
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, dpi=120, format="png")
     plt.close(fig)
@@ -161,9 +185,9 @@ def plot_modality_over_epochs(runs: list[RunRecord], path: Path) -> Path | None:
             epochs = min(len(h) for h in histories)
             for mod in modalities:
                 values = np.array([[h[e].get(mod, np.nan) for e in range(epochs)] for h in histories], dtype=float)
-                ax.plot(np.arange(1, epochs + 1), 100 * np.nanmean(values, axis=0), color=colour[mod], linestyle=style[rate], linewidth=1.8)
+                ax.plot(np.arange(epochs), 100 * np.nanmean(values, axis=0), color=colour[mod], linestyle=style[rate], linewidth=1.8)
         ax.set_title(f"{dataset} — {method}")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (from 0, as in history.jsonl)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if i % cols == 0:
             ax.set_ylabel("unimodal head ACC (%)")
@@ -173,7 +197,8 @@ def plot_modality_over_epochs(runs: list[RunRecord], path: Path) -> Path | None:
     handles += [Line2D([], [], color="black", linestyle=ls, label=f"rate {r:g}") for r, ls in style.items()]
     fig.legend(handles=handles, loc="center right", frameon=False, title="modality / rate")
     fig.suptitle("Per-modality validation accuracy over epochs\n(mean over seeds)")
-    fig.tight_layout(rect=(0, 0, 1 - 1.7 / fig.get_figwidth(), 1))
+    bottom = _caveats(fig, list(dict.fromkeys(d for d, _ in panels)))
+    fig.tight_layout(rect=(0, bottom, 1 - 1.7 / fig.get_figwidth(), 1))
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, dpi=120, format="png")
     plt.close(fig)
@@ -209,8 +234,14 @@ def plot_modality_conditions(aggregates: list[Aggregate], path: Path) -> Path | 
     rates = _chosen_rates([a.rate for a in rows])
     colour = _colours(bars)
     variants = list(dict.fromkeys(a.variant for a in rows))
-    panels = [(dataset, rate) for dataset in datasets for rate in rates]  # stacked: a row per panel keeps many variants readable
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(4.8, 0.9 * len(variants) + 1.5) + 1.8, 4.2 * len(panels)), squeeze=False, sharey=True)
+    panels = [(dataset, rate) for dataset in datasets for rate in rates]
+    cols = min(len(panels), 3 if len(variants) <= 6 else 2 if len(variants) <= 12 else 1)  # wrapped: many variants get wide panels
+    grid_rows = -(-len(panels) // cols)
+    panel_width = max(4.8, 0.9 * len(variants) + 1.5)
+    fig, grid = plt.subplots(grid_rows, cols, figsize=(panel_width * cols + 1.8, 4.2 * grid_rows), squeeze=False, sharey=True)
+    axes = [[ax] for row in grid for ax in row]
+    for (ax,) in axes[len(panels):]:
+        ax.set_axis_off()
     width = 0.8 / len(bars)
     for (dataset, rate), (ax,) in zip(panels, axes):
         here = [a for a in rows if a.dataset == dataset and a.rate == rate]
@@ -240,7 +271,7 @@ def plot_modality_conditions(aggregates: list[Aggregate], path: Path) -> Path | 
                     names.append(n)
     fig.legend([handles[n] for n in names], names, loc="center right", title="test condition", frameon=False)
     fig.suptitle("Per-modality balance: test accuracy with one modality only, and with all\n(fixed conditions, mean ± std over seeds)")
-    fig.tight_layout(rect=(0, 0, 1 - 1.9 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, _caveats(fig, datasets), 1 - 1.9 / fig.get_figwidth(), 1))
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, dpi=120, format="png")
     plt.close(fig)

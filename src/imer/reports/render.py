@@ -28,6 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from imer.data.registry import dataset_caveat
 from imer.errors import IMERError
 from imer.evaluation.metrics import metric_label, shown_raw
 from imer.evaluation.significance import Comparison
@@ -179,9 +180,14 @@ def report_page(report: "Report") -> str:
     lines = [f"# {title}", ""]
     if info.description:
         lines += [info.description.strip(), ""]
+    budget = report.runs[0].budget
+    if budget != 1.0:
+        lines += [f"**Every run had {budget:g} of its epoch budget** (`imer sweep --budget {budget:g}`): a quick trial of the pipeline, "
+                  "not a result.", ""]
     if info.spec_path:
         lines += [f"Spec: `{info.spec_path}`. Reproduce (resumable; finished runs are kept):", "", "```bash",
-                  f"imer sweep {info.spec_path} --out {root}", f"imer report {root}{out}", "```", ""]
+                  f"imer sweep {info.spec_path}{f' --data-dir {info.data_dir}' if info.data_dir else ''}"
+                  f"{f' --budget {budget:g}' if budget != 1.0 else ''} --out {root}", f"imer report {root}{out}", "```", ""]
     else:
         lines += ["Reproduce the tables from the runs:", "", "```bash", f"imer report {root}{out}", "```", ""]
     if info.variants:
@@ -207,7 +213,9 @@ def report_page(report: "Report") -> str:
                   "From each run's `metrics.json`: training seconds per epoch (evaluation excluded), wall seconds of the whole run, "
                   "peak resident memory of the process that ran it, parameters.", ""]
     if report.plots:
-        lines += ["## Plots", ""] + [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in report.plots] + [""]
+        caveats = [f"**{d}**: {dataset_caveat(d)}." for d in dict.fromkeys(r.dataset for r in report.runs) if dataset_caveat(d)]
+        lines += ["## Plots", ""] + ([" ".join(caveats), ""] if caveats else [])
+        lines += [f"![{p.stem.replace('_', ' ')}]({p.name})" for p in report.plots] + [""]
     if report.failed:
         lines += [f"Failed cells in the last sweep: {', '.join(report.failed)} (see `failures.jsonl`).", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -220,6 +228,10 @@ def build_report(root: str | Path, out_dir: str | Path | None = None, plots: boo
     runs = [r for r in collect_runs(root) if out not in r.path.parents]
     if not runs:
         raise IMERError(f"{root}: no finished runs (metrics.json) found; run `imer sweep ... --out {root}` first")
+    budgets = sorted({r.budget for r in runs})
+    if len(budgets) > 1:
+        raise IMERError(f"{root}: runs at {' and '.join(f'{b:g}' for b in budgets)} of their epoch budget side by side (train.budget); "
+                        "a shortened trial (imer sweep --budget) is not comparable with full-budget runs: report them from separate folders")
     info = SweepInfo.read(root)
     aggregates = aggregate(runs, info.order)
     report = Report(root, out, runs, aggregates, PaperTable.build(aggregates, runs), ConditionTable.build(aggregates), sweepdir.failed_cells(root),

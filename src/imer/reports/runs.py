@@ -36,6 +36,7 @@ class RunRecord:
     variant: str = ""
     config_hash: str | None = None
     metrics: dict[str, Any] | None = None
+    budget: float = 1.0  # train.budget: the fraction of its epochs the run was given (imer sweep --budget)
 
     def __post_init__(self) -> None:
         self.variant = self.variant or self.method
@@ -75,6 +76,8 @@ def read_run(run_dir: Path) -> RunRecord:
         raise IMERError(f"{path}: not a metrics file written by imer (seed is {m.get('seed')!r}, not a whole number)")
     if not isinstance(record.test, dict):
         raise IMERError(f"{path}: not a metrics file written by imer ('test' is not a table of metrics)")
+    if folder.has("config.json"):
+        record.budget = float(folder.read("config.json").get("train", {}).get("budget", 1.0))
     if folder.has("conditions.json"):
         conditions = folder.read("conditions.json")
         if not isinstance(conditions, dict) or not isinstance(conditions.get("conditions"), dict):

@@ -4,8 +4,11 @@ Off by default (``train.log_to`` / ``--log-to``). A sink is a trainer hook: the
 trainer calls it with the same record it appends to ``history.jsonl``, so the
 tracked curves and the run folder never disagree. Scalars are flattened to
 ``loss/total``, ``valid/acc2``, ``test/modality_acc/audio``, ``seconds``, ...
-(lists such as the confusion matrix are left out). Each sink is an optional
-extra: ``pip install 'imer[tensorboard]'`` or ``'imer[mlflow]'``.
+(lists such as the confusion matrix are left out). When the run is over,
+:meth:`finish` adds the hyper-parameters (the flattened config) and the final
+metrics of ``metrics.json`` (``final/test/acc2``, ``final/valid/...``,
+``final/best_epoch``), so runs can be compared by their settings. Each sink is
+an optional extra: ``pip install 'imer[tensorboard]'`` or ``'imer[mlflow]'``.
 """
 
 from __future__ import annotations
@@ -32,10 +35,23 @@ def flatten_scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float
     return out
 
 
-class TensorBoardSink:
-    """Scalars per epoch into ``<run_dir>/tensorboard`` (``tensorboard --logdir <run_dir>``)."""
+def final_scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The final numbers of ``metrics.json`` to track: test and valid metrics at the selected epoch, the selected epoch, cost."""
+    chosen = {"test": metrics.get("test", {}), "valid": metrics.get("valid", {}), "best_epoch": metrics["selection"]["best_epoch"],
+              "wall_seconds": metrics.get("wall_seconds")}
+    return {f"final/{k}": v for k, v in flatten_scalars(chosen).items()}
 
-    def __init__(self, run_dir: Path) -> None:
+
+def hyper_parameters(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config as TensorBoard accepts it: numbers, strings and booleans (anything else as its text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
+
+
+class TensorBoardSink:
+    """Scalars per epoch into ``<run_dir>/tensorboard`` (``tensorboard --logdir <run_dir>``), then hyper-parameters and final metrics."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+        self.config = config
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -45,6 +61,12 @@ class TensorBoardSink:
     def __call__(self, record: dict[str, Any]) -> None:
         for name, value in flatten_scalars(record).items():
             self.writer.add_scalar(name, value, global_step=int(record["epoch"]))
+        self.writer.flush()
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        # the HPARAMS tab and the final metrics as scalars at the selected epoch, in the same folder as the curves
+        self.writer.add_hparams(hyper_parameters(self.config), final_scalars(metrics), run_name=".",
+                                global_step=int(metrics["selection"]["best_epoch"]))
         self.writer.flush()
 
     def close(self) -> None:
@@ -85,6 +107,12 @@ class MLflowSink:
         metrics = [self._metric(k, v, stamp, step) for k, v in flatten_scalars(record).items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
+    def finish(self, metrics: dict[str, Any]) -> None:
+        import time
+
+        stamp, step = int(time.time() * 1000), int(metrics["selection"]["best_epoch"])
+        self.client.log_batch(self.run_id, metrics=[self._metric(k, v, stamp, step) for k, v in final_scalars(metrics).items()])
+
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
 
@@ -95,7 +123,7 @@ def tracking_hooks(log_to: str | None, run_dir: Path, config: dict[str, Any], na
     if log_to is None:
         return []
     if log_to == "tensorboard":
-        return [TensorBoardSink(run_dir)]
+        return [TensorBoardSink(run_dir, config)]
     if log_to == "mlflow":
         return [MLflowSink(run_dir, config, name)]
     raise ConfigError(f"unknown tracking sink {log_to!r}; use {' or '.join(SINKS)}")

@@ -199,9 +199,9 @@ class Trainer:
             if self.checkpoint_policy.due(epoch, last_epoch, new_stage, time.monotonic() - last_saved):
                 self._checkpoint(epoch, best, history)
                 last_saved = time.monotonic()
-            bar.set_postfix({"loss": f"{losses['total']:.3f}", f"valid_{self.select_metric}": f"{score:.3f}", "best": best["epoch"]})
-            if plain:
-                print(f"epoch {epoch + 1}/{self.epochs}: loss {losses['total']:.4f}, valid {self.select_metric} {score:.4f}, "
+            bar.set_postfix({"epoch": epoch, "loss": f"{losses['total']:.3f}", f"valid_{self.select_metric}": f"{score:.3f}", "best epoch": best["epoch"]})
+            if plain:  # epochs are numbered from 0 here as in history.jsonl and metrics.json; "(k of N)" counts them
+                print(f"epoch {epoch} ({epoch + 1} of {self.epochs}): loss {losses['total']:.4f}, valid {self.select_metric} {score:.4f}, "
                       f"best epoch {best['epoch']}, {seconds:.1f}s", file=sys.stderr, flush=True)
             if stopped_early:
                 break
@@ -233,6 +233,9 @@ class Trainer:
         t0 = time.perf_counter()
         masks = [train_mask(k) for k in range(self.model.convex_mask_draws())]
         best, history = {"epoch": -1, "score": None}, []
+        if self.progress:
+            print(f"convex fit on {len(masks)} training mask draw(s): each regularisation candidate is one 'epoch' of history.jsonl "
+                  "(numbered from 0), scored on validation; the first one includes building the features", file=sys.stderr, flush=True)
         for k, candidate in enumerate(self.model.convex_fits(train, masks)):
             seconds = time.perf_counter() - t0
             valid_metrics, test_metrics, score = self._evaluate_epoch(valid, test)
@@ -243,6 +246,10 @@ class Trainer:
                 record["test"] = test_metrics
             history.append(record)
             self._log(record)
+            if self.progress:
+                settings = ", ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}" for key, value in candidate.items())
+                print(f"epoch {k} (candidate: {settings}): valid {self.select_metric} {score:.4f}, best epoch {best['epoch']}, {seconds:.1f}s",
+                      file=sys.stderr, flush=True)
             t0 = time.perf_counter()
         if best["score"] is None:
             raise TrainingError("the convex fit produced no candidate (empty regularisation grid?)")
