@@ -33,5 +33,5 @@ def test_speed_benchmark_measures_on_the_device_given(device, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
 def test_speed_benchmark_refuses_a_gpu_it_cannot_see(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        _speed().main(["--device", "cuda", "--out", str(tmp_path)])
+        _speed().main(["--sizes", "n=300", "--device", "cuda", "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "torch sees no GPU" in capsys.readouterr().err

@@ -499,7 +499,8 @@ def test_text_features_without_sentence_transformers_give_the_install_hint(capsy
 @pytest.mark.parametrize(
     "setting, expected",
     [
-        ("data.options.num_groups=1e20", "data.options.num_groups: must be <= 1000000"),
+        ("data.options.num_groups=1e20", "data.options.num_groups: must be an integer, got 1e+20"),
+        ("data.options.num_groups=2e6", "data.options.num_groups: must be <= 1000000"),
         ("data.options.seed=-1", "data.options.seed: must be >= 0"),
         ("data.options.seed=1.5", "data.options.seed: must be an integer, got 1.5"),
         ("data.options.dims={audio=100000000}", "data.options.dims.audio: must be <= 100000"),
@@ -555,7 +556,9 @@ def test_damaged_run_files_in_reports_and_evaluation(capsys, broken, file, text,
 
 
 @pytest.mark.parametrize("setting, expected", [("hidden=1e400", "--set hidden: 1e400 is beyond the largest number"),
-                                               ("train.lr=-1e999", "--set train.lr: -1e999 is beyond the largest number")])
+                                               ("train.lr=-1e999", "--set train.lr: -1e999 is beyond the largest number"),
+                                               ("train.epochs=1e20", "train.epochs: must be an integer, got 1e+20"),
+                                               ("hidden=3e16", "model.hidden: must be an integer, got 3e+16")])
 def test_numbers_are_shown_as_written(capsys, tmp_path, setting, expected):
     fails(capsys, ["train", "--method", "late-fusion", "--dataset", "synthetic", "--set", setting, "--out", tmp_path / "r"], expected)
 

@@ -67,8 +67,8 @@ def _match(value: Any, ann: Any) -> tuple[bool, Any]:
             return False, value
         if isinstance(value, int):
             return True, value
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return True, int(value)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= 2**53:
+            return True, int(value)  # 2.0 -> 2; a float past 2**53 is no exact integer, and is shown as written (1e+20)
         return False, value
     if ann is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
