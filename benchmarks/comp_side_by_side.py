@@ -55,7 +55,8 @@ STEADY_AFTER_SWITCH = 20  # steady state: epochs from stage_epoch + 20 to the en
 # ----- 1. export ------------------------------------------------------------------------------------------------
 def export(data_dir: Path, out: Path) -> None:
     """imer's ``cmu-mosi`` (split, carved validation, training-set z-scores) as the published code reads it."""
-    from imer.experiments.config import build_run_config
+    from imer.config import build_run_config
+    from imer.data import safe_load_pickle
     from imer.experiments.run import prepare_data
 
     config = build_run_config("comp", "cmu-mosi", overrides=[f"data.data_dir={data_dir}"])
@@ -68,8 +69,7 @@ def export(data_dir: Path, out: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for utt, i in row_of.items():
             np.save(folder / f"{utt}.npy", scaled[m][i].astype(np.float32))
-    with open(Path(data_dir) / "gcnet-meta" / "CMUMOSI_features_raw_2way.pkl", "rb") as fh:
-        ids, labels, speakers, sentences = pickle.load(fh, encoding="latin1")[:4]
+    ids, labels, speakers, sentences = safe_load_pickle(Path(data_dir) / "gcnet-meta" / "CMUMOSI_features_raw_2way.pkl")[:4]
     splits = {s: sorted({str(g) for g in ds.group_ids[idx]}) for s, idx in data.indices.items()}
     videos = [v for s in ("train", "valid", "test") for v in splits[s]]
     for v in videos:  # every utterance of an exported video has features, in the pickle's order
