@@ -108,3 +108,40 @@ def test_a_signal_while_workers_start_never_hangs(tmp_path, target, delay):
     assert process.returncode == 143, err
     assert "Traceback" not in err, err
     _wait_for(lambda: not _session(process.pid), 10, "the sweep's processes to end")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_end_when_the_sweep_is_killed(tmp_path):
+    """SIGKILL to the sweep alone (it cannot stop its workers): they end by themselves, and a rerun resumes the cell."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "s"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "imer.cli", "sweep", str(spec), "--workers", "2", "--no-progress", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    slow = out / "runs" / "synthetic" / "slow" / "rate=0" / "seed=0" / "checkpoint.pt"
+    try:
+        _wait_for(lambda: slow.is_file() or process.poll() is not None, 240, "a cell in training")
+        assert process.poll() is None, process.communicate()
+        workers = [pid for pid in _session(process.pid) if pid != process.pid]
+        assert workers
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+        _wait_for(lambda: not _session(process.pid), 15, f"the orphaned workers {_session(process.pid)} to end")
+    finally:
+        if _session(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    left_at = slow.stat().st_mtime_ns
+    rerun = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        trains_on = lambda: slow.stat().st_mtime_ns > left_at  # noqa: E731  the rerun's worker writes the cell's next checkpoint
+        _wait_for(lambda: (out / "failures.jsonl").is_file() or rerun.poll() is not None or trains_on(), 120, "the rerun to take the cell")
+        os.kill(rerun.pid, signal.SIGTERM)
+        _, err = rerun.communicate(timeout=60)
+    finally:
+        if rerun.poll() is None:
+            os.killpg(rerun.pid, signal.SIGKILL)
+            rerun.wait()
+    assert rerun.returncode == 143, err
+    assert not (out / "failures.jsonl").is_file() or "slow" not in (out / "failures.jsonl").read_text(), err
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 import warnings
@@ -156,10 +157,25 @@ def _worker(spec: SweepSpec, cell: Cell, out: str, threads: int, send: Any) -> N
     """A worker process: one cell, its record sent to the parent. SIGINT is the parent's to handle (it stops the workers)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _block(STOP_SIGNALS, signal.SIG_UNBLOCK)  # blocked by the parent while it started this process; a pending SIGTERM ends it here
+    _end_with_parent(multiprocessing.parent_process())
     _init_worker(threads)
     record = run_cell(spec, cell, out)
     send.send(record)
     send.close()
+
+
+def _end_with_parent(parent: Any) -> None:
+    """End this worker (as SIGTERM would: its cell resumes from its checkpoint) once the sweep that started it is gone.
+
+    A parent killed with SIGKILL cannot stop its workers; without this they would train on, unseen, and a rerun of the
+    sweep would find their cells busy. A daemon thread waits on the parent's sentinel, so nothing in training changes.
+    """
+    def watch() -> None:
+        parent.join()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if parent is not None:
+        threading.Thread(target=watch, name="imer-parent-watch", daemon=True).start()
 
 
 def _crashed(cell: Cell, message: str) -> dict[str, Any]:
