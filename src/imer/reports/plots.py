@@ -63,6 +63,25 @@ def _caveats(fig, datasets: list[str]) -> float:
     return (0.18 * len(lines) + 0.1) / fig.get_figheight() if lines else 0.0
 
 
+def _save(plt, fig, path: Path, rect: tuple[float, float, float, float]) -> Path:
+    """Lay ``fig`` out inside ``rect`` (room for caveats below and the legend on the right), write it atomically, close it."""
+    fig.tight_layout(rect=rect)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def _grouped_bars(ax, x: np.ndarray, series: list[tuple[str, list[float], list[float], tuple]], width: float) -> list[np.ndarray]:
+    """Bars side by side around each ``x``, one (label, means, stds, colour) series each; returns each series' offsets."""
+    offsets = []
+    for j, (label, mean, std, colour) in enumerate(series):
+        offset = x + (j - (len(series) - 1) / 2) * width
+        ax.bar(offset, mean, width, yerr=std, capsize=2, color=colour, label=label)
+        offsets.append(offset)
+    return offsets
+
+
 def plot_metric_vs_rate(aggregates: list[Aggregate], path: Path) -> Path:
     """Headline metrics (rows) × datasets (columns) against the realised test missing fraction; bars when there is one rate."""
     plt = _pyplot()
@@ -97,11 +116,7 @@ def plot_metric_vs_rate(aggregates: list[Aggregate], path: Path) -> Path:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", title="variant", frameon=False)
     fig.suptitle("Test metric vs missing rate\n(mean ± std over seeds)")
-    fig.tight_layout(rect=(0, _caveats(fig, datasets), 1 - 1.7 / fig.get_figwidth(), 1))
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, rect=(0, _caveats(fig, datasets), 1 - 1.7 / fig.get_figwidth(), 1))
 
 
 def plot_modality_balance(aggregates: list[Aggregate], path: Path) -> Path | None:
@@ -133,10 +148,9 @@ def plot_modality_balance(aggregates: list[Aggregate], path: Path) -> Path | Non
                 ax.set_axis_off()
                 continue
             x = np.arange(len(here))
-            for j, mod in enumerate(modalities):
-                mean = np.array([100 * a.modality_acc.get(mod, (np.nan, np.nan))[0] for a in here])
-                std = np.array([100 * a.modality_acc.get(mod, (np.nan, np.nan))[1] for a in here])
-                ax.bar(x + (j - (len(modalities) - 1) / 2) * width, mean, width, yerr=std, capsize=2, color=colour[mod], label=mod)
+            accuracy = {mod: [a.modality_acc.get(mod, (np.nan, np.nan)) for a in here] for mod in modalities}
+            _grouped_bars(ax, x, [(mod, [100 * v[0] for v in accuracy[mod]], [100 * v[1] for v in accuracy[mod]], colour[mod])
+                                  for mod in modalities], width)
             ax.set_xticks(x, [f"{a.rate:g}" for a in here])
             ax.set_xlabel("missing rate")
             if c == 0:
@@ -145,11 +159,7 @@ def plot_modality_balance(aggregates: list[Aggregate], path: Path) -> Path | Non
     handles, labels = next(ax for row in axes for ax in row if ax.get_legend_handles_labels()[0]).get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", title="modality", frameon=False)
     fig.suptitle("Per-modality accuracy of the unimodal heads\n(test, mean ± std over seeds)")
-    fig.tight_layout(rect=(0, _caveats(fig, datasets), 1 - 1.5 / fig.get_figwidth(), 1))
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, rect=(0, _caveats(fig, datasets), 1 - 1.5 / fig.get_figwidth(), 1))
 
 
 def _chosen_rates(rates: list[float]) -> list[float]:
@@ -198,11 +208,7 @@ def plot_modality_over_epochs(runs: list[RunRecord], path: Path) -> Path | None:
     fig.legend(handles=handles, loc="center right", frameon=False, title="modality / rate")
     fig.suptitle("Per-modality validation accuracy over epochs\n(mean over seeds)")
     bottom = _caveats(fig, list(dict.fromkeys(d for d, _ in panels)))
-    fig.tight_layout(rect=(0, bottom, 1 - 1.7 / fig.get_figwidth(), 1))
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, rect=(0, bottom, 1 - 1.7 / fig.get_figwidth(), 1))
 
 
 def single_conditions(labels: list[str]) -> list[str]:
@@ -250,15 +256,16 @@ def plot_modality_conditions(aggregates: list[Aggregate], path: Path) -> Path | 
             ax.set_axis_off()
             continue
         x = np.arange(len(here))
-        for j, label in enumerate(bars):
-            offset = x + (j - (len(bars) - 1) / 2) * width
-            values = [a.conditions.get(label, {}).get(a.headline[0], (np.nan, np.nan)) for a in here]
-            ax.bar(offset, [100 * v[0] for v in values], width, yerr=[100 * v[1] for v in values], capsize=2, color=colour[label],
-                   label=f"{{{label}}}" + (" (all)" if label not in singles else ""))
-            heads = [_head_for(label, a.modality_acc) if label in singles else None for a in here]
+        values = {label: [a.conditions.get(label, {}).get(a.headline[0], (np.nan, np.nan)) for a in here] for label in bars}
+        offsets = _grouped_bars(ax, x, [(f"{{{label}}}" + (" (all)" if label not in singles else ""), [100 * v[0] for v in values[label]],
+                                         [100 * v[1] for v in values[label]], colour[label]) for label in bars], width)
+        marked = False
+        for label, offset in zip(singles, offsets):
+            heads = [_head_for(label, a.modality_acc) for a in here]
             if any(h is not None for h in heads):
                 ax.scatter([o for o, h in zip(offset, heads) if h is not None], [100 * h[0] for h in heads if h is not None],
-                           marker="D", color="black", s=18, zorder=3, label="own unimodal head" if j == 0 else None)
+                           marker="D", color="black", s=18, zorder=3, label=None if marked else "own unimodal head")
+                marked = True
         ax.set_xticks(x, [a.variant for a in here], rotation=30, ha="right")
         ax.set_ylabel(f"test {metric_label(here[0].headline[0])} (%)")
         ax.set_ylim(0, 100)
@@ -271,11 +278,7 @@ def plot_modality_conditions(aggregates: list[Aggregate], path: Path) -> Path | 
                     names.append(n)
     fig.legend([handles[n] for n in names], names, loc="center right", title="test condition", frameon=False)
     fig.suptitle("Per-modality balance: test accuracy with one modality only, and with all\n(fixed conditions, mean ± std over seeds)")
-    fig.tight_layout(rect=(0, _caveats(fig, datasets), 1 - 1.9 / fig.get_figwidth(), 1))
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, rect=(0, _caveats(fig, datasets), 1 - 1.9 / fig.get_figwidth(), 1))
 
 
 def write_plots(aggregates: list[Aggregate], runs: list[RunRecord], out_dir: Path) -> list[Path]:
