@@ -6,17 +6,22 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-SPEED = Path(__file__).resolve().parent.parent / "benchmarks" / "speed.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _speed():
-    spec = importlib.util.spec_from_file_location("speed", SPEED)
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _speed():
+    return _script("speed")
 
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])
@@ -35,3 +40,15 @@ def test_speed_benchmark_refuses_a_gpu_it_cannot_see(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         _speed().main(["--sizes", "n=300", "--device", "cuda", "--out", str(tmp_path)])
     assert exit_.value.code == 2 and "torch sees no GPU" in capsys.readouterr().err
+
+
+def test_context_ceiling_oracle_reads_the_other_utterances_of_the_video():
+    """Only non-zero-labelled utterances that lost the modality are scored (0, 3 and 4; not 1), each from the others of its
+    video: all of them, or those that kept it (none: predicted positive)."""
+    oracle = _script("context_ceiling").oracle_accuracy
+    labels = np.array([2.0, 0.0, -1.0, 1.0, -2.0, -0.5])
+    groups = np.array(["a", "a", "a", "b", "b", "c"])
+    kept = np.array([False, False, True, False, False, True])
+    # lost & non-zero: 0 (truth +; all-others mean -0.5 -> wrong; kept-others mean -1 -> wrong),
+    # 3 (truth +; others mean -2 -> wrong; no kept other -> positive -> right), 4 (truth -; others +1 -> wrong; none kept -> positive -> wrong)
+    assert oracle(labels, groups, kept) == (0.0, 1 / 3, 3)
