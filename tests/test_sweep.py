@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -159,15 +160,17 @@ def test_sweep_and_report_help(capsys):
 
 
 def test_report_reproduce_line_names_the_data_folder_the_sweep_read(data_dir, tmp_path, monkeypatch, capsys):
-    """A sweep on $IMER_DATA records it; the report's "Reproduce" command then works without the environment variable."""
-    monkeypatch.setenv("IMER_DATA", str(data_dir))
+    """A sweep on $IMER_DATA records it (normalised, as a relative path with ``..`` is given); the report's "Reproduce" command
+    then works without the environment variable."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("IMER_DATA", os.path.join("elsewhere", os.path.relpath(data_dir.resolve(), tmp_path / "elsewhere")))  # elsewhere/../../…
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.toml").write_text('name = "s"\ndatasets = ["cmu-mosi-minilm"]\nmissing_rates = [0.3]\nseeds = [0]\nepochs = 1\n'
                                      'methods = ["early-fusion"]\nset = { "hidden" = 8 }\n')
     assert main(["sweep", "s.toml", "--no-progress", "--out", "sw"]) == 0
     assert main(["report", "sw", "--no-plots"]) == 0
     page = (tmp_path / "sw/report/report.md").read_text()
-    assert f"imer sweep s.toml --data-dir {data_dir.absolute()} --out sw\n" in page
+    assert f"imer sweep s.toml --data-dir {data_dir.resolve()} --out sw\n" in page
     monkeypatch.delenv("IMER_DATA")
     (tmp_path / "sw/runs").rename(tmp_path / "old-runs")
     command = re.search(r"^imer sweep .*$", page, flags=re.M).group(0).split()

@@ -140,9 +140,9 @@ def check_inputs(spec: SweepSpec, out: str | Path) -> None:
 
 def _data_folder(spec: SweepSpec) -> str | None:
     """The data folder the cells read, as an absolute path (``--data-dir``, else ``$IMER_DATA`` when a dataset needs one), for
-    ``sweep.json`` and so for the report's "Reproduce" command."""
+    ``sweep.json`` and so for the report's "Reproduce" command (normalised: ``../data`` from ``/work/x`` is ``/work/data``, links kept)."""
     chosen = spec.data_dir or (os.environ.get("IMER_DATA") if any(needs_data_dir(d) for d in spec.datasets) else None)
-    return str(Path(chosen).expanduser().absolute()) if chosen else None
+    return os.path.abspath(Path(chosen).expanduser()) if chosen else None
 
 
 def _prepare(spec: SweepSpec, out: Path) -> list[Cell]:
