@@ -263,7 +263,7 @@ def summarise(records: list[dict], stage_epoch: int) -> dict:
     steady = test[steady_start(len(test), stage_epoch) :]
     return {"best_test_f1": float(test[best]), "best_epoch": best, "valid_test_f1": float(test[chosen]), "valid_epoch": chosen,
             "steady_f1": float(steady.mean()) if steady.size else float("nan"), "epochs": len(test),
-            "seconds_per_epoch": float(np.mean([r.get("seconds", np.nan) for r in records]))}
+            "seconds_per_epoch": float(np.nanmedian([r.get("seconds", np.nan) for r in records]))}  # median: robust to a busy spell
 
 
 def steady_start(epochs: int, stage_epoch: int) -> int:
@@ -316,7 +316,8 @@ def report(root: Path, out: Path, stage_epoch: int) -> None:
             f"Made by `python benchmarks/comp_side_by_side.py report {root} --out {out}` from the runs under `{root}`. F1 = weighted F1 of the sign "
             "on non-zero labels (%), mean ± sample std over seeds; steady state = mean test F1 over epochs "
             f"{start} to the last (the published rule's best-of-all-epochs is a maximum over as many test-mask draws for the two "
-            "implementations that redraw their masks every epoch, the published code and `published-exact`); s / epoch: training only. "
+            "implementations that redraw their masks every epoch, the published code and `published-exact`); s / epoch: training only, the "
+            "median over a run's epochs (robust to a spell of load on a shared machine), mean over seeds. "
             "Per-run numbers: `runs.csv`.", "", *lines, f"![per-epoch test F1]({figure.name})", ""]
     (out / "report.md").write_text("\n".join(text))
     print(f"{out / 'report.md'}, {out / 'runs.csv'}, {figure}")
