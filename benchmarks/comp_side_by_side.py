@@ -337,7 +337,7 @@ def _curves(runs: dict, rates: list[float], stage_epoch: int, path: Path) -> Pat
                 continue
             length = min(len(r) for r in seeds.values())
             curve = np.mean([[e["test"]["f1"] for e in r[:length]] for r in seeds.values()], axis=0) * 100
-            ax.plot(np.arange(length), curve, label=f"{label} ({len(seeds)} seeds)", linewidth=1)
+            ax.plot(np.arange(length), curve, label=f"{label} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})", linewidth=1)
         ax.axvline(stage_epoch - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.set(title=f"missing rate {rate:g}", xlabel="epoch", ylabel="test F1 (%), mean over seeds")
         ax.legend(fontsize=8)
