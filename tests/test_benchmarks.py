@@ -52,3 +52,29 @@ def test_context_ceiling_oracle_reads_the_other_utterances_of_the_video():
     # lost & non-zero: 0 (truth +; all-others mean -0.5 -> wrong; kept-others mean -1 -> wrong),
     # 3 (truth +; others mean -2 -> wrong; no kept other -> positive -> right), 4 (truth -; others +1 -> wrong; none kept -> positive -> wrong)
     assert oracle(labels, groups, kept) == (0.0, 1 / 3, 3)
+
+
+def _write_history(folder: Path, test_f1: list[float], valid_f1: list[float]) -> None:
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"epoch": e, "seconds": 1.0 + e % 2, "test": {"f1": t}, "valid": {"f1": v}}) for e, (t, v) in enumerate(zip(test_f1, valid_f1))]
+    (folder / "history.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_comp_side_by_side_report_reads_both_selection_rules_and_checks_the_acceptance(tmp_path):
+    """Published rule = first epoch of best test F1; validation rule = test F1 at the first best validation F1; steady state =
+    mean test F1 from 20 epochs after the switch; the acceptance line compares mean best test F1 with one seed std."""
+    side = _script("comp_side_by_side")
+    epochs, switch = 30, 5  # steady state: epochs 25-29
+    flat = [0.5] * epochs
+    for seed, peak in ((0, 0.70), (1, 0.74)):
+        test = flat[:10] + [peak] + [0.6] * (epochs - 11)
+        _write_history(tmp_path / f"published-code/rate=0.4/seed={seed}", test, [0.1] * 3 + [0.9] + [0.1] * (epochs - 4))
+    for seed in (0, 1):
+        _write_history(tmp_path / f"runs/cmu-mosi/comp-published-exact@0.4/rate=0.4/seed={seed}", [0.5] * 12 + [0.73] + [0.62] * (epochs - 13), flat)
+    side.report(tmp_path, tmp_path / "out", stage_epoch=switch)
+    page = (tmp_path / "out" / "report.md").read_text()
+    assert "| published code | 0,1 | 72.00 ± 2.83 | 10/10 | 50.00 ± 0.00 | 3/3 | 60.00 ± 0.00 | 1.50 |" in page
+    assert "| published-exact | 0,1 | 73.00 ± 0.00 | 12/12 | 50.00 ± 0.00 | 0/0 | 62.00 ± 0.00 | 1.50 |" in page
+    assert "mean best test F1 (the acceptance): +1.00 points; one seed std of the published code: 2.83 (within it)" in page
+    assert "mean steady-state test F1: +2.00 points; one seed std of the published code: 0.00 (NOT within it)" in page
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and len((tmp_path / "out" / "runs.csv").read_text().splitlines()) == 5
