@@ -284,6 +284,7 @@ def report(root: Path, out: Path, stage_epoch: int) -> None:
     rows, lines = [], []
     rates = sorted({rate for _, rate in runs})
     for rate in rates:
+        summaries: dict[str, dict[int, dict]] = {}
         lines += [f"### Rate {rate:g}", "",
                   "| implementation | seeds | best test F1 (published rule) | its epoch | test F1 at best valid F1 | its epoch | steady-state test F1 | s / epoch |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -291,19 +292,19 @@ def report(root: Path, out: Path, stage_epoch: int) -> None:
             seeds = runs.get((label, rate), {})
             if not seeds:
                 continue
-            per = {s: summarise(r, stage_epoch) for s, r in sorted(seeds.items())}
+            per = summaries[label] = {s: summarise(r, stage_epoch) for s, r in sorted(seeds.items())}
             for s, p in per.items():
                 rows.append({"implementation": label, "rate": rate, "seed": s, **p})
             col = lambda k: [p[k] for p in per.values()]  # noqa: E731
             lines.append(f"| {label} | {','.join(map(str, per))} | {_mean_std(col('best_test_f1'))} | {'/'.join(map(str, col('best_epoch')))} | "
                          f"{_mean_std(col('valid_test_f1'))} | {'/'.join(map(str, col('valid_epoch')))} | {_mean_std(col('steady_f1'))} | "
                          f"{np.nanmean(col('seconds_per_epoch')):.2f} |")
-        exact, code = runs.get(("published-exact", rate)), runs.get(("published code", rate))
+        exact, code = summaries.get("published-exact"), summaries.get("published code")
         if exact and code and len(code) > 1:
             lines.append("")
             for key, what in (("best_test_f1", "mean best test F1 (the acceptance)"), ("steady_f1", "mean steady-state test F1")):
-                e = [summarise(r, stage_epoch)[key] for r in exact.values()]
-                c = [summarise(r, stage_epoch)[key] for r in code.values()]
+                e = [p[key] for p in exact.values()]
+                c = [p[key] for p in code.values()]
                 gap, spread = (np.mean(e) - np.mean(c)) * 100, np.std(c, ddof=1) * 100
                 lines.append(f"published-exact − published code, {what}: {gap:+.2f} points; one seed std of the published code: {spread:.2f} "
                              f"({'within' if abs(gap) <= spread else 'NOT within'} it).  ")

@@ -42,15 +42,20 @@ def oracle_accuracy(labels: np.ndarray, groups: np.ndarray, kept: np.ndarray) ->
     return float(np.mean(positive(mean_all) == truth)), float(np.mean(positive(mean_kept) == truth)), int(lost.sum())
 
 
-def test_mask(run_dir: Path, data_dir: str, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Labels, video ids and fixed test mask of one run (the mask its test metrics were computed on)."""
+def test_mask(run_dir: Path, data_dir: str, rate: float, loaded: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Labels, video ids and fixed test mask of one run (the mask its test metrics were computed on); each dataset is
+    read once into ``loaded``."""
     from imer.config.build import config_from_dict
+    from imer.data import load_dataset
     from imer.data.missing import RandomMissing
     from imer.experiments.run import prepare_data, split_mask
 
     config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
     config.data.data_dir = data_dir
-    data = prepare_data(config)
+    key = (config.data.name, json.dumps(config.data.options, sort_keys=True))
+    if key not in loaded:
+        loaded[key] = load_dataset(config.data.name, data_dir, **config.data.options)
+    data = prepare_data(config, dataset=loaded[key])
     test = data.indices["test"]
     mask = split_mask(config, data, "test", RandomMissing(rate))
     return data.dataset.labels[test].astype(float), data.dataset.group_ids[test], mask, list(data.dataset.features)
@@ -73,7 +78,7 @@ def read_runs(sweep: Path) -> dict[tuple[str, float, int], tuple[Path, dict]]:
 
 
 def ceiling_rows(sweep: Path, data_dir: str, variant: str, modality: str) -> list[dict]:
-    runs = read_runs(sweep)
+    runs, loaded = read_runs(sweep), {}
     by_rate: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (name, rate, _), (_, metrics) in runs.items():
         by_rate[rate][name].append(metrics["test"]["acc2"])
@@ -85,7 +90,7 @@ def ceiling_rows(sweep: Path, data_dir: str, variant: str, modality: str) -> lis
         cells = defaultdict(list)
         for seed in seeds:
             run_dir, metrics = runs[(variant, rate, seed)]
-            labels, groups, mask, modalities = test_mask(run_dir, data_dir, rate)
+            labels, groups, mask, modalities = test_mask(run_dir, data_dir, rate, loaded)
             kept = mask[:, modalities.index(modality)]
             share = float(np.mean(~kept[labels != 0]))
             if rate == 0 or share == 0:

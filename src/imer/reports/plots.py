@@ -259,13 +259,11 @@ def plot_modality_conditions(aggregates: list[Aggregate], path: Path) -> Path | 
         values = {label: [a.conditions.get(label, {}).get(a.headline[0], (np.nan, np.nan)) for a in here] for label in bars}
         offsets = _grouped_bars(ax, x, [(f"{{{label}}}" + (" (all)" if label not in singles else ""), [100 * v[0] for v in values[label]],
                                          [100 * v[1] for v in values[label]], colour[label]) for label in bars], width)
-        marked = False
         for label, offset in zip(singles, offsets):
             heads = [_head_for(label, a.modality_acc) for a in here]
-            if any(h is not None for h in heads):
+            if any(h is not None for h in heads):  # one legend entry: the figure legend below keeps the first handle of each name
                 ax.scatter([o for o, h in zip(offset, heads) if h is not None], [100 * h[0] for h in heads if h is not None],
-                           marker="D", color="black", s=18, zorder=3, label=None if marked else "own unimodal head")
-                marked = True
+                           marker="D", color="black", s=18, zorder=3, label="own unimodal head")
         ax.set_xticks(x, [a.variant for a in here], rotation=30, ha="right")
         ax.set_ylabel(f"test {metric_label(here[0].headline[0])} (%)")
         ax.set_ylim(0, 100)
