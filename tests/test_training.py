@@ -168,6 +168,15 @@ def test_config_overrides_and_errors():
         build_run_config("no-such-method", "synthetic")
 
 
+def test_set_none_is_a_word_for_string_options_and_unset_for_optional_ones():
+    """``--set prompt_mask=none`` means the choice "none" (the option is a plain string); an optional option is unset."""
+    config = RunConfig(method="comp")
+    for assignment in ("prompt_mask=none", "model.coordinator_mask=NONE", "missing.test_rate=0.5", "missing.test_rate=null", "test_condition=none"):
+        apply_override(config, assignment)
+    assert config.model["prompt_mask"] == "none" and config.model["coordinator_mask"] == "NONE"
+    assert config.missing.test_rate is None and config.missing.test_condition is None
+
+
 def test_nan_loss_stops_with_clear_error(tmp_path):
     with pytest.raises(IMERError, match="non-finite"):
         train(_config(epochs=2, **{"train.lr": 1e30}), tmp_path / "r")

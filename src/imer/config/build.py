@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def resolve_config_file(method: str, config_file: str | Path) -> Path:
 
 def parse_value(text: str) -> Any:
     """``--set`` values: a TOML or JSON value (numbers, true/false, "strings", [lists], {inline="tables"}),
-    ``none``/``null`` for unset, else the raw text as a string."""
+    ``none``/``null`` for unset (:func:`apply_override` keeps the word for a plain ``str`` option), else the raw text as a string."""
     lowered = {"true": True, "false": False, "none": None, "null": None}
     if text.lower() in lowered:
         return lowered[text.lower()]
@@ -133,6 +134,8 @@ def apply_override(config: RunConfig, assignment: str) -> None:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     value = parse_value(raw.strip())
+    if value is None and _declared_type(config, key.strip()) is str:  # a string option whose value is the word "none" / "null"
+        value = raw.strip()
     if isinstance(value, float) and math.isinf(value) and "inf" not in raw.lower():
         raise ConfigError(f"--set {key.strip()}: {raw.strip()} is beyond the largest number a float holds (about 1.8e308)")
     set_option(config, key.strip(), value)
@@ -166,6 +169,25 @@ def set_option(config: RunConfig, key: str, value: Any) -> None:
                 setattr(getattr(config, section), key, value)
                 return
     raise ConfigError(f"--set: unknown key '{key}' for method '{config.method}' (try model.<field>, train.<field>, missing.<field>, data.<field>)")
+
+
+def _declared_type(config: RunConfig, key: str) -> Any:
+    """The type hint of the field a ``--set`` key names (as :func:`set_option` looks it up), or None for no field."""
+    parts = key.split(".")
+    model_class = get_model_class(config.method).config_class
+    if parts[0] == "model" and len(parts) == 2:
+        owners = [model_class]
+    elif parts[0] in SECTIONS and len(parts) == 2:
+        owners = [type(getattr(config, parts[0]))]
+    elif len(parts) == 1:
+        owners = [model_class, *(type(getattr(config, section)) for section in SECTIONS)]
+    else:
+        return None
+    for owner in owners:
+        hints = typing.get_type_hints(owner)
+        if parts[-1] in hints:
+            return hints[parts[-1]]
+    return None
 
 
 def _check_model_field(method: str, name: str) -> None:

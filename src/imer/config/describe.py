@@ -68,7 +68,9 @@ def options_markdown() -> str:
     (:mod:`imer.config.schema`, the methods' config dataclasses; tests/test_docs.py keeps it current)."""
     lines = ["# Options", "", "## Run options", "",
              "Generated from `src/imer/config/schema.py` (`imer list --options` prints the same table); a test keeps it current.",
-             "Set any of them with `--set KEY=VALUE` or in a config file's `[data]`, `[missing]`, `[train]` section.", "",
+             "Set any of them with `--set KEY=VALUE` or in a config file's `[data]`, `[missing]`, `[train]` section.",
+             "A `--set` value is read as TOML (`3`, `1e-4`, `true`, `[1, 2]`, `\"text\"`) or else as plain text; `none` / `null`",
+             "unsets an option whose type allows none and is the word itself for a plain `str` option (`--set prompt_mask=none`).", "",
              *_markdown_table(option_rows()), "",
              "## Method options", "",
              "Generated from each method's config dataclass in `src/imer/models/` (`imer list --options METHOD` prints one table).",
