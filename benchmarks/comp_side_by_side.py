@@ -1,5 +1,8 @@
 """ComP at full budget, side by side: the published code, `published-exact`, `published` and imer's default (issue 26).
 
+`published-exact` runs twice: with the published mask draw and under imer's protocol (fixed masks), which splits its
+gap to `published` into the protocol's part and the fixed defects' part.
+
 The grid: CMU-MOSI with the bc-LSTM release's features and split (test videos never seen by the feature extractors;
 validation carved from the training videos, as imer's ``cmu-mosi`` does it), z-scored on the training part; rates
 0.4 and 0.7; seeds 0-2; 300 epochs with the stage switch at 150; batch 32. Both selection rules (best test F1, the
@@ -10,7 +13,7 @@ published one, and best validation F1) are read from the per-epoch test and vali
     # 2. the published code (a checkout of WenjueHE/2026-AAAI-ComP at 28192d3, never copied into this repository)
     python benchmarks/comp_side_by_side.py published --published /tmp/comp-published --layout /tmp/comp-sbs/layout \\
         --rates 0.4,0.7 --seeds 0,1,2 --out results/comp_exact            # --device cuda on a GPU
-    # 3. imer's three implementations (experiments/comp_exact.toml)
+    # 3. imer's implementations (experiments/comp_exact.toml)
     imer sweep experiments/comp_exact.toml --data-dir ../shared/data --workers 2 --out results/comp_exact
     # 4. tables and the curves figure
     python benchmarks/comp_side_by_side.py report results/comp_exact --out docs/results/comp_exact
@@ -48,7 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "experiments" / "comp_exact.toml"
 MODALITIES = ("audio", "text", "video")
 # implementation label -> run folders (the sweep's variant names; the published code's own folder)
-IMPLEMENTATIONS = {"published code": "published-code", "published-exact": "comp-published-exact@{rate}", "published": "comp-published", "default": "comp"}
+IMPLEMENTATIONS = {"published code": "published-code", "published-exact": "comp-published-exact@{rate}",
+                   "published-exact, fixed masks": "comp-published-exact-fixed-masks", "published": "comp-published", "default": "comp"}
 STEADY_AFTER_SWITCH = 20  # steady state: epochs from stage_epoch + 20 to the end (170-299 at 300 / 150)
 
 
@@ -242,9 +246,12 @@ def _history(path: Path) -> list[dict]:
 
 
 def collect(root: Path) -> dict[tuple[str, float], dict[int, list[dict]]]:
-    """(implementation, rate) -> seed -> per-epoch records, from the sweep's and the published code's run folders."""
+    """(implementation, rate) -> seed -> per-epoch records, from the finished runs (``metrics.json`` written) of the
+    sweep's and the published code's run folders; a run still training is left out."""
     found: dict[tuple[str, float], dict[int, list[dict]]] = {}
     for path in sorted(root.glob("**/rate=*/seed=*/history.jsonl")):
+        if not (path.parent / "metrics.json").is_file():
+            continue
         seed_dir, rate_dir, variant_dir = path.parent, path.parent.parent, path.parent.parent.parent
         rate, seed = float(rate_dir.name.split("=")[1]), int(seed_dir.name.split("=")[1])
         for label, folder in IMPLEMENTATIONS.items():
@@ -274,6 +281,25 @@ def steady_start(epochs: int, stage_epoch: int) -> int:
 def _mean_std(values: list[float]) -> str:
     v = np.array(values, dtype=float) * 100
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+
+def _gap_split(summaries: dict[str, dict[int, dict]]) -> list[str]:
+    """``published-exact`` − ``published`` split into the protocol's part and the fixed defects' part.
+
+    ``published-exact, fixed masks`` is ``published-exact`` under imer's protocol, so it differs from
+    ``published-exact`` by the protocol only (masks redrawn every batch vs one fixed test mask) and from
+    ``published`` by the defects only. Mean differences, points, for the three selection rules.
+    """
+    exact, middle, fixed = (summaries.get(k) for k in ("published-exact", "published-exact, fixed masks", "published"))
+    if not (exact and middle and fixed):
+        return []
+    mean = lambda runs, key: float(np.mean([p[key] for p in runs.values()])) * 100  # noqa: E731
+    lines = [""]
+    for key, what in (("best_test_f1", "best test F1"), ("valid_test_f1", "test F1 at best valid F1"), ("steady_f1", "steady-state test F1")):
+        total, protocol = mean(exact, key) - mean(fixed, key), mean(exact, key) - mean(middle, key)
+        lines.append(f"published-exact − published, {what}: {total:+.2f} points = {protocol:+.2f} from the protocol (published-exact − its fixed-masks run) and "
+                     f"{total - protocol:+.2f} from the fixed defects (fixed masks − published).  ")
+    return lines
 
 
 def report(root: Path, out: Path, stage_epoch: int) -> None:
@@ -308,13 +334,14 @@ def report(root: Path, out: Path, stage_epoch: int) -> None:
                 gap, spread = (np.mean(e) - np.mean(c)) * 100, np.std(c, ddof=1) * 100
                 lines.append(f"published-exact − published code, {what}: {gap:+.2f} points; one seed std of the published code: {spread:.2f} "
                              f"({'within' if abs(gap) <= spread else 'NOT within'} it).  ")
+        lines += _gap_split(summaries)
         lines.append("")
     keys = list(rows[0])
     csv = [",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]
     (out / "runs.csv").write_text("\n".join(csv) + "\n")
     figure = _curves(runs, rates, stage_epoch, out / "curves.png")
     start = steady_start(min(r["epochs"] for r in rows), stage_epoch)
-    text = ["# ComP side by side: the published code, `published-exact`, `published`, imer's default (issue 26)", "",
+    text = ["# ComP side by side: the published code, `published-exact` (with its own masks and with imer's), `published`, imer's default (issue 26)", "",
             f"Made by `python benchmarks/comp_side_by_side.py report {root} --out {out}` from the runs under `{root}`. F1 = weighted F1 of the sign "
             "on non-zero labels (%), mean ± sample std over seeds; steady state = mean test F1 over epochs "
             f"{start} to the last (the published rule's best-of-all-epochs is a maximum over as many test-mask draws for the two "
