@@ -1,7 +1,8 @@
 """ComP at full budget, side by side: the published code, `published-exact`, `published` and imer's default (issue 26).
 
 `published-exact` runs twice: with the published mask draw and under imer's protocol (fixed masks), which splits its
-gap to `published` into the protocol's part and the fixed defects' part.
+gap to `published` into the protocol's part and the fixed defects' part; `published` with one group of defects put back
+(absent modalities act) splits the defects' part further.
 
 The grid: CMU-MOSI with the bc-LSTM release's features and split (test videos never seen by the feature extractors;
 validation carved from the training videos, as imer's ``cmu-mosi`` does it), z-scored on the training part; rates
@@ -52,7 +53,8 @@ SPEC = ROOT / "experiments" / "comp_exact.toml"
 MODALITIES = ("audio", "text", "video")
 # implementation label -> run folders (the sweep's variant names; the published code's own folder)
 IMPLEMENTATIONS = {"published code": "published-code", "published-exact": "comp-published-exact@{rate}",
-                   "published-exact, fixed masks": "comp-published-exact-fixed-masks", "published": "comp-published", "default": "comp"}
+                   "published-exact, fixed masks": "comp-published-exact-fixed-masks", "published, absent modalities act": "comp-published-absent-act",
+                   "published": "comp-published", "default": "comp"}
 STEADY_AFTER_SWITCH = 20  # steady state: epochs from stage_epoch + 20 to the end (170-299 at 300 / 150)
 
 
@@ -293,12 +295,17 @@ def _gap_split(summaries: dict[str, dict[int, dict]]) -> list[str]:
     exact, middle, fixed = (summaries.get(k) for k in ("published-exact", "published-exact, fixed masks", "published"))
     if not (exact and middle and fixed):
         return []
+    absent = summaries.get("published, absent modalities act")
     mean = lambda runs, key: float(np.mean([p[key] for p in runs.values()])) * 100  # noqa: E731
     lines = [""]
     for key, what in (("best_test_f1", "best test F1"), ("valid_test_f1", "test F1 at best valid F1"), ("steady_f1", "steady-state test F1")):
         total, protocol = mean(exact, key) - mean(fixed, key), mean(exact, key) - mean(middle, key)
-        lines.append(f"published-exact − published, {what}: {total:+.2f} points = {protocol:+.2f} from the protocol (published-exact − its fixed-masks run) and "
-                     f"{total - protocol:+.2f} from the fixed defects (fixed masks − published).  ")
+        line = (f"published-exact − published, {what}: {total:+.2f} points = {protocol:+.2f} from the protocol (published-exact − its fixed-masks run) and "
+                f"{total - protocol:+.2f} from the fixed defects (fixed masks − published)")
+        if absent:
+            acting = mean(absent, key) - mean(fixed, key)
+            line += f", of which {acting:+.2f} from absent modalities acting (that group put back − published) and {total - protocol - acting:+.2f} from the rest"
+        lines.append(line + ".  ")
     return lines
 
 

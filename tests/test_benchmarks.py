@@ -65,7 +65,7 @@ def _write_history(folder: Path, test_f1: list[float], valid_f1: list[float], fi
 def test_comp_side_by_side_report_reads_both_selection_rules_and_checks_the_acceptance(tmp_path):
     """Published rule = first epoch of best test F1; validation rule = test F1 at the first best validation F1; steady state =
     mean test F1 from 20 epochs after the switch; the acceptance line compares mean best test F1 with one seed std; the gap to
-    `published` splits into protocol and fixed defects; a run without metrics.json (still training) is left out."""
+    `published` splits into protocol and fixed defects, and those into absent modalities acting and the rest; a run without metrics.json (still training) is left out."""
     side = _script("comp_side_by_side")
     epochs, switch = 30, 5  # steady state: epochs 25-29
     flat = [0.5] * epochs
@@ -74,7 +74,7 @@ def test_comp_side_by_side_report_reads_both_selection_rules_and_checks_the_acce
         _write_history(tmp_path / f"published-code/rate=0.4/seed={seed}", test, [0.1] * 3 + [0.9] + [0.1] * (epochs - 4))
     for seed in (0, 1):
         _write_history(tmp_path / f"runs/cmu-mosi/comp-published-exact@0.4/rate=0.4/seed={seed}", [0.5] * 12 + [0.73] + [0.62] * (epochs - 13), flat)
-    for variant, peak, steady in (("comp-published-exact-fixed-masks", 0.70, 0.61), ("comp-published", 0.66, 0.58)):
+    for variant, peak, steady in (("comp-published-exact-fixed-masks", 0.70, 0.61), ("comp-published-absent-act", 0.69, 0.60), ("comp-published", 0.66, 0.58)):
         for seed in (0, 1):
             _write_history(tmp_path / f"runs/cmu-mosi/{variant}/rate=0.4/seed={seed}", [0.5] * 12 + [peak] + [steady] * (epochs - 13), flat)
     _write_history(tmp_path / "runs/cmu-mosi/comp-published-exact@0.4/rate=0.4/seed=2", [0.9] * 3, [0.9] * 3, finished=False)  # still training: left out
@@ -84,8 +84,9 @@ def test_comp_side_by_side_report_reads_both_selection_rules_and_checks_the_acce
     # published-exact - published = (published-exact - its fixed-masks run) + (fixed masks - published)
     assert "published-exact − published, best test F1: +7.00 points = +3.00 from the protocol" in page and "+4.00 from the fixed defects" in page
     assert "published-exact − published, steady-state test F1: +4.00 points = +1.00 from the protocol" in page and "+3.00 from the fixed defects" in page
+    assert "+3.00 from the fixed defects (fixed masks − published), of which +2.00 from absent modalities acting" in page and "+1.00 from the rest" in page
     assert "| published code | 0,1 | 72.00 ± 2.83 | 10/10 | 50.00 ± 0.00 | 3/3 | 60.00 ± 0.00 | 1.50 |" in page
     assert "| published-exact | 0,1 | 73.00 ± 0.00 | 12/12 | 50.00 ± 0.00 | 0/0 | 62.00 ± 0.00 | 1.50 |" in page
     assert "mean best test F1 (the acceptance): +1.00 points; one seed std of the published code: 2.83 (within it)" in page
     assert "mean steady-state test F1: +2.00 points; one seed std of the published code: 0.00 (NOT within it)" in page
-    assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and len((tmp_path / "out" / "runs.csv").read_text().splitlines()) == 9
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and len((tmp_path / "out" / "runs.csv").read_text().splitlines()) == 11
