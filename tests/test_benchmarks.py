@@ -1,4 +1,5 @@
-"""benchmarks/speed.py measures on the device it is given: the CPU here, a GPU where torch sees one (refused where it does not)."""
+"""Benchmark and analysis scripts: speed.py measures on the device it is given (refused on a GPU torch does not see); the
+ComP side-by-side report and the context-ceiling oracle compute what their pages say."""
 
 from __future__ import annotations
 
@@ -90,3 +91,15 @@ def test_comp_side_by_side_report_reads_both_selection_rules_and_checks_the_acce
     assert "mean best test F1 (the acceptance): +1.00 points; one seed std of the published code: 2.83 (within it)" in page
     assert "mean steady-state test F1: +2.00 points; one seed std of the published code: 0.00 (NOT within it)" in page
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and len((tmp_path / "out" / "runs.csv").read_text().splitlines()) == 11
+
+
+def test_committed_comp_side_by_side_report_renders_from_the_committed_runs(tmp_path, monkeypatch):
+    """docs/results/comp_exact/report.md and runs.csv are what the report command makes of results/comp_exact."""
+    root = BENCHMARKS.parent
+    if not (root / "results" / "comp_exact").is_dir():
+        pytest.skip("no committed results/comp_exact")
+    monkeypatch.chdir(root)
+    _script("comp_side_by_side").report(Path("results/comp_exact"), tmp_path, stage_epoch=150)
+    committed = root / "docs" / "results" / "comp_exact"
+    assert (tmp_path / "report.md").read_text().replace(str(tmp_path), "docs/results/comp_exact") == (committed / "report.md").read_text()
+    assert (tmp_path / "runs.csv").read_text() == (committed / "runs.csv").read_text()
