@@ -290,7 +290,8 @@ def _gap_split(summaries: dict[str, dict[int, dict]]) -> list[str]:
 
     ``published-exact, fixed masks`` is ``published-exact`` under imer's protocol, so it differs from
     ``published-exact`` by the protocol only (masks redrawn every batch vs one fixed test mask) and from
-    ``published`` by the defects only. Mean differences, points, for the three selection rules.
+    ``published`` by the defects only; ``published, absent modalities act`` (where run) splits the defects' part
+    into that group and the rest. Mean differences, points, for the three selection rules.
     """
     exact, middle, fixed = (summaries.get(k) for k in ("published-exact", "published-exact, fixed masks", "published"))
     if not (exact and middle and fixed):
