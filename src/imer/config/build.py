@@ -149,45 +149,45 @@ def set_option(config: RunConfig, key: str, value: Any) -> None:
     if parts[0] in ("method", "seed") and len(parts) == 1:
         setattr(config, key, value)
         return
-    if parts[0] == "model" and len(parts) == 2:
-        _check_model_field(config.method, parts[1])
-        config.model[parts[1]] = value
-        return
     if parts[0] == "data" and len(parts) == 3 and parts[1] == "options":
         config.data.options[parts[2]] = value
         return
-    if parts[0] in SECTIONS and len(parts) == 2:
-        merge_into(config, {parts[0]: {parts[1]: value}}, source="--set")
-        return
+    home = _home(config, key)
+    if home is None:
+        raise ConfigError(f"--set: unknown key '{key}' for method '{config.method}' (try model.<field>, train.<field>, missing.<field>, data.<field>)")
+    section, name = home
+    if section == "model":
+        if len(parts) == 2:
+            _check_model_field(config.method, name)
+        config.model[name] = value
+    elif len(parts) == 2:
+        merge_into(config, {section: {name: value}}, source="--set")
+    else:
+        setattr(getattr(config, section), name, value)
+
+
+def _config_class(config: RunConfig, section: str) -> type:
+    """The dataclass behind ``section``: the method's model config for ``model``, else the run config's section."""
+    return get_model_class(config.method).config_class if section == "model" else type(getattr(config, section))
+
+
+def _home(config: RunConfig, key: str) -> tuple[str, str] | None:
+    """The (section, field) a ``--set`` key names, section ``model`` or one of SECTIONS; a bare name is looked up in
+    the model config first, then in SECTIONS. None for other keys (a bare name no section has, deeper paths)."""
+    parts = key.split(".")
+    if len(parts) == 2 and (parts[0] == "model" or parts[0] in SECTIONS):
+        return parts[0], parts[1]
     if len(parts) == 1:
-        model_fields = {f.name for f in dataclasses.fields(get_model_class(config.method).config_class)}
-        if key in model_fields:
-            config.model[key] = value
-            return
-        for section in SECTIONS:
-            if key in {f.name for f in dataclasses.fields(getattr(config, section))}:
-                setattr(getattr(config, section), key, value)
-                return
-    raise ConfigError(f"--set: unknown key '{key}' for method '{config.method}' (try model.<field>, train.<field>, missing.<field>, data.<field>)")
+        for section in ("model", *SECTIONS):
+            if key in {f.name for f in dataclasses.fields(_config_class(config, section))}:
+                return section, key
+    return None
 
 
 def _declared_type(config: RunConfig, key: str) -> Any:
-    """The type hint of the field a ``--set`` key names (as :func:`set_option` looks it up), or None for no field."""
-    parts = key.split(".")
-    model_class = get_model_class(config.method).config_class
-    if parts[0] == "model" and len(parts) == 2:
-        owners = [model_class]
-    elif parts[0] in SECTIONS and len(parts) == 2:
-        owners = [type(getattr(config, parts[0]))]
-    elif len(parts) == 1:
-        owners = [model_class, *(type(getattr(config, section)) for section in SECTIONS)]
-    else:
-        return None
-    for owner in owners:
-        hints = typing.get_type_hints(owner)
-        if parts[-1] in hints:
-            return hints[parts[-1]]
-    return None
+    """The type hint of the field a ``--set`` key names (found as :func:`set_option` finds it), or None for no field."""
+    home = _home(config, key)
+    return typing.get_type_hints(_config_class(config, home[0])).get(home[1]) if home else None
 
 
 def _check_model_field(method: str, name: str) -> None:
